@@ -1,0 +1,662 @@
+"""Mailboxes: ring files per (sender, receiver) pair, doorbells, fair draining, backpressure.
+
+One `Endpoint` per process. It owns the process's doorbell (a UNIX datagram socket under
+``bells/``), the names this process receives for, the rings it reads (inbound) and the
+rings it writes (outbound). It knows ring files and processes; it does not know actors'
+code, envelopes or TCP.
+
+Guarantees:
+
+- One ring per (sender name, receiver name) pair, created by the sender on its first
+  message (``rings/<from>~<to>.<gen>``) and announced on the receiver's doorbell, so a
+  slow receiver only ever holds back its own senders.
+- FIFO per pair, across ring generations too: a newer generation from the same sender is
+  read only after the older one is closed and drained.
+- Nothing is dropped: a full ring makes `Endpoint.send` wait for the consumer up to a
+  timeout, then raise `MailboxFull`. A message is either wholly published or (when the
+  sender dies or gives up mid-message) never seen by the receiver.
+- No lost wake-up: the receiver sets its waiting flag, fences, re-checks the ring, then
+  sleeps on the doorbell; the sender publishes, fences, and rings only if the flag is
+  set. The fence is a lock-prefixed instruction (an uncontended lock's acquire and
+  release), because x86-64 may move a store after a later load. Sleeps are bounded.
+- Rings idle for ``channel_idle`` are closed by the sender (when everything it wrote was
+  read) and unlinked by the receiver, through activity tables; rings of a dead peer are
+  drained and unlinked. What a dead receiver never read is counted as undelivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+from mybus_actors import ring as _ring
+from mybus_actors.errors import ActorNotFound, MailboxClosed, MailboxFull, RingCorrupted
+from mybus_actors.registry import (
+    Entry,
+    Registry,
+    is_alive,
+    parse_ring_filename,
+    process_create_time,
+    ring_filename,
+    validate_name,
+)
+from mybus_actors.timers import ActivityTable
+
+__all__ = ["Batch", "Delivery", "Endpoint"]
+
+_WAKE: Final = b"w"
+_NEW_RING: Final = b"n"
+_MAX_SLEEP: Final = 0.5  # the doorbell sleep's safety net, should a wake-up ever go astray
+_ANNOUNCE_TIMEOUT: Final = 5.0
+
+
+Batch = tuple[str, str, list[tuple[int, bytes]]]
+
+
+class Delivery(NamedTuple):
+    """One message as read from a ring: who sent it, to whom, the meta word, the bytes."""
+
+    sender: str
+    receiver: str
+    meta: int
+    payload: bytes
+
+
+def _ms(create_time: float) -> int:
+    return int(create_time * 1000)
+
+
+def _peer_alive(pid: int, token: int) -> bool:
+    return is_alive(pid, token / 1000)
+
+
+class _Fence:
+    """A full memory barrier: a lock's acquire and release are lock-prefixed instructions."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        self._lock.acquire()
+        self._lock.release()
+
+
+class _RingFile:
+    """A ring file mapped into this process (either end)."""
+
+    def __init__(self, path: Path, *, create_capacity: int | None = None) -> None:
+        self.path = path
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create_capacity else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create_capacity:
+                size = _ring.buffer_size(create_capacity)
+                os.ftruncate(fd, size)
+            else:
+                size = os.fstat(fd).st_size
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        if create_capacity:
+            _ring.init_ring(self.map, create_capacity)
+
+    def close(self, end: _ring.Producer | _ring.Consumer | None) -> None:
+        if end is not None:
+            end.release()
+        with contextlib.suppress(BufferError):
+            self.map.close()
+
+    def unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class _Outbound:
+    __slots__ = ("file", "peer", "producer", "sender", "to", "used")
+
+    def __init__(self, file: _RingFile, producer: _ring.Producer, sender: str, peer: Entry):
+        self.file = file
+        self.producer = producer
+        self.sender = sender
+        self.to = peer.name
+        self.peer = peer
+        self.used = True
+
+
+class _Inbound:
+    __slots__ = ("consumer", "file", "key", "receiver", "sender", "used")
+
+    def __init__(self, file: _RingFile, consumer: _ring.Consumer, sender: str, receiver: str):
+        self.file = file
+        self.consumer = consumer
+        self.sender = sender
+        self.receiver = receiver
+        self.key = (sender, receiver)
+        self.used = True
+
+
+class Endpoint:
+    """A process's mailboxes: the rings it reads and writes, and its doorbell.
+
+    Not thread-safe: one thread drives an endpoint (a caller that shares one between
+    threads holds its own lock around each call).
+
+    Args:
+        registry: the runtime directory's registry.
+        ring_capacity: data bytes of each ring this endpoint creates (a power of two).
+        channel_idle: seconds after which an unused ring is closed and unlinked.
+        spin: seconds `wait` polls before it sleeps on the doorbell (0: sleep at once).
+        clock: a monotonic clock.
+        on_undelivered: called with (sender, receiver, count) when a receiver died with
+            messages this endpoint had published to it still unread.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        ring_capacity: int = _ring.DEFAULT_CAPACITY,
+        channel_idle: float = 30.0,
+        spin: float = 50e-6,
+        clock: Callable[[], float] = time.monotonic,
+        on_undelivered: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        _ring.buffer_size(ring_capacity)  # validates
+        if channel_idle <= 0:
+            raise ValueError(f"channel_idle must be positive, got {channel_idle!r}")
+        if spin < 0:
+            raise ValueError(f"spin must be >= 0, got {spin!r}")
+        self.registry = registry
+        self.ring_capacity = ring_capacity
+        self.channel_idle = channel_idle
+        self.spin = spin
+        self._clock = clock
+        self._on_undelivered = on_undelivered
+        self._fence = _Fence()
+        self.pid = os.getpid()
+        ctime = process_create_time(self.pid)
+        assert ctime is not None
+        self._token = _ms(ctime)
+        self._names: set[str] = set()
+        self._out: dict[tuple[str, str], _Outbound] = {}
+        # Inbound rings: the active generation per pair is first in its list.
+        self._in: dict[tuple[str, str], list[_Inbound]] = {}
+        self._active: list[_Inbound] = []
+        self._rr = 0
+        self._by_file: dict[str, _Inbound] = {}
+        now = clock()
+        self._out_table: ActivityTable[tuple[str, str], _Outbound] = ActivityTable(
+            idle=channel_idle, now=now
+        )
+        self._in_table: ActivityTable[str, _Inbound] = ActivityTable(idle=channel_idle, now=now)
+        self._sweep_every = min(1.0, channel_idle / 4)
+        self._next_sweep = now + self._sweep_every
+        self._sends = 0
+        self._polls = 0
+        self.undelivered = 0
+        self.bell_path = registry.doorbell_path(self.pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.bell_path)
+        self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._bell.bind(str(self.bell_path))
+        self._bell.setblocking(False)
+        self._ringer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._ringer.setblocking(False)
+        self._poller = select.poll()
+        self._poller.register(self._bell.fileno(), select.POLLIN)
+        self._closed = False
+
+    # -- names ---------------------------------------------------------------------
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._names)
+
+    def bind(self, name: str) -> Entry:
+        """Register ``name`` in the runtime directory as received here.
+
+        Raises:
+            InvalidAddress: a malformed name.
+            NameTaken: a live process holds it.
+            MailboxClosed: the endpoint is closed.
+        """
+        self._check_open()
+        entry = self.registry.register(validate_name(name), doorbell=self.bell_path)
+        self._names.add(name)
+        self._scan_rings()
+        return entry
+
+    def unbind(self, name: str) -> None:
+        """Stop receiving for ``name``: close its rings, unlink them, unregister it."""
+        if name not in self._names:
+            return
+        self._names.discard(name)
+        for key in [k for k in self._in if k[1] == name]:
+            for ch in self._in.pop(key):
+                self._drop_inbound(ch)
+        for key in [k for k in self._out if k[0] == name]:
+            self._drop_outbound(self._out[key], undelivered=0)
+        self.registry.unregister(name)
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(
+        self,
+        sender: str,
+        to: str,
+        data: Any,
+        meta: int = 0,
+        *,
+        timeout: float = 10.0,
+        block: bool = True,
+    ) -> None:
+        """Write one message into the ring from ``sender`` to ``to``.
+
+        Args:
+            sender: a name bound on this endpoint.
+            to: a registered name on this node.
+            data: the message bytes (any bytes-like object of format "B", any size).
+            meta: an opaque integer below 2**24 delivered with the bytes.
+            timeout: how long to wait for room when the ring is full.
+            block: False raises `MailboxFull` at once instead of waiting.
+
+        Raises:
+            ActorNotFound: no live receiver holds ``to`` (or it died while we waited).
+            MailboxFull: the ring stayed full past ``timeout`` (nothing was delivered).
+            MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
+        """
+        ch = self._out.get((sender, to))
+        if ch is None:
+            ch = self._open(sender, to)
+        ch.used = True
+        producer = ch.producer
+        if len(data) <= producer.max_record:
+            signal = producer.write(data, meta)
+            if signal == _ring.FULL:
+                signal = self._wait_for_room(ch, lambda: producer.write(data, meta), timeout, block)
+        else:
+            signal = self._send_fragments(ch, data, meta, timeout, block)
+        if signal:
+            if signal == _ring.WAITING:
+                self._ring_bell(ch)
+            else:
+                self._consumer_gone(ch, data, meta, timeout, block)
+        self._sends += 1
+        if not self._sends & 1023:
+            self.maintain()
+
+    def _consumer_gone(
+        self, ch: _Outbound, data: Any, meta: int, timeout: float, block: bool
+    ) -> None:
+        """The receiver closed its end as we published: was our message read?"""
+        unread = ch.producer.unread
+        self._drop_outbound(ch, undelivered=max(0, unread - 1))
+        if unread > 0:
+            # Ours was not read. A new incarnation of the name may take it; if there is
+            # none, the lookup raises ActorNotFound.
+            self.send(ch.sender, ch.to, data, meta, timeout=timeout, block=block)
+
+    def _open(self, sender: str, to: str) -> _Outbound:
+        self._check_open()
+        if sender not in self._names:
+            raise MailboxClosed(f"sender {sender!r} is not bound on this endpoint")
+        peer = self.registry.lookup(to)
+        for _ in range(100):
+            gen = time.time_ns()
+            path = self.registry.rings_dir / ring_filename(sender, to, gen)
+            try:
+                file = _RingFile(path, create_capacity=self.ring_capacity)
+            except FileExistsError:
+                continue
+            break
+        else:  # pragma: no cover - a clock that never moves
+            raise RuntimeError(f"could not create a ring file for {sender}->{to}")
+        producer = _ring.Producer(file.map)
+        producer.set_identity(self.pid, self._token)
+        ch = _Outbound(file, producer, sender, peer)
+        self._out[(sender, to)] = ch
+        self._out_table.put((sender, to), ch, self._clock())
+        try:
+            self._announce(peer, path.name)
+        except ActorNotFound:
+            file.unlink()
+            self._drop_outbound(ch, undelivered=0)
+            raise
+        return ch
+
+    def _announce(self, peer: Entry, fname: str) -> None:
+        # Blocking with a bound: unlike a wake-up, an announcement must not be lost.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.settimeout(_ANNOUNCE_TIMEOUT)
+            try:
+                s.sendto(_NEW_RING + fname.encode(), peer.doorbell)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise ActorNotFound(f"actor {peer.name!r} has no doorbell (it exited)") from exc
+            except TimeoutError:
+                # Its doorbell is swamped; its periodic scan of rings/ will find the file.
+                pass
+
+    def _ring_bell(self, ch: _Outbound) -> None:
+        try:
+            self._ringer.sendto(_WAKE, ch.peer.doorbell)
+        except BlockingIOError:
+            pass  # its queue is full of wake-ups already
+        except (FileNotFoundError, ConnectionRefusedError):
+            # Nobody listens on that doorbell: the receiver is probably dead.
+            self._check_receiver(ch, pending=1)
+
+    def _check_receiver(self, ch: _Outbound, *, pending: int) -> None:
+        """Raise ActorNotFound (dropping the ring) when the receiver is gone.
+
+        ``pending`` of the unread messages belong to the caller's current send, which
+        reports them through the exception; the rest are counted as undelivered.
+        """
+        if ch.producer.consumer_closed or not is_alive(ch.peer.pid, ch.peer.create_time):
+            self._drop_outbound(ch, undelivered=max(0, ch.producer.unread - pending))
+            raise ActorNotFound(f"actor {ch.to!r} stopped before reading its mailbox")
+
+    def _wait_for_room(
+        self, ch: _Outbound, attempt: Callable[[], int], timeout: float, block: bool
+    ) -> int:
+        """Retry ``attempt`` until it stops returning FULL; return its last result."""
+        if not block:
+            raise MailboxFull(f"mailbox of {ch.to!r} is full")
+        clock = self._clock
+        start = clock()
+        deadline = start + timeout
+        next_check = start + 0.05
+        pause = 0.0
+        while True:
+            result = attempt()
+            if result != _ring.FULL:
+                return result
+            now = clock()
+            if now >= next_check:
+                next_check = now + 0.05
+                self._check_receiver(ch, pending=0)
+            if now >= deadline:
+                raise MailboxFull(
+                    f"mailbox of {ch.to!r} stayed full for {timeout}s; message not sent"
+                )
+            if ch.producer.consumer_waiting:
+                self._ring_bell(ch)
+            # Yield first (the consumer may be about to free room), then back off.
+            if pause == 0.0:
+                os.sched_yield()
+                pause = 1e-5
+            else:
+                time.sleep(pause)
+                pause = min(pause * 2, 1e-3)
+
+    def _send_fragments(
+        self, ch: _Outbound, data: Any, meta: int, timeout: float, block: bool
+    ) -> int:
+        view = data if isinstance(data, bytes) else memoryview(data).cast("B")
+        total = len(view)
+        producer = ch.producer
+        sent = 0
+
+        def step() -> int:
+            nonlocal sent
+            before = sent
+            sent = producer.offer_fragments(view, meta, sent)
+            if sent == before:
+                return _ring.FULL
+            signal = producer.signal()
+            # The consumer must drain while we stream: wake it after each stretch.
+            if signal == _ring.WAITING and sent < total:
+                self._ring_bell(ch)
+            return signal
+
+        signal = step()
+        if signal == _ring.FULL:
+            signal = self._wait_for_room(ch, step, timeout, block)
+        try:
+            while sent < total:
+                if signal == _ring.CLOSED:
+                    self._check_receiver(ch, pending=0)
+                signal = step()
+                if signal == _ring.FULL:
+                    signal = self._wait_for_room(ch, step, timeout, True)
+        except (MailboxFull, ActorNotFound):
+            # Half a message sits in the ring: close this generation (the receiver
+            # discards the half) so the next message starts on a clean ring.
+            if self._out.get((ch.sender, ch.to)) is ch:
+                self._drop_outbound(ch, undelivered=ch.producer.unread)
+            raise
+        return signal
+
+    def _drop_outbound(self, ch: _Outbound, *, undelivered: int) -> None:
+        key = (ch.sender, ch.to)
+        if self._out.get(key) is ch:
+            del self._out[key]
+            with contextlib.suppress(KeyError):
+                self._out_table.pop(key)
+        ch.producer.close()
+        ch.file.close(ch.producer)
+        if undelivered > 0:
+            self.undelivered += undelivered
+            if self._on_undelivered is not None:
+                self._on_undelivered(ch.sender, ch.to, undelivered)
+
+    # -- receiving -----------------------------------------------------------------
+
+    def poll(self, budget: int = 64) -> list[Delivery]:
+        """Drain inbound rings round robin, at most ``budget`` messages from each.
+
+        Returns:
+            Deliveries in ring order per pair; pairs interleave fairly.
+        """
+        return [Delivery(s, r, m, p) for s, r, items in self.poll_batches(budget) for m, p in items]
+
+    def poll_batches(self, budget: int = 64) -> list[Batch]:
+        """Like `poll`, grouped per ring: (sender, receiver, [(meta, payload), ...]).
+
+        The dispatcher's hot path: no object per message beyond the ring's own pair.
+        """
+        self._polls += 1
+        if not self._polls & 7:
+            self._read_bell()
+        out: list[Batch] = []
+        active = self._active
+        n = len(active)
+        if n:
+            start = self._rr % n
+            self._rr = start + 1
+            for i in range(n):
+                ch = active[(start + i) % n]
+                try:
+                    items = ch.consumer.poll(budget)
+                except RingCorrupted:
+                    self._discard_corrupt(ch)
+                    continue
+                if items:
+                    ch.used = True
+                    out.append((ch.sender, ch.receiver, items))
+                elif len(self._in[ch.key]) > 1 and ch.consumer.producer_closed:
+                    self._retire(ch)
+        if not out:
+            self.maintain()
+        return out
+
+    def pending(self) -> bool:
+        """Some inbound ring has unread records."""
+        return any(ch.consumer.pending for ch in self._active)
+
+    def wait(self, timeout: float) -> None:
+        """Idle until a message may be pending, the doorbell rings, or ``timeout`` passes.
+
+        Spins for ``spin`` seconds first, then sets the waiting flags, fences, re-checks,
+        and sleeps on the doorbell.
+        """
+        clock = self._clock
+        now = clock()
+        deadline = now + max(0.0, timeout)
+        spin_until = now + min(self.spin, timeout)
+        while now < spin_until:
+            if self.pending():
+                return
+            now = clock()
+        active = self._active
+        for ch in active:
+            ch.consumer.set_waiting(True)
+        self._fence()
+        try:
+            if self.pending():
+                return
+            remaining = min(deadline - clock(), _MAX_SLEEP, self._next_sweep - clock())
+            if remaining > 0:
+                self._poller.poll(remaining * 1000.0)
+            self._read_bell()
+        finally:
+            for ch in active:
+                ch.consumer.set_waiting(False)
+
+    def _read_bell(self) -> None:
+        while True:
+            try:
+                msg = self._bell.recv(512)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # pragma: no cover - the socket was closed under us
+                if exc.errno == errno.EBADF:
+                    return
+                raise
+            if msg.startswith(_NEW_RING):
+                self._open_inbound(msg[1:].decode("ascii", "replace"))
+
+    def _open_inbound(self, fname: str) -> None:
+        parsed = parse_ring_filename(fname)
+        if parsed is None or fname in self._by_file or parsed[1] not in self._names:
+            return
+        sender, receiver, _gen = parsed
+        path = self.registry.rings_dir / fname
+        try:
+            file = _RingFile(path)
+            consumer = _ring.Consumer(file.map)
+        except (FileNotFoundError, ValueError, RingCorrupted, OSError):
+            return  # gone already, or not a ring: a periodic scan reclaims litter
+        ch = _Inbound(file, consumer, sender, receiver)
+        gens = self._in.setdefault(ch.key, [])
+        gens.append(ch)
+        gens.sort(key=lambda c: parse_ring_filename(c.file.path.name) or ("", "", 0))
+        self._by_file[fname] = ch
+        self._in_table.put(fname, ch, self._clock())
+        self._rebuild_active()
+
+    def _rebuild_active(self) -> None:
+        self._active = [gens[0] for gens in self._in.values() if gens]
+
+    def _retire(self, ch: _Inbound) -> None:
+        """Close a drained (or dead) generation; the next one of its pair becomes active."""
+        gens = self._in.get(ch.key, [])
+        if ch in gens:
+            gens.remove(ch)
+            if not gens:
+                del self._in[ch.key]
+        self._drop_inbound(ch)
+        self._rebuild_active()
+
+    def _drop_inbound(self, ch: _Inbound) -> None:
+        fname = ch.file.path.name
+        self._by_file.pop(fname, None)
+        with contextlib.suppress(KeyError):
+            self._in_table.pop(fname)
+        ch.consumer.discard_partial()
+        ch.consumer.close()
+        ch.file.unlink()
+        ch.file.close(ch.consumer)
+        if ch in self._active:
+            self._rebuild_active()
+
+    def _discard_corrupt(self, ch: _Inbound) -> None:
+        import logging
+
+        logging.getLogger(__name__).error(
+            "ring %s is corrupted; closing it", ch.file.path.name, exc_info=True
+        )
+        self._retire(ch)
+
+    def _scan_rings(self) -> None:
+        """Find rings addressed to us whose announcement never arrived."""
+        try:
+            names = os.listdir(self.registry.rings_dir)
+        except FileNotFoundError:
+            return
+        for fname in sorted(names):
+            if fname not in self._by_file:
+                parsed = parse_ring_filename(fname)
+                if parsed is not None and parsed[1] in self._names:
+                    self._open_inbound(fname)
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def maintain(self) -> None:
+        """Run the periodic sweep if due: idle rings, dead peers, missed announcements."""
+        now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._sweep_every
+        self._read_bell()
+        for key, out in list(self._out.items()):
+            if out.used:
+                out.used = False
+                self._out_table.touch(key, now)
+            else:
+                out.producer.publish_counters()
+                with contextlib.suppress(ActorNotFound):
+                    self._check_receiver(out, pending=0)
+        for key, out in self._out_table.expire(now):
+            if out.producer.empty:
+                self._drop_outbound(out, undelivered=0)
+            else:  # the receiver is slow, not gone: keep the ring until it has read it
+                self._out_table.put(key, out, now)
+        for fname, inb in list(self._by_file.items()):
+            if inb.used:
+                inb.used = False
+                self._in_table.touch(fname, now)
+        for fname, inb in self._in_table.expire(now):
+            self._in_table.put(fname, inb, now)
+            if inb.consumer.pending:
+                continue
+            if inb.consumer.producer_closed or not _peer_alive(*inb.consumer.producer_identity):
+                self._retire(inb)
+        self._scan_rings()
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MailboxClosed("this endpoint is closed")
+
+    def close(self) -> None:
+        """Close every ring (unlinking inbound ones), unregister names, remove the doorbell."""
+        if self._closed:
+            return
+        self._closed = True
+        for out in list(self._out.values()):
+            self._drop_outbound(out, undelivered=0)
+        for name in list(self._names):
+            self.unbind(name)
+        self._poller.unregister(self._bell.fileno())
+        self._bell.close()
+        self._ringer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.bell_path)
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

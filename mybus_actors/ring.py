@@ -1,0 +1,563 @@
+"""A single-producer / single-consumer ring laid out in a byte buffer.
+
+This module knows a buffer and nothing else: not files, not processes, not actors.
+The buffer may be a ``bytearray`` (tests) or an ``mmap`` shared by two processes.
+
+Guarantees:
+
+- Positions (head, tail) are 64-bit counters that only grow; offset = position mod
+  capacity. Every shared word is loaded and stored as one aligned 8-byte operation
+  through ``memoryview.cast("Q")``: ``struct.pack_into`` writes byte by byte and was seen
+  to expose torn values to the other process.
+- Commit order: the producer writes a record (payload first, then its header word) and
+  only then publishes the tail; the consumer reads the tail, then the records, and only
+  then publishes the head. x86-64 keeps stores in order and loads in order, so a record
+  is never seen half-written, and a producer killed mid-write never publishes it.
+- Records are 8-byte aligned; a padding record covers the end of the buffer where the
+  next record would not fit. A message longer than ``max_record`` is streamed as
+  fragments (FIRST carries the total length, then MIDDLE..., LAST), so any size passes
+  while the consumer drains.
+- "Full" is a return value (``False`` / no progress), never an exception: waiting is the
+  caller's business.
+
+Layout (word = 8 bytes)::
+
+    0    magic, version, capacity, max_record           (read-only after create)
+    64   tail, messages written, bytes written, full events, producer closed,
+         producer identity (two words the caller fills, e.g. a pid and its start time)
+    128  head, consumer signal (running / waiting / closed), messages read, bytes read
+    256  data[capacity]                                   (capacity: a power of two)
+
+Record header word: bits 0-31 payload length, bits 32-39 record type, bits 40-63 the
+caller's ``meta`` (opaque here; the codec puts the envelope's kind and tag in it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any, Final
+
+import attrs
+
+from mybus_actors.errors import RingCorrupted
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_CAPACITY",
+    "FULL",
+    "HEADER_SIZE",
+    "MAX_META",
+    "RUNNING",
+    "WAITING",
+    "Consumer",
+    "Producer",
+    "RingStats",
+    "buffer_size",
+    "init_ring",
+]
+
+MAGIC: Final = 0x3130474E_49525542  # b"BURING01", little-endian
+VERSION: Final = 1
+HEADER_SIZE: Final = 256
+DEFAULT_CAPACITY: Final = 1 << 21
+MIN_CAPACITY: Final = 64
+MAX_CAPACITY: Final = 1 << 31
+MAX_META: Final = (1 << 24) - 1
+
+# Word indices into the buffer viewed as unsigned 64-bit words.
+_MAGIC, _VERSION, _CAPACITY, _MAX_RECORD = 0, 1, 2, 3
+_TAIL, _MSGS_W, _BYTES_W, _FULL, _P_CLOSED, _P_ID, _P_TOKEN = 8, 9, 10, 11, 12, 13, 14
+_HEAD, _SIGNAL, _MSGS_R, _BYTES_R = 16, 17, 18, 19
+
+# The consumer's signal word, which `Producer.write` reads right after publishing.
+RUNNING: Final = 0  # the consumer is draining: nothing to do
+WAITING: Final = 1  # it may sleep: ring its doorbell
+CLOSED: Final = 2  # it has stopped reading for good
+FULL: Final = -1  # `Producer.write` found no room
+
+# Record types. Zero is never written, so zeroed memory is never mistaken for a record.
+WHOLE: Final = 1
+FIRST: Final = 2
+MIDDLE: Final = 3
+LAST: Final = 4
+PAD: Final = 5
+
+_LEN_MASK: Final = 0xFFFFFFFF
+_FIRST_PREFIX: Final = 8  # a FIRST fragment's payload begins with the total length
+
+
+def buffer_size(capacity: int) -> int:
+    """Bytes a ring of ``capacity`` data bytes needs (header included)."""
+    _check_capacity(capacity)
+    return HEADER_SIZE + capacity
+
+
+def _check_capacity(capacity: int) -> None:
+    if not MIN_CAPACITY <= capacity <= MAX_CAPACITY or capacity & (capacity - 1):
+        raise ValueError(
+            f"ring capacity must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}],"
+            f" got {capacity!r}"
+        )
+
+
+def init_ring(buf: Any, capacity: int, *, max_record: int | None = None) -> None:
+    """Write a fresh header into ``buf`` (zeroing the header; data is left as is).
+
+    Args:
+        buf: a writable buffer of at least ``buffer_size(capacity)`` bytes.
+        capacity: data bytes, a power of two.
+        max_record: largest payload written as one record; longer messages go as
+            fragments. Defaults to a quarter of the capacity.
+
+    Raises:
+        ValueError: a bad capacity, max_record or buffer size.
+    """
+    _check_capacity(capacity)
+    if max_record is None:
+        max_record = capacity // 4
+    if not 8 <= max_record <= capacity // 2 - 16:
+        raise ValueError(f"max_record must be in [8, capacity/2 - 16], got {max_record!r}")
+    mv = memoryview(buf).cast("B")
+    if len(mv) < HEADER_SIZE + capacity:
+        raise ValueError(f"buffer of {len(mv)} bytes is too small for capacity {capacity}")
+    words = mv[:HEADER_SIZE].cast("Q")
+    for i in range(HEADER_SIZE // 8):
+        words[i] = 0
+    words[_VERSION] = VERSION
+    words[_CAPACITY] = capacity
+    words[_MAX_RECORD] = max_record
+    # The magic goes last: a reader that sees it sees a complete header.
+    words[_MAGIC] = MAGIC
+    words.release()
+    mv.release()
+
+
+class _RingView:
+    """Shared attachment logic: validate the header and bind the views."""
+
+    def __init__(self, buf: Any) -> None:
+        mv = memoryview(buf).cast("B")
+        if len(mv) < HEADER_SIZE + MIN_CAPACITY:
+            mv.release()
+            raise RingCorrupted(f"buffer of {len(mv)} bytes cannot hold a ring")
+        words = mv.cast("Q") if len(mv) % 8 == 0 else mv[: len(mv) & ~7].cast("Q")
+        magic, version, capacity = words[_MAGIC], words[_VERSION], words[_CAPACITY]
+        max_record = words[_MAX_RECORD]
+        problem = None
+        if magic != MAGIC:
+            problem = f"bad magic {magic:#x}"
+        elif version != VERSION:
+            problem = f"layout version {version}, this code reads {VERSION}"
+        elif capacity < MIN_CAPACITY or capacity & (capacity - 1):
+            problem = f"capacity {capacity} is not a power of two"
+        elif HEADER_SIZE + capacity > len(mv):
+            problem = f"capacity {capacity} exceeds the {len(mv)}-byte buffer"
+        elif not 8 <= max_record <= capacity // 2 - 16:
+            problem = f"max_record {max_record} out of range"
+        if problem is not None:
+            words.release()
+            mv.release()
+            raise RingCorrupted(problem)
+        self._mv = mv
+        self._words = words
+        self.capacity: int = capacity
+        self.max_record: int = max_record
+        self._mask = capacity - 1
+
+    def release(self) -> None:
+        """Drop the views so the underlying mmap can be closed."""
+        self._words.release()
+        self._mv.release()
+
+    def stats(self) -> RingStats:
+        w = self._words
+        return RingStats(
+            capacity=self.capacity,
+            used=w[_TAIL] - w[_HEAD],
+            messages_written=w[_MSGS_W],
+            bytes_written=w[_BYTES_W],
+            full_events=w[_FULL],
+            messages_read=w[_MSGS_R],
+            bytes_read=w[_BYTES_R],
+        )
+
+
+@attrs.frozen
+class RingStats:
+    """A snapshot of a ring's counters (for `mybus ls` and tests)."""
+
+    capacity: int
+    used: int
+    messages_written: int
+    bytes_written: int
+    full_events: int
+    messages_read: int
+    bytes_read: int
+
+
+class Producer(_RingView):
+    """The writing end. One thread of one process at a time.
+
+    The shared message and byte counters are refreshed on every batch and fragment
+    publish, and by `publish_counters` (a caller's periodic sweep): `write` skips them
+    to stay cheap. The producer's own `stats()` is always exact.
+    """
+
+    def __init__(self, buf: Any) -> None:
+        super().__init__(buf)
+        w = self._words
+        self._tail: int = w[_TAIL]
+        self._head_cache: int = w[_HEAD]
+        self._msgs: int = w[_MSGS_W]
+        self._bytes: int = w[_BYTES_W]
+        self._full: int = w[_FULL]
+        # A full fence between publishing the tail and reading the consumer's signal:
+        # an uncontended lock's acquire and release are lock-prefixed instructions.
+        lock = threading.Lock()
+        self._acquire = lock.acquire
+        self._release = lock.release
+
+    # -- state the consumer shares with us ------------------------------------------
+
+    @property
+    def consumer_waiting(self) -> bool:
+        """The consumer announced it may sleep: ring its doorbell after publishing."""
+        return self._words[_SIGNAL] == WAITING
+
+    @property
+    def consumer_closed(self) -> bool:
+        return self._words[_SIGNAL] == CLOSED
+
+    def signal(self) -> int:
+        """Fence, then read the consumer's signal word (RUNNING, WAITING or CLOSED)."""
+        self._acquire()
+        self._release()
+        return self._words[_SIGNAL]
+
+    @property
+    def empty(self) -> bool:
+        """Everything published has been consumed."""
+        return self._words[_HEAD] == self._tail
+
+    @property
+    def unread(self) -> int:
+        """Messages published and not yet read (as far as the consumer has told)."""
+        return self._msgs - self._words[_MSGS_R]
+
+    def close(self) -> None:
+        """Tell the consumer no more records will come."""
+        self.publish_counters()
+        self._words[_P_CLOSED] = 1
+
+    def set_identity(self, ident: int, token: int) -> None:
+        """Record who writes here (opaque to the ring), so a reader can check liveness."""
+        self._words[_P_ID] = ident
+        self._words[_P_TOKEN] = token
+
+    def publish_counters(self) -> None:
+        self._words[_MSGS_W] = self._msgs
+        self._words[_BYTES_W] = self._bytes
+
+    def stats(self) -> RingStats:
+        self.publish_counters()
+        return super().stats()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, data: Any, meta: int = 0) -> int:
+        """Write and publish one message of at most ``max_record`` bytes.
+
+        The hot path of every local send, so `_put` is inlined here by hand: a Python
+        call costs as much as a shared-word store.
+
+        Returns:
+            FULL when there is no room now; otherwise the consumer's signal word read
+            after a full fence: RUNNING, WAITING (ring its doorbell) or CLOSED.
+
+        Raises:
+            ValueError: the message needs fragments (use `offer_fragments`).
+        """
+        n = len(data)
+        if n > self.max_record:
+            raise ValueError(f"{n}-byte message exceeds max_record {self.max_record}")
+        words = self._words
+        cap = self.capacity
+        tail = self._tail
+        size = (n + 15) & ~7
+        off = tail & self._mask
+        room = cap - off
+        need = size if size <= room else size + room
+        if tail + need - self._head_cache > cap:
+            self._head_cache = words[_HEAD]
+            if tail + need - self._head_cache > cap:
+                self._note_full()
+                return FULL
+        if size > room:
+            words[(HEADER_SIZE + off) >> 3] = (room - 8) | (PAD << 32)
+            tail += room
+            off = 0
+        start = HEADER_SIZE + off
+        self._mv[start + 8 : start + 8 + n] = data
+        words[start >> 3] = n | (WHOLE << 32) | (meta << 40)
+        tail += size
+        self._tail = tail
+        self._msgs += 1
+        self._bytes += n
+        words[_TAIL] = tail  # the commit point
+        self._acquire()
+        self._release()
+        return words[_SIGNAL]
+
+    def _put(self, tail: int, data: Any, n: int, rtype: int, meta: int) -> int:
+        """Write one record at ``tail`` without publishing; return the new tail or -1."""
+        size = (n + 15) & ~7
+        off = tail & self._mask
+        room = self.capacity - off
+        need = size if size <= room else size + room
+        if tail + need - self._head_cache > self.capacity:
+            self._head_cache = self._words[_HEAD]
+            if tail + need - self._head_cache > self.capacity:
+                return -1
+        words = self._words
+        if size > room:
+            words[(HEADER_SIZE + off) >> 3] = (room - 8) | (PAD << 32)
+            tail += room
+            off = 0
+        start = HEADER_SIZE + off + 8
+        self._mv[start : start + n] = data
+        words[(HEADER_SIZE + off) >> 3] = n | (rtype << 32) | (meta << 40)
+        return tail + size
+
+    def _publish(self, tail: int, messages: int, nbytes: int) -> None:
+        self._msgs += messages
+        self._bytes += nbytes
+        self.publish_counters()
+        self._tail = tail
+        self._words[_TAIL] = tail  # the commit point: everything above is now visible
+
+    def _note_full(self) -> None:
+        self._full += 1
+        self._words[_FULL] = self._full
+
+    def offer(self, data: Any, meta: int = 0) -> bool:
+        """Write one message of at most ``max_record`` bytes and publish it.
+
+        Returns:
+            True when written, False when the ring has no room for it now.
+
+        Raises:
+            ValueError: the message needs fragments (use `offer_fragments`).
+        """
+        return self.write(data, meta) != FULL
+
+    def offer_batch(self, items: Iterable[tuple[Any, int]]) -> int:
+        """Write as many (data, meta) messages as fit, publishing the tail once.
+
+        Returns:
+            How many were written (a prefix of ``items``).
+
+        Raises:
+            ValueError: a message needs fragments.
+        """
+        tail = self._tail
+        count = nbytes = 0
+        for data, meta in items:
+            n = len(data)
+            if n > self.max_record:
+                raise ValueError(f"{n}-byte message exceeds max_record {self.max_record}")
+            new_tail = self._put(tail, data, n, WHOLE, meta)
+            if new_tail < 0:
+                self._note_full()
+                break
+            tail = new_tail
+            count += 1
+            nbytes += n
+        if count:
+            self._publish(tail, count, nbytes)
+        return count
+
+    def offer_fragments(self, data: Any, meta: int, sent: int) -> int:
+        """Stream a message of any size: write as many fragments as fit now.
+
+        Call again with the returned count until it equals ``len(data)``; in between,
+        write nothing else to this ring. One tail publish per call.
+
+        Args:
+            data: the whole message (bytes-like, format "B").
+            meta: the caller's tag, carried by the first fragment.
+            sent: bytes of ``data`` already written (0 to start).
+
+        Returns:
+            Bytes of ``data`` written so far (unchanged when the ring is full).
+
+        Raises:
+            ValueError: ``data`` is empty.
+        """
+        total = len(data)
+        if total == 0:
+            raise ValueError("an empty message needs no fragments: use offer()")
+        view = memoryview(data)
+        tail = self._tail
+        start_sent = sent
+        chunk_max = self.max_record
+        try:
+            while sent < total:
+                if sent == 0:
+                    chunk = min(total, chunk_max - _FIRST_PREFIX)
+                    record = total.to_bytes(8, "little") + view[:chunk]
+                    new_tail = self._put(tail, record, len(record), FIRST, meta)
+                else:
+                    chunk = min(total - sent, chunk_max)
+                    rtype = LAST if sent + chunk == total else MIDDLE
+                    new_tail = self._put(tail, view[sent : sent + chunk], chunk, rtype, 0)
+                if new_tail < 0:
+                    self._note_full()
+                    break
+                tail = new_tail
+                sent += chunk
+        finally:
+            view.release()
+        if tail != self._tail:
+            done = 1 if sent == total else 0
+            self._publish(tail, done, sent - start_sent)
+        return sent
+
+
+class Consumer(_RingView):
+    """The reading end. One thread of one process at a time."""
+
+    def __init__(self, buf: Any) -> None:
+        super().__init__(buf)
+        w = self._words
+        self._head: int = w[_HEAD]
+        self._msgs: int = w[_MSGS_R]
+        self._bytes: int = w[_BYTES_R]
+        self._frag: bytearray | None = None
+        self._frag_meta = 0
+        self._frag_len = 0
+
+    @property
+    def pending(self) -> bool:
+        """Something is published and not yet read."""
+        return self._words[_TAIL] != self._head
+
+    @property
+    def partial(self) -> bool:
+        """A fragmented message is half received (its producer has not finished)."""
+        return self._frag is not None
+
+    @property
+    def producer_closed(self) -> bool:
+        return self._words[_P_CLOSED] != 0
+
+    @property
+    def producer_identity(self) -> tuple[int, int]:
+        """The two words the producer stored with `Producer.set_identity`."""
+        return self._words[_P_ID], self._words[_P_TOKEN]
+
+    def set_waiting(self, waiting: bool) -> None:
+        """Announce (or withdraw) that this consumer may sleep on its doorbell.
+
+        The caller must issue a full fence between setting it and re-checking
+        `pending`: x86-64 may reorder a store before a later load.
+        """
+        if self._words[_SIGNAL] != CLOSED:
+            self._words[_SIGNAL] = WAITING if waiting else RUNNING
+
+    def close(self) -> None:
+        """Tell the producer that nothing more will be read (after the last poll)."""
+        self._words[_SIGNAL] = CLOSED
+
+    def discard_partial(self) -> None:
+        """Forget a half-received fragmented message (its producer died)."""
+        self._frag = None
+
+    def poll(self, budget: int = 64) -> list[tuple[int, bytes]]:
+        """Read up to ``budget`` whole messages; publish the head once.
+
+        Returns:
+            (meta, payload) pairs in the order written. Fragments are reassembled: a
+            long message appears once, whole, after its last fragment.
+
+        Raises:
+            RingCorrupted: a record header no producer of this layout writes.
+        """
+        words = self._words
+        head = self._head
+        tail = words[_TAIL]
+        if head == tail:
+            return []
+        mv = self._mv
+        mask = self._mask
+        out: list[tuple[int, bytes]] = []
+        append = out.append
+        nbytes = 0
+        while head != tail and budget > 0:
+            off = head & mask
+            h = words[(HEADER_SIZE + off) >> 3]
+            n = h & _LEN_MASK
+            rtype = (h >> 32) & 0xFF
+            s = HEADER_SIZE + off + 8
+            size = (n + 15) & ~7
+            if rtype == WHOLE and size <= self.capacity - off:
+                append((h >> 40, mv[s : s + n].tobytes()))
+                nbytes += n
+                budget -= 1
+                head += size
+            elif rtype == PAD and n == self.capacity - off - 8:
+                head += n + 8
+            elif FIRST <= rtype <= LAST and size <= self.capacity - off:
+                done = self._fragment(rtype, h >> 40, mv[s : s + n])
+                if done is not None:
+                    append(done)
+                    nbytes += len(done[1])
+                    budget -= 1
+                head += size
+            else:
+                raise RingCorrupted(f"bad record header {h:#018x} at position {head}")
+            if head - tail > 0:
+                raise RingCorrupted(f"record at {head} runs past the tail {tail}")
+        self._head = head
+        self._msgs += len(out)
+        self._bytes += nbytes
+        words[_MSGS_R] = self._msgs
+        words[_BYTES_R] = self._bytes
+        words[_HEAD] = head  # frees the space: the producer may now overwrite it
+        return out
+
+    def _fragment(self, rtype: int, meta: int, chunk: memoryview) -> tuple[int, bytes] | None:
+        if rtype == FIRST:
+            if self._frag is not None or len(chunk) < _FIRST_PREFIX:
+                raise RingCorrupted("FIRST fragment inside another message")
+            total = int.from_bytes(chunk[:_FIRST_PREFIX], "little")
+            body = chunk[_FIRST_PREFIX:]
+            if total > MAX_MESSAGE or len(body) > total:
+                raise RingCorrupted(f"fragmented message claims {total} bytes")
+            self._frag = bytearray(total)
+            self._frag[: len(body)] = body
+            self._frag_len = len(body)
+            self._frag_meta = meta
+            if self._frag_len == total:
+                return self._finish()
+            return None
+        frag = self._frag
+        n = len(chunk)
+        if frag is None or self._frag_len + n > len(frag):
+            raise RingCorrupted("fragment without a FIRST, or longer than announced")
+        frag[self._frag_len : self._frag_len + n] = chunk
+        self._frag_len += n
+        if rtype == LAST:
+            if self._frag_len != len(frag):
+                raise RingCorrupted("LAST fragment before the announced length")
+            return self._finish()
+        return None
+
+    def _finish(self) -> tuple[int, bytes]:
+        assert self._frag is not None
+        done = (self._frag_meta, bytes(self._frag))
+        self._frag = None
+        return done
+
+
+MAX_MESSAGE: Final = 1 << 40  # a sanity bound on a fragmented message's claimed length
