@@ -64,6 +64,9 @@ DEFAULT_CAPACITY: Final = 1 << 21
 MIN_CAPACITY: Final = 64
 MAX_CAPACITY: Final = 1 << 31
 MAX_META: Final = (1 << 24) - 1
+# A FIRST fragment carries the 8-byte total, then data: with max_record 8 it would carry
+# no data and offer_fragments would never make progress.
+MIN_MAX_RECORD: Final = 16
 
 # Word indices into the buffer viewed as unsigned 64-bit words.
 _MAGIC, _VERSION, _CAPACITY, _MAX_RECORD = 0, 1, 2, 3
@@ -116,8 +119,10 @@ def init_ring(buf: Any, capacity: int, *, max_record: int | None = None) -> None
     _check_capacity(capacity)
     if max_record is None:
         max_record = capacity // 4
-    if not 8 <= max_record <= capacity // 2 - 16:
-        raise ValueError(f"max_record must be in [8, capacity/2 - 16], got {max_record!r}")
+    if not MIN_MAX_RECORD <= max_record <= capacity // 2 - 16:
+        raise ValueError(
+            f"max_record must be in [{MIN_MAX_RECORD}, capacity/2 - 16], got {max_record!r}"
+        )
     mv = memoryview(buf).cast("B")
     if len(mv) < HEADER_SIZE + capacity:
         raise ValueError(f"buffer of {len(mv)} bytes is too small for capacity {capacity}")
@@ -139,8 +144,9 @@ class _RingView:
     def __init__(self, buf: Any) -> None:
         mv = memoryview(buf).cast("B")
         if len(mv) < HEADER_SIZE + MIN_CAPACITY:
+            size = len(mv)  # len() of a released view raises ValueError
             mv.release()
-            raise RingCorrupted(f"buffer of {len(mv)} bytes cannot hold a ring")
+            raise RingCorrupted(f"buffer of {size} bytes cannot hold a ring")
         words = mv.cast("Q") if len(mv) % 8 == 0 else mv[: len(mv) & ~7].cast("Q")
         magic, version, capacity = words[_MAGIC], words[_VERSION], words[_CAPACITY]
         max_record = words[_MAX_RECORD]
@@ -153,7 +159,7 @@ class _RingView:
             problem = f"capacity {capacity} is not a power of two"
         elif HEADER_SIZE + capacity > len(mv):
             problem = f"capacity {capacity} exceeds the {len(mv)}-byte buffer"
-        elif not 8 <= max_record <= capacity // 2 - 16:
+        elif not MIN_MAX_RECORD <= max_record <= capacity // 2 - 16:
             problem = f"max_record {max_record} out of range"
         if problem is not None:
             words.release()
@@ -435,7 +441,7 @@ class Consumer(_RingView):
         self._bytes: int = w[_BYTES_R]
         self._frag: bytearray | None = None
         self._frag_meta = 0
-        self._frag_len = 0
+        self._frag_len = 0  # the announced total of the message being reassembled
 
     @property
     def pending(self) -> bool:
@@ -534,21 +540,20 @@ class Consumer(_RingView):
             body = chunk[_FIRST_PREFIX:]
             if total > MAX_MESSAGE or len(body) > total:
                 raise RingCorrupted(f"fragmented message claims {total} bytes")
-            self._frag = bytearray(total)
-            self._frag[: len(body)] = body
-            self._frag_len = len(body)
+            # Grown as fragments arrive, not allocated from the claim: a corrupt length
+            # must fail as RingCorrupted, not as an attempt to allocate it.
+            self._frag = bytearray(body)
+            self._frag_len = total
             self._frag_meta = meta
-            if self._frag_len == total:
+            if len(body) == total:
                 return self._finish()
             return None
         frag = self._frag
-        n = len(chunk)
-        if frag is None or self._frag_len + n > len(frag):
+        if frag is None or len(frag) + len(chunk) > self._frag_len:
             raise RingCorrupted("fragment without a FIRST, or longer than announced")
-        frag[self._frag_len : self._frag_len + n] = chunk
-        self._frag_len += n
+        frag += chunk
         if rtype == LAST:
-            if self._frag_len != len(frag):
+            if len(frag) != self._frag_len:
                 raise RingCorrupted("LAST fragment before the announced length")
             return self._finish()
         return None
