@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
+import logging
 import mmap
 import os
 import select
@@ -53,10 +55,15 @@ from mybus_actors.timers import ActivityTable
 
 __all__ = ["Batch", "Delivery", "Endpoint"]
 
+_log = logging.getLogger(__name__)
+
 _WAKE: Final = b"w"
 _NEW_RING: Final = b"n"
 _MAX_SLEEP: Final = 0.5  # the doorbell sleep's safety net, should a wake-up ever go astray
 _ANNOUNCE_TIMEOUT: Final = 5.0
+# Several endpoints may live in one process (a runtime and a client, or tests): each
+# gets its own doorbell.
+_ENDPOINT_INDEX = itertools.count()
 
 
 Batch = tuple[str, str, list[tuple[int, bytes]]]
@@ -149,8 +156,9 @@ class _Inbound:
 class Endpoint:
     """A process's mailboxes: the rings it reads and writes, and its doorbell.
 
-    Not thread-safe: one thread drives an endpoint (a caller that shares one between
-    threads holds its own lock around each call).
+    Not thread-safe: a caller that shares an endpoint between threads holds one lock
+    around each call. Only the sleep itself (on `bell_fd`, between `prepare_sleep` and
+    `finish_sleep`) may happen outside that lock.
 
     Args:
         registry: the runtime directory's registry.
@@ -158,8 +166,9 @@ class Endpoint:
         channel_idle: seconds after which an unused ring is closed and unlinked.
         spin: seconds `wait` polls before it sleeps on the doorbell (0: sleep at once).
         clock: a monotonic clock.
-        on_undelivered: called with (sender, receiver, count) when a receiver died with
-            messages this endpoint had published to it still unread.
+        on_undelivered: called with (sender, receiver, [(meta, payload), ...]) for the
+            messages this endpoint published to a receiver that stopped or died
+            without reading them (salvaged from the ring, so none vanishes unseen).
     """
 
     def __init__(
@@ -170,7 +179,7 @@ class Endpoint:
         channel_idle: float = 30.0,
         spin: float = 50e-6,
         clock: Callable[[], float] = time.monotonic,
-        on_undelivered: Callable[[str, str, int], None] | None = None,
+        on_undelivered: Callable[[str, str, list[tuple[int, bytes]]], None] | None = None,
     ) -> None:
         _ring.buffer_size(ring_capacity)  # validates
         if channel_idle <= 0:
@@ -201,11 +210,12 @@ class Endpoint:
         )
         self._in_table: ActivityTable[str, _Inbound] = ActivityTable(idle=channel_idle, now=now)
         self._sweep_every = min(1.0, channel_idle / 4)
-        self._next_sweep = now + self._sweep_every
+        self._next_out_sweep = self._next_in_sweep = now + self._sweep_every
         self._sends = 0
         self._polls = 0
+        self._paused: set[str] = set()
         self.undelivered = 0
-        self.bell_path = registry.doorbell_path(self.pid)
+        self.bell_path = registry.doorbell_path(self.pid, index=next(_ENDPOINT_INDEX))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.bell_path)
         self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -246,8 +256,20 @@ class Endpoint:
             for ch in self._in.pop(key):
                 self._drop_inbound(ch)
         for key in [k for k in self._out if k[0] == name]:
-            self._drop_outbound(self._out[key], undelivered=0)
+            # Closing our producer end loses nothing: the receiver drains the file.
+            self._drop_outbound(self._out[key])
+        self._paused.discard(name)
         self.registry.unregister(name)
+        self._rebuild_active()
+
+    def pause(self, name: str) -> None:
+        """Stop draining rings to ``name`` (its senders feel backpressure) until `resume`."""
+        self._paused.add(name)
+        self._rebuild_active()
+
+    def resume(self, name: str) -> None:
+        self._paused.discard(name)
+        self._rebuild_active()
 
     # -- sending -------------------------------------------------------------------
 
@@ -294,14 +316,14 @@ class Endpoint:
                 self._consumer_gone(ch, data, meta, timeout, block)
         self._sends += 1
         if not self._sends & 1023:
-            self.maintain()
+            self._maintain_outbound()
 
     def _consumer_gone(
         self, ch: _Outbound, data: Any, meta: int, timeout: float, block: bool
     ) -> None:
         """The receiver closed its end as we published: was our message read?"""
         unread = ch.producer.unread
-        self._drop_outbound(ch, undelivered=max(0, unread - 1))
+        self._drop_outbound(ch, salvage=True, keep_last=1 if unread > 0 else 0)
         if unread > 0:
             # Ours was not read. A new incarnation of the name may take it; if there is
             # none, the lookup raises ActorNotFound.
@@ -331,7 +353,7 @@ class Endpoint:
             self._announce(peer, path.name)
         except ActorNotFound:
             file.unlink()
-            self._drop_outbound(ch, undelivered=0)
+            self._drop_outbound(ch)
             raise
         return ch
 
@@ -359,11 +381,11 @@ class Endpoint:
     def _check_receiver(self, ch: _Outbound, *, pending: int) -> None:
         """Raise ActorNotFound (dropping the ring) when the receiver is gone.
 
-        ``pending`` of the unread messages belong to the caller's current send, which
-        reports them through the exception; the rest are counted as undelivered.
+        The last ``pending`` unread messages belong to the caller's current send, which
+        reports them through the exception; the rest are salvaged as undelivered.
         """
         if ch.producer.consumer_closed or not is_alive(ch.peer.pid, ch.peer.create_time):
-            self._drop_outbound(ch, undelivered=max(0, ch.producer.unread - pending))
+            self._drop_outbound(ch, salvage=True, keep_last=pending)
             raise ActorNotFound(f"actor {ch.to!r} stopped before reading its mailbox")
 
     def _wait_for_room(
@@ -433,22 +455,41 @@ class Endpoint:
             # Half a message sits in the ring: close this generation (the receiver
             # discards the half) so the next message starts on a clean ring.
             if self._out.get((ch.sender, ch.to)) is ch:
-                self._drop_outbound(ch, undelivered=ch.producer.unread)
+                self._drop_outbound(ch, salvage=True)
             raise
         return signal
 
-    def _drop_outbound(self, ch: _Outbound, *, undelivered: int) -> None:
+    def _drop_outbound(self, ch: _Outbound, *, salvage: bool = False, keep_last: int = 0) -> None:
+        """Forget a ring we write; with ``salvage``, hand its unread messages back.
+
+        Salvage is only for a receiver that stopped or died: nobody else reads the ring
+        then, so we may read what it left (whole messages only; a half-sent fragmented
+        one is dropped, as its sender was told by an exception). The last ``keep_last``
+        messages are the current send's, reported by its exception instead.
+        """
         key = (ch.sender, ch.to)
         if self._out.get(key) is ch:
             del self._out[key]
             with contextlib.suppress(KeyError):
                 self._out_table.pop(key)
+        lost: list[tuple[int, bytes]] = []
+        if salvage and ch.producer.unread > 0:
+            lost = _salvage(ch.file)
+            if keep_last:
+                del lost[-keep_last:]
         ch.producer.close()
         ch.file.close(ch.producer)
-        if undelivered > 0:
-            self.undelivered += undelivered
+        if lost:
+            self.undelivered += len(lost)
             if self._on_undelivered is not None:
-                self._on_undelivered(ch.sender, ch.to, undelivered)
+                self._on_undelivered(ch.sender, ch.to, lost)
+            else:
+                _log.warning(
+                    "%d message(s) from %r to %r were never read: the receiver is gone",
+                    len(lost),
+                    ch.sender,
+                    ch.to,
+                )
 
     # -- receiving -----------------------------------------------------------------
 
@@ -494,34 +535,60 @@ class Endpoint:
         """Some inbound ring has unread records."""
         return any(ch.consumer.pending for ch in self._active)
 
+    @property
+    def bell_fd(self) -> int:
+        """The doorbell's descriptor, for a caller that sleeps in its own poller."""
+        return self._bell.fileno()
+
+    def prepare_sleep(self) -> bool:
+        """Announce that we may sleep; False (and nothing to undo) if work is pending.
+
+        Sets every active ring's waiting flag, fences, then re-checks the rings: a
+        producer that published before our flag was visible is seen here, and one that
+        publishes after it sees the flag and rings the doorbell. On True the caller
+        sleeps on `bell_fd` (bounded), then calls `finish_sleep`.
+        """
+        active = self._active
+        for ch in active:
+            ch.consumer.set_waiting(True)
+        self._fence()
+        if self.pending():
+            self._clear_waiting()
+            return False
+        return True
+
+    def finish_sleep(self) -> None:
+        """Withdraw the waiting flags and read the doorbell's datagrams."""
+        self._clear_waiting()
+        self._read_bell()
+
+    def _clear_waiting(self) -> None:
+        for ch in self._active:
+            ch.consumer.set_waiting(False)
+
+    def sleep_bound(self, timeout: float) -> float:
+        """How long a sleep may last: ``timeout`` capped by the safety net and the sweep."""
+        return max(0.0, min(timeout, _MAX_SLEEP, self._next_in_sweep - self._clock()))
+
     def wait(self, timeout: float) -> None:
         """Idle until a message may be pending, the doorbell rings, or ``timeout`` passes.
 
-        Spins for ``spin`` seconds first, then sets the waiting flags, fences, re-checks,
-        and sleeps on the doorbell.
+        Spins for ``spin`` seconds first, then sleeps on the doorbell (`prepare_sleep`).
         """
         clock = self._clock
         now = clock()
-        deadline = now + max(0.0, timeout)
         spin_until = now + min(self.spin, timeout)
         while now < spin_until:
             if self.pending():
                 return
             now = clock()
-        active = self._active
-        for ch in active:
-            ch.consumer.set_waiting(True)
-        self._fence()
-        try:
-            if self.pending():
-                return
-            remaining = min(deadline - clock(), _MAX_SLEEP, self._next_sweep - clock())
-            if remaining > 0:
-                self._poller.poll(remaining * 1000.0)
-            self._read_bell()
-        finally:
-            for ch in active:
-                ch.consumer.set_waiting(False)
+        if self.prepare_sleep():
+            try:
+                remaining = self.sleep_bound(timeout - (clock() - now))
+                if remaining > 0:
+                    self._poller.poll(remaining * 1000.0)
+            finally:
+                self.finish_sleep()
 
     def _read_bell(self) -> None:
         while True:
@@ -556,7 +623,8 @@ class Endpoint:
         self._rebuild_active()
 
     def _rebuild_active(self) -> None:
-        self._active = [gens[0] for gens in self._in.values() if gens]
+        paused = self._paused
+        self._active = [g[0] for key, g in self._in.items() if g and key[1] not in paused]
 
     def _retire(self, ch: _Inbound) -> None:
         """Close a drained (or dead) generation; the next one of its pair becomes active."""
@@ -581,11 +649,7 @@ class Endpoint:
             self._rebuild_active()
 
     def _discard_corrupt(self, ch: _Inbound) -> None:
-        import logging
-
-        logging.getLogger(__name__).error(
-            "ring %s is corrupted; closing it", ch.file.path.name, exc_info=True
-        )
+        _log.error("ring %s is corrupted; closing it", ch.file.path.name, exc_info=True)
         self._retire(ch)
 
     def _scan_rings(self) -> None:
@@ -603,12 +667,16 @@ class Endpoint:
     # -- maintenance ---------------------------------------------------------------
 
     def maintain(self) -> None:
-        """Run the periodic sweep if due: idle rings, dead peers, missed announcements."""
+        """Run the periodic sweeps that are due: idle rings, gone peers, lost announcements."""
+        self._maintain_outbound()
+        self._maintain_inbound()
+
+    def _maintain_outbound(self) -> None:
+        """Close rings we no longer write to; notice receivers that stopped or died."""
         now = self._clock()
-        if now < self._next_sweep:
+        if now < self._next_out_sweep:
             return
-        self._next_sweep = now + self._sweep_every
-        self._read_bell()
+        self._next_out_sweep = now + self._sweep_every
         for key, out in list(self._out.items()):
             if out.used:
                 out.used = False
@@ -619,9 +687,17 @@ class Endpoint:
                     self._check_receiver(out, pending=0)
         for key, out in self._out_table.expire(now):
             if out.producer.empty:
-                self._drop_outbound(out, undelivered=0)
+                self._drop_outbound(out)
             else:  # the receiver is slow, not gone: keep the ring until it has read it
                 self._out_table.put(key, out, now)
+
+    def _maintain_inbound(self) -> None:
+        """Unlink rings whose writer closed them or died; find unannounced rings."""
+        now = self._clock()
+        if now < self._next_in_sweep:
+            return
+        self._next_in_sweep = now + self._sweep_every
+        self._read_bell()
         for fname, inb in list(self._by_file.items()):
             if inb.used:
                 inb.used = False
@@ -646,7 +722,7 @@ class Endpoint:
             return
         self._closed = True
         for out in list(self._out.values()):
-            self._drop_outbound(out, undelivered=0)
+            self._drop_outbound(out)
         for name in list(self._names):
             self.unbind(name)
         self._poller.unregister(self._bell.fileno())
@@ -660,3 +736,19 @@ class Endpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _salvage(file: _RingFile) -> list[tuple[int, bytes]]:
+    """Read what a gone consumer left in a ring (we are its only reader now)."""
+    consumer = _ring.Consumer(file.map)
+    try:
+        out: list[tuple[int, bytes]] = []
+        while True:
+            batch = consumer.poll(1024)
+            if not batch:
+                return out
+            out.extend(batch)
+    except RingCorrupted:
+        return out
+    finally:
+        consumer.release()

@@ -62,7 +62,7 @@ RESERVED_NAMES = frozenset({"gateway"})
 
 _NAME_FORM = "1 to 64 characters from [A-Za-z0-9_.-], not starting with '.'"
 _GEN_RE = re.compile(r"[0-9A-Fa-f]{1,32}")
-_BELL_RE = re.compile(r"([1-9][0-9]{0,9})-([0-9]{1,16})")
+_BELL_RE = re.compile(r"([1-9][0-9]{0,9})-([0-9]{1,16})(?:\.[0-9]{1,9})?")
 _TMP_RE = re.compile(r"\.tmp-([1-9][0-9]{0,9})-([0-9]{1,16})-[0-9a-f]+")
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -362,8 +362,10 @@ class Registry:
 
     # ----------------------------------------------------------------- public API
 
-    def doorbell_path(self, pid: int | None = None) -> pathlib.Path:
-        """Return `bells/<pid>-<create_time_ms>` for process `pid` (default: this one).
+    def doorbell_path(self, pid: int | None = None, *, index: int = 0) -> pathlib.Path:
+        """Return `bells/<pid>-<create_time_ms>[.<index>]` for process `pid` (default: this one).
+
+        ``index`` tells apart several endpoints of one process (0: no suffix).
 
         Raises:
             ProcessLookupError: no such live process.
@@ -372,7 +374,8 @@ class Registry:
         ctime = process_create_time(pid)
         if ctime is None:
             raise ProcessLookupError(f"no live process with pid {pid!r}")
-        return self.bells_dir / f"{pid}-{int(ctime * 1000)}"
+        suffix = f".{index}" if index else ""
+        return self.bells_dir / f"{pid}-{int(ctime * 1000)}{suffix}"
 
     def register(
         self, name: str, *, doorbell: str | os.PathLike[str], pid: int | None = None

@@ -259,21 +259,29 @@ def test_stopped_consumer_makes_sender_raise_mailbox_full_then_loses_nothing(
     assert slow.join() == 0
 
 
-def test_receiver_killed_sender_gets_actor_not_found(peers: list[Peer], runtime_dir: Path) -> None:
+def test_receiver_killed_sender_gets_actor_not_found_and_its_unread_messages_back(
+    peers: list[Peer], runtime_dir: Path
+) -> None:
     slow = start(peers, "slow", "--name", "victim", "--wait-go")  # reads nothing
-    lost: list[tuple[str, str, int]] = []
+    lost: list[tuple[str, str, list[tuple[int, bytes]]]] = []
     with Endpoint(
         Registry(runtime_dir), ring_capacity=1 << 16, on_undelivered=lambda *a: lost.append(a)
     ) as ep:
         ep.bind("sender")
-        for i in range(10):
-            ep.send("sender", "victim", i.to_bytes(8, "little"))
+        sent = [i.to_bytes(8, "little") for i in range(10)]
+        for msg in sent:
+            ep.send("sender", "victim", msg)
         os.kill(slow.pid, signal.SIGKILL)
         slow.join(10)
         with pytest.raises(ActorNotFound):
-            for _ in range(100_000):
-                ep.send("sender", "victim", b"y" * 64, timeout=5)
-        assert sum(n for _, _, n in lost) >= 10
+            for i in range(100_000):
+                msg = b"y" * 56 + i.to_bytes(8, "little")
+                ep.send("sender", "victim", msg, timeout=5)
+                sent.append(msg)
+        # Every accepted message is handed back, in order; the refused one is not.
+        assert [(s, r) for s, r, _ in lost] == [("sender", "victim")]
+        assert [payload for _, payload in lost[0][2]] == sent
+        assert ep.undelivered == len(sent)
     Registry(runtime_dir).reclaim()
 
 
