@@ -1,9 +1,27 @@
-"""mybus_actors: an actor runtime for Python processes on one host or many."""
+"""mybus_actors: an actor runtime for Python processes on one host or many.
 
+```python
+import mybus_actors as mb
+
+class Echo(mb.Actor):
+    def receive(self, message):
+        self.reply(message)
+
+ref = mb.spawn(Echo, "echo")
+with mb.connect() as me:
+    assert me.ask("echo", "hi", timeout=5) == "hi"
+ref.stop()
+```
+"""
+
+from mybus_actors.actor import Actor, Terminated
+from mybus_actors.asks import AskFuture
+from mybus_actors.client import Client, connect
 from mybus_actors.errors import (
     ActorError,
     ActorNotFound,
     AskTimeout,
+    DeadlockError,
     InvalidAddress,
     MailboxClosed,
     MailboxFull,
@@ -11,16 +29,29 @@ from mybus_actors.errors import (
     NameTaken,
     SerializationError,
 )
+from mybus_actors.ref import Ref, spawn
+from mybus_actors.runtime import Runtime, TimerHandle, run
 
 __all__ = [
+    "Actor",
     "ActorError",
     "ActorNotFound",
+    "AskFuture",
     "AskTimeout",
+    "Client",
+    "DeadlockError",
     "InvalidAddress",
     "MailboxClosed",
     "MailboxFull",
     "MyBusError",
     "NameTaken",
+    "Ref",
+    "Runtime",
     "SerializationError",
+    "Terminated",
+    "TimerHandle",
+    "connect",
+    "run",
+    "spawn",
 ]
 __version__ = "0.1.0"

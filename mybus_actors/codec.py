@@ -35,7 +35,16 @@ import cloudpickle
 
 from mybus_actors.errors import InvalidAddress, SerializationError
 
-__all__ = ["Buffer", "Envelope", "Kind", "Tag", "decode", "decode_message", "encode"]
+__all__ = [
+    "Buffer",
+    "Envelope",
+    "Kind",
+    "Tag",
+    "decode",
+    "decode_fields",
+    "decode_message",
+    "encode",
+]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -275,6 +284,19 @@ def decode_message(meta: int, body: Buffer) -> object:
             raise _load_error(meta >> _TAG_SHIFT, body, exc) from exc
     _, tag, _, _, payload = _parse(meta, body)
     return _load(tag, payload)
+
+
+def decode_fields(meta: int, body: Buffer) -> tuple[int, str | None, int, object]:
+    """Return (kind, sender, correlation id, message): `decode` without the Envelope.
+
+    For hot paths (replies, asks), where building the value object costs more than
+    the rest of the decode.
+
+    Raises:
+        SerializationError: as `decode`.
+    """
+    kind, tag, sender, correlation_id, payload = _parse(meta, body)
+    return kind, sender, correlation_id, _load(tag, payload)
 
 
 def decode(meta: int, body: Buffer) -> tuple[Envelope, object]:

@@ -11,6 +11,7 @@ __all__ = [
     "ActorError",
     "ActorNotFound",
     "AskTimeout",
+    "DeadlockError",
     "InvalidAddress",
     "LocalProtocolError",
     "MailboxClosed",
@@ -57,6 +58,10 @@ class AskTimeout(MyBusError, TimeoutError):
 
 class ActorError(MyBusError):
     """The receiver's `receive` raised while handling an ask."""
+
+
+class DeadlockError(MyBusError, RuntimeError):
+    """Blocking here would stall the dispatcher that must make progress for it."""
 
 
 class RingCorrupted(MyBusError):

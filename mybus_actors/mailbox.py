@@ -61,6 +61,7 @@ _WAKE: Final = b"w"
 _NEW_RING: Final = b"n"
 _MAX_SLEEP: Final = 0.5  # the doorbell sleep's safety net, should a wake-up ever go astray
 _ANNOUNCE_TIMEOUT: Final = 5.0
+_HOT_SPIN: Final = 50e-6  # spin without yielding for this long, then yield each round
 # Several endpoints may live in one process (a runtime and a client, or tests): each
 # gets its own doorbell.
 _ENDPOINT_INDEX = itertools.count()
@@ -177,7 +178,7 @@ class Endpoint:
         *,
         ring_capacity: int = _ring.DEFAULT_CAPACITY,
         channel_idle: float = 30.0,
-        spin: float = 50e-6,
+        spin: float = 200e-6,
         clock: Callable[[], float] = time.monotonic,
         on_undelivered: Callable[[str, str, list[tuple[int, bytes]]], None] | None = None,
     ) -> None:
@@ -570,21 +571,36 @@ class Endpoint:
         """How long a sleep may last: ``timeout`` capped by the safety net and the sweep."""
         return max(0.0, min(timeout, _MAX_SLEEP, self._next_in_sweep - self._clock()))
 
+    def spin_for(self, seconds: float, other_work: Callable[[], bool] | None = None) -> bool:
+        """Poll the rings (and ``other_work``) for up to ``seconds``; True if work came.
+
+        A request-response peer usually answers within tens of microseconds, far less
+        than a sleep and a wake-up cost; past the first stretch the spin yields the CPU
+        each round, so on a busy two-core machine it does not starve the peer it waits for.
+        """
+        clock = self._clock
+        now = clock()
+        hot_until = now + min(seconds, _HOT_SPIN)
+        until = now + seconds
+        while now < until:
+            if self.pending() or (other_work is not None and other_work()):
+                return True
+            if now > hot_until:
+                os.sched_yield()
+            now = clock()
+        return False
+
     def wait(self, timeout: float) -> None:
         """Idle until a message may be pending, the doorbell rings, or ``timeout`` passes.
 
         Spins for ``spin`` seconds first, then sleeps on the doorbell (`prepare_sleep`).
         """
-        clock = self._clock
-        now = clock()
-        spin_until = now + min(self.spin, timeout)
-        while now < spin_until:
-            if self.pending():
-                return
-            now = clock()
+        now = self._clock()
+        if self.spin_for(min(self.spin, timeout)):
+            return
         if self.prepare_sleep():
             try:
-                remaining = self.sleep_bound(timeout - (clock() - now))
+                remaining = self.sleep_bound(timeout - (self._clock() - now))
                 if remaining > 0:
                     self._poller.poll(remaining * 1000.0)
             finally:

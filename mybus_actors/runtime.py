@@ -1,0 +1,853 @@
+"""One process's node: the dispatcher that hosts actors, and `run`.
+
+A `Runtime` owns one mailbox `Endpoint`, a timer wheel and (when an actor declares
+``async def receive``) an asyncio loop. Its dispatcher drains the rings of every actor
+hosted here, fires due timers, runs ``receive`` for one message at a time per actor, and
+idles on the doorbell (plus watched processes' pidfds and a signal wake-up) until the
+next timer is due. It knows actors and envelopes, not TCP: other nodes are reached
+through a gateway (a later layer); until one runs, telling another node raises
+`ActorNotFound` naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from mybus_actors import codec
+from mybus_actors.actor import Actor, Terminated
+from mybus_actors.address import format_address, parse_address
+from mybus_actors.asks import AskFuture, PendingAsks, error_from_reply, error_reply
+from mybus_actors.codec import Kind
+from mybus_actors.errors import (
+    ActorNotFound,
+    AskTimeout,
+    InvalidAddress,
+    MailboxClosed,
+    MyBusError,
+    SerializationError,
+)
+from mybus_actors.mailbox import Endpoint
+from mybus_actors.registry import (
+    RESERVED_NAMES,
+    Registry,
+    default_node,
+    is_alive,
+    resolve_runtime_dir,
+    validate_name,
+)
+from mybus_actors.ring import DEFAULT_CAPACITY
+from mybus_actors.timers import TimerWheel
+
+__all__ = ["Runtime", "TimerHandle", "run"]
+
+_log = logging.getLogger("mybus_actors.runtime")
+
+_USER: Final = int(Kind.USER)
+_ASK: Final = int(Kind.ASK)
+_REPLY: Final = int(Kind.REPLY)
+_SYSTEM: Final = int(Kind.SYSTEM)
+_ERROR_REPLY: Final = int(Kind.ERROR_REPLY)
+_DEAD: Final = -1  # a local-queue entry: a dead letter for the sending actor
+_KIND_MASK: Final = 7
+_BUDGET: Final = 64  # messages per ring per poll: a chatty sender cannot starve others
+
+_REPLY_IDS = itertools.count()
+
+# System messages (Kind.SYSTEM): small tuples, first item the verb.
+STOP: Final = ("stop",)
+
+
+def _no_gateway(node: str, here: str) -> ActorNotFound:
+    return ActorNotFound(
+        f"node {node!r} is not reachable: no gateway carries messages from node {here!r}"
+    )
+
+
+class TimerHandle:
+    """What `send_after` and `every` return: `cancel()` it to stop the timer."""
+
+    __slots__ = ("_wheel_handle", "cancelled", "cell", "interval", "message", "to")
+
+    def __init__(self, cell: _Cell, interval: float | None, message: Any, to: str | None):
+        self.cell = cell
+        self.interval = interval
+        self.message = message
+        self.to = to
+        self.cancelled = False
+        self._wheel_handle: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._wheel_handle is not None:
+            self._wheel_handle.cancel()
+        self.cell.timers.discard(self)
+
+
+class _Cell:
+    """The runtime's record of one hosted actor."""
+
+    __slots__ = (
+        "actor",
+        "address",
+        "backlog",
+        "cur_corr",
+        "cur_kind",
+        "cur_sender",
+        "finished",
+        "is_async",
+        "name",
+        "stopping",
+        "task",
+        "timers",
+        "watchers",
+        "watching",
+    )
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        self.actor: Actor | None = None
+        self.is_async = False
+        self.task: asyncio.Task[None] | None = None
+        self.backlog: deque[tuple[str | None, int, int, Any]] = deque()
+        self.cur_sender: str | None = None
+        self.cur_kind = _USER
+        self.cur_corr = 0
+        self.stopping = False
+        self.finished = False
+        self.timers: set[TimerHandle] = set()
+        self.watchers: set[str] = set()  # addresses to notify when this actor ends
+        self.watching: set[str] = set()  # addresses this actor watches
+
+
+class _Watch:
+    __slots__ = ("address", "cells", "pidfd")
+
+    def __init__(self, address: str, pidfd: int | None) -> None:
+        self.address = address
+        self.pidfd = pidfd
+        self.cells: set[str] = set()
+
+
+class Runtime:
+    """A node's presence in this process: hosts actors and dispatches their messages.
+
+    Args:
+        node: this node's name (default `MYBUS_NODE`, else the short host name).
+        runtime_dir: the runtime directory (default `MYBUS_RUNTIME_DIR`, else
+            ``/dev/shm/mybus-<uid>/<node>``).
+        spin: seconds the dispatcher polls before it sleeps on its doorbell.
+        ring_capacity: bytes of each ring this process creates.
+        channel_idle: seconds after which an idle ring is closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        node: str | None = None,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        spin: float = 300e-6,
+        ring_capacity: int = DEFAULT_CAPACITY,
+        channel_idle: float = 30.0,
+    ) -> None:
+        self.node = validate_name(node) if node is not None else default_node()
+        self.registry = Registry(resolve_runtime_dir(runtime_dir, self.node))
+        self.spin = spin
+        self._clock = time.monotonic
+        self.endpoint = Endpoint(
+            self.registry,
+            ring_capacity=ring_capacity,
+            channel_idle=channel_idle,
+            spin=spin,
+            on_undelivered=self._undelivered,
+        )
+        self._thread = threading.get_ident()
+        self.wheel: TimerWheel[Callable[[], None]] = TimerWheel(tick=0.001, now=self._clock())
+        self.cells: dict[str, _Cell] = {}
+        self._local: deque[tuple[str, str, int, int, Any]] = deque()
+        self.asks = PendingAsks(self._thread)
+        self._ask_owner: dict[int, str] = {}
+        self._watches: dict[str, _Watch] = {}
+        self._by_pidfd: dict[int, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._poller = select.poll()
+        self._poller.register(self.endpoint.bell_fd, select.POLLIN)
+        self._poller.register(self._wake_r.fileno(), select.POLLIN)
+        self._stop_all = threading.Event()
+        self.dead_letters = 0
+        self._stopping = False  # some cell has a stop pending
+        self._reply_name: str | None = None
+        self._closed = False
+
+    # -- hosting -------------------------------------------------------------------
+
+    def host(
+        self,
+        cls: type[Actor],
+        name: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> _Cell:
+        """Register ``name`` here, build the actor and run its on_start.
+
+        Raises:
+            InvalidAddress: a malformed or reserved name.
+            NameTaken: a live actor holds the name.
+            TypeError: ``cls`` is not an Actor subclass.
+            Exception: whatever the actor's ``__init__`` or ``on_start`` raised (the
+                name is released again).
+        """
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            raise TypeError(f"expected a subclass of mybus_actors.Actor, got {cls!r}")
+        validate_name(name)
+        if name in RESERVED_NAMES or name.startswith("_"):
+            raise InvalidAddress(f"the name {name!r} is reserved for the runtime")
+        self.endpoint.bind(name)
+        cell = _Cell(name, format_address(self.node, name))
+        self.cells[name] = cell
+        try:
+            actor = cls.__new__(cls)
+            actor._mb_rt = self
+            actor._mb_cell = cell
+            cell.actor = actor
+            cell.is_async = inspect.iscoroutinefunction(type(actor).receive)
+            actor.__init__(*args, **(kwargs or {}))  # type: ignore[misc]
+            actor.on_start()
+        except BaseException:
+            cell.finished = True
+            del self.cells[name]
+            self.endpoint.unbind(name)
+            raise
+        return cell
+
+    def sender_of(self, cell: _Cell) -> str | None:
+        s = cell.cur_sender
+        if s is None or "/" in s:
+            return s
+        return format_address(self.node, s)
+
+    # -- sending -------------------------------------------------------------------
+
+    def tell(
+        self,
+        sender: str,
+        to: str,
+        message: Any,
+        *,
+        timeout: float = 10.0,
+        block: bool = True,
+        kind: int = _USER,
+        corr: int = 0,
+        reply_to: str | None = None,
+    ) -> None:
+        node, name = parse_address(to, self.node)
+        if node != self.node:
+            raise _no_gateway(node, self.node)
+        if name in self.cells:
+            # Same process: no ring, no copy (as Pykka and Akka do within one process).
+            self._local.append((sender, name, kind, corr, message))
+            return
+        if kind == _USER:
+            meta, body = codec.encode(message)
+        else:
+            meta, body = codec.encode(message, kind=kind, sender=reply_to, correlation_id=corr)
+        self.endpoint.send(sender, name, body, meta, timeout=timeout, block=block)
+
+    def _reply_mailbox(self) -> str:
+        """This process's reply mailbox, bound on the first ask.
+
+        An ask travels on the asker's own ring (so it stays in order with its tells),
+        naming this mailbox as the reply-to: replies then never wait behind an actor
+        whose rings are held back while its async receive runs.
+        """
+        if self._reply_name is None:
+            name = f"_reply-{os.getpid()}-{next(_REPLY_IDS)}"
+            self.endpoint.bind(name)
+            self._reply_name = name
+        return self._reply_name
+
+    def ask(self, cell: _Cell, to: str, message: Any, *, timeout: float = 5.0) -> AskFuture:
+        address = format_address(*parse_address(to, self.node))
+        corr, fut = self.asks.new(f"ask to {address}")
+        self._ask_owner[corr] = cell.name
+
+        def expire() -> None:
+            self.asks.fail(corr, AskTimeout(f"no reply from {address} within {timeout}s"))
+
+        handle = self.wheel.schedule(self._clock() + timeout, expire)
+
+        def settled(_: AskFuture) -> None:
+            handle.cancel()
+            self._ask_owner.pop(corr, None)
+
+        fut.add_done_callback(settled)
+        try:
+            reply_to = (
+                None if parse_address(to, self.node)[1] in self.cells else self._reply_mailbox()
+            )
+            self.tell(
+                cell.name, to, message, timeout=timeout, kind=_ASK, corr=corr, reply_to=reply_to
+            )
+        except BaseException:
+            self.asks.pop(corr)
+            handle.cancel()
+            self._ask_owner.pop(corr, None)
+            raise
+        return fut
+
+    def reply(self, cell: _Cell, message: Any) -> None:
+        to = self.sender_of(cell)
+        if to is None:
+            raise MyBusError(f"{cell.address}: reply() has no current message with a sender")
+        if cell.cur_kind == _ASK:
+            self.tell(cell.name, to, message, kind=_REPLY, corr=cell.cur_corr)
+        else:
+            self.tell(cell.name, to, message)
+
+    def _reply_error(self, cell: _Cell, to: str, corr: int, exc: BaseException) -> None:
+        try:
+            self.tell(cell.name, to, error_reply(exc), kind=_ERROR_REPLY, corr=corr)
+        except MyBusError as err:
+            _log.warning("%s: could not send the error reply to %s: %s", cell.address, to, err)
+
+    def _tell_system(self, sender: str, to: str, message: tuple[Any, ...]) -> bool:
+        try:
+            self.tell(sender, to, message, kind=_SYSTEM, timeout=1.0)
+        except MyBusError as err:
+            _log.debug("system message %r to %s not sent: %s", message[0], to, err)
+            return False
+        return True
+
+    # -- timers --------------------------------------------------------------------
+
+    def schedule(
+        self, cell: _Cell, delay: float, interval: float | None, message: Any, to: str | None
+    ) -> TimerHandle:
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay!r}")
+        if to is not None:
+            parse_address(to, self.node)  # a malformed target fails now, not later
+        timer = TimerHandle(cell, interval, message, to)
+        cell.timers.add(timer)
+        self._arm(timer, self._clock() + delay)
+        return timer
+
+    def _arm(self, timer: TimerHandle, deadline: float) -> None:
+        def fire() -> None:
+            if timer.cancelled or timer.cell.finished:
+                return
+            if timer.interval is not None:
+                # From the deadline, not from now: the rate does not drift.
+                self._arm(timer, max(deadline + timer.interval, self._clock()))
+            else:
+                timer.cell.timers.discard(timer)
+            if timer.to is None:
+                self._offer(timer.cell, None, _USER, 0, timer.message)
+            else:
+                try:
+                    self.tell(timer.cell.name, timer.to, timer.message)
+                except MyBusError as err:
+                    _log.warning("%s: timer message not sent: %s", timer.cell.address, err)
+
+        timer._wheel_handle = self.wheel.schedule(deadline, fire)
+
+    # -- watching ------------------------------------------------------------------
+
+    def watch(self, cell: _Cell, address: str) -> None:
+        node, name = parse_address(address, self.node)
+        address = format_address(node, name)
+        if node != self.node:
+            raise _no_gateway(node, self.node)
+        cell.watching.add(address)
+        w = self._watches.get(address)
+        if w is not None:
+            w.cells.add(cell.name)
+            return
+        target = self.cells.get(name)
+        if target is not None:  # same process: no pidfd, the notice is enough
+            w = _Watch(address, None)
+        else:
+            pidfd = self._open_pidfd(name)
+            if pidfd is None:
+                cell.watching.discard(address)
+                self._offer(cell, None, _USER, 0, Terminated(address, "not found"))
+                return
+            w = _Watch(address, pidfd)
+            self._by_pidfd[pidfd] = address
+            self._poller.register(pidfd, select.POLLIN)
+        w.cells.add(cell.name)
+        self._watches[address] = w
+        if target is not None:
+            target.watchers.add(cell.name)
+        else:
+            self._tell_system(cell.name, name, ("watch",))
+
+    def _open_pidfd(self, name: str) -> int | None:
+        try:
+            entry = self.registry.lookup(name)
+            pidfd = os.pidfd_open(entry.pid)
+        except (ActorNotFound, ProcessLookupError):
+            return None
+        # The pid might have died and been reused between the lookup and the open.
+        if not is_alive(entry.pid, entry.create_time):
+            os.close(pidfd)
+            return None
+        return pidfd
+
+    def unwatch(self, cell: _Cell, address: str) -> None:
+        node, name = parse_address(address, self.node)
+        address = format_address(node, name)
+        cell.watching.discard(address)
+        w = self._watches.get(address)
+        if w is None:
+            return
+        w.cells.discard(cell.name)
+        if not w.cells:
+            self._drop_watch(w)
+        target = self.cells.get(name)
+        if target is not None:
+            target.watchers.discard(cell.name)
+        else:
+            self._tell_system(cell.name, name, ("unwatch",))
+
+    def _drop_watch(self, w: _Watch) -> None:
+        self._watches.pop(w.address, None)
+        if w.pidfd is not None:
+            self._by_pidfd.pop(w.pidfd, None)
+            self._poller.unregister(w.pidfd)
+            os.close(w.pidfd)
+
+    def _terminated(self, address: str, reason: str) -> None:
+        w = self._watches.get(address)
+        if w is None:
+            return
+        self._drop_watch(w)
+        for name in w.cells:
+            cell = self.cells.get(name)
+            if cell is not None and not cell.finished:
+                cell.watching.discard(address)
+                self._offer(cell, None, _USER, 0, Terminated(address, reason))
+
+    # -- receiving -----------------------------------------------------------------
+
+    def _offer(self, cell: _Cell, sender: str | None, kind: int, corr: int, message: Any) -> None:
+        """Hand one message to an actor, or queue it while its async receive runs."""
+        if cell.task is not None or cell.backlog:
+            cell.backlog.append((sender, kind, corr, message))
+            return
+        self._handle(cell, sender, kind, corr, message)
+
+    def _handle(self, cell: _Cell, sender: str | None, kind: int, corr: int, msg: Any) -> None:
+        actor = cell.actor
+        if actor is None or cell.finished:
+            return
+        cell.cur_sender = sender
+        cell.cur_kind = kind
+        cell.cur_corr = corr
+        if cell.is_async:
+            loop = self._async_loop()
+            task = loop.create_task(self._run_async(cell, actor.receive(msg), sender, kind, corr))
+            cell.task = task
+            self._tasks.add(task)
+            self.endpoint.pause(cell.name)
+            return
+        try:
+            actor.receive(msg)
+        except Exception as exc:
+            self._receive_failed(cell, exc, sender, kind, corr)
+
+    async def _run_async(
+        self, cell: _Cell, coro: Any, sender: str | None, kind: int, corr: int
+    ) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._receive_failed(cell, exc, sender, kind, corr)
+
+    def _receive_failed(
+        self, cell: _Cell, exc: Exception, sender: str | None, kind: int, corr: int
+    ) -> None:
+        _log.error("%s: receive() raised", cell.address, exc_info=exc)
+        if kind == _ASK and sender is not None:
+            self._reply_error(cell, sender, corr, exc)
+
+    def _task_done(self, cell: _Cell) -> None:
+        """An async receive finished: start the next queued message, or resume draining."""
+        cell.task = None
+        if cell.stopping:
+            self._finish(cell, "stopped")
+            return
+        while cell.backlog and cell.task is None and not cell.finished:
+            self._handle(cell, *cell.backlog.popleft())
+        if cell.task is None and not cell.finished:
+            self.endpoint.resume(cell.name)
+
+    def _deliver(self, sender: str, receiver: str, items: list[tuple[int, bytes]]) -> None:
+        cell = self.cells.get(receiver)
+        if cell is None:
+            if receiver == self._reply_name:
+                self._deliver_replies(sender, items)
+            else:
+                _log.warning("%d message(s) for %r, not hosted here", len(items), receiver)
+            return
+        for meta, payload in items:
+            kind = meta & _KIND_MASK
+            try:
+                if kind == _USER:
+                    self._offer(cell, sender, _USER, 0, codec.decode_message(meta, payload))
+                    continue
+                _, origin, corr, msg = codec.decode_fields(meta, payload)
+            except SerializationError:
+                _log.exception("%s: a message from %s could not be decoded", cell.address, sender)
+                continue
+            self._dispatch(cell, origin or sender, kind, corr, msg)
+
+    def _deliver_replies(self, sender: str, items: list[tuple[int, bytes]]) -> None:
+        for meta, payload in items:
+            try:
+                kind, _, corr, msg = codec.decode_fields(meta, payload)
+            except SerializationError:
+                _log.exception("a reply from %s could not be decoded", sender)
+                continue
+            if kind == _REPLY:
+                self.asks.resolve(corr, msg)
+            elif kind == _ERROR_REPLY:
+                self.asks.fail(corr, error_from_reply(self._address_of(sender), msg))
+            else:
+                _log.warning("a non-reply %r reached the reply mailbox from %s", msg, sender)
+
+    def _dispatch(self, cell: _Cell, sender: str, kind: int, corr: int, msg: Any) -> None:
+        if kind == _REPLY:
+            self.asks.resolve(corr, msg)
+        elif kind == _ERROR_REPLY:
+            self.asks.fail(corr, error_from_reply(self._address_of(sender), msg))
+        elif kind == _SYSTEM:
+            self._system(cell, sender, msg)
+        elif kind == _DEAD:
+            message, reason = msg
+            if cell.actor is not None and not cell.finished:
+                try:
+                    cell.actor.on_dead_letter(message, reason)
+                except Exception:
+                    _log.exception("%s: on_dead_letter() raised", cell.address)
+        else:
+            self._offer(cell, sender, kind, corr, msg)
+
+    def _address_of(self, sender: str) -> str:
+        return sender if "/" in sender else format_address(self.node, sender)
+
+    def _system(self, cell: _Cell, sender: str, msg: Any) -> None:
+        verb = msg[0] if isinstance(msg, tuple) and msg else None
+        if verb == "stop":
+            self.request_stop(cell)
+        elif verb == "watch":
+            cell.watchers.add(sender)
+        elif verb == "unwatch":
+            cell.watchers.discard(sender)
+        elif verb == "terminated" and len(msg) == 3:
+            self._terminated(str(msg[1]), str(msg[2]))
+        elif verb == "dead" and len(msg) == 3:
+            self._dispatch(cell, sender, _DEAD, 0, (msg[1], str(msg[2])))
+        else:
+            _log.warning("%s: unknown system message %r from %s", cell.address, msg, sender)
+
+    def _undelivered(self, sender: str, receiver: str, lost: list[tuple[int, bytes]]) -> None:
+        """The endpoint salvaged messages a gone receiver never read."""
+        reason = f"{format_address(self.node, receiver)} stopped before reading it"
+        for meta, payload in lost:
+            self.dead_letters += 1
+            kind = meta & _KIND_MASK
+            try:
+                env, msg = codec.decode(meta, payload)
+            except SerializationError:
+                continue
+            if kind == _ASK:
+                self.asks.fail(env.correlation_id, ActorNotFound(reason))
+            elif kind == _USER and sender in self.cells:
+                # Through the local queue: the hook must not run inside someone's tell().
+                self._local.append((receiver, sender, _DEAD, 0, (msg, reason)))
+            else:
+                _log.warning("dead letter from %s: %r (%s)", sender, msg, reason)
+
+    # -- stopping ------------------------------------------------------------------
+
+    def request_stop(self, cell: _Cell) -> None:
+        """Stop ``cell`` once the messages already taken from its rings are handled.
+
+        What is still in its rings stays there: its senders get it back as dead
+        letters when the rings close.
+        """
+        if cell.finished:
+            return
+        cell.stopping = True
+        self._stopping = True
+        if threading.get_ident() != self._thread:
+            self._wake()
+
+    def stop_all(self) -> None:
+        """Ask every hosted actor to stop (thread- and signal-safe)."""
+        self._stop_all.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def _finish(self, cell: _Cell, reason: str) -> None:
+        if cell.finished:
+            return
+        cell.finished = True
+        for timer in list(cell.timers):
+            timer.cancel()
+        if cell.task is not None:
+            cell.task.cancel()
+        self._return_backlog(cell)
+        if cell.actor is not None:
+            try:
+                cell.actor.on_stop()
+            except Exception:
+                _log.exception("%s: on_stop() raised", cell.address)
+        for watcher in list(cell.watchers):
+            node, name = parse_address(watcher, self.node)
+            if name in self.cells and node == self.node:
+                self._local.append(
+                    (cell.name, name, _SYSTEM, 0, ("terminated", cell.address, reason))
+                )
+            else:
+                self._tell_system(cell.name, watcher, ("terminated", cell.address, reason))
+        for address in list(cell.watching):
+            self.unwatch(cell, address)
+        mine = [c for c, owner in self._ask_owner.items() if owner == cell.name]
+        for corr in mine:
+            self.asks.fail(corr, MailboxClosed(f"{cell.address} stopped while asking"))
+        del self.cells[cell.name]
+        self.endpoint.unbind(cell.name)
+
+    def _return_backlog(self, cell: _Cell) -> None:
+        """Messages taken from the rings but never handled go back as dead letters."""
+        reason = f"{cell.address} stopped before handling it"
+        while cell.backlog:
+            sender, kind, corr, msg = cell.backlog.popleft()
+            self.dead_letters += 1
+            if sender is None:
+                continue
+            if kind == _ASK:
+                self._reply_error(cell, sender, corr, ActorNotFound(reason))
+            elif kind == _USER:
+                self._tell_system(cell.name, sender, ("dead", msg, reason))
+
+    # -- the dispatcher ------------------------------------------------------------
+
+    def _async_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def run_until_stopped(self) -> None:
+        """Dispatch until every hosted actor has stopped."""
+        while self.cells:
+            if self._stop_all.is_set():
+                for cell in list(self.cells.values()):
+                    self._finish(cell, "stopped")
+                break
+            if not self.do_work():
+                self._idle()
+
+    def do_work(self) -> int:
+        """One duty cycle: due timers, local messages, one poll of the rings."""
+        work = 0
+        if len(self.wheel):
+            due = self.wheel.advance(self._clock())
+            for fire in due:
+                fire()
+            work += len(due)
+        local = self._local
+        if local:
+            n = len(local)
+            work += n
+            for _ in range(n):
+                sender, receiver, kind, corr, msg = local.popleft()
+                cell = self.cells.get(receiver)
+                if cell is not None:
+                    self._dispatch(cell, sender, kind, corr, msg)
+                else:
+                    _log.warning("dead letter for %s (stopped): %r", receiver, msg)
+        for sender, receiver, items in self.endpoint.poll_batches(_BUDGET):
+            work += len(items)
+            self._deliver(sender, receiver, items)
+        if self._tasks:
+            work += self._run_async_once()
+        if self._stopping:
+            self._stopping = False
+            for cell in [c for c in self.cells.values() if c.stopping]:
+                if cell.task is None:
+                    self._finish(cell, "stopped")
+                else:
+                    self._stopping = True  # after its async receive ends
+        return work
+
+    def _run_async_once(self) -> int:
+        """Run the asyncio loop's ready callbacks once; settle finished receives."""
+        loop = self._async_loop()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return self._settle_tasks()
+
+    def _settle_tasks(self) -> int:
+        done = [t for t in self._tasks if t.done()]
+        for task in done:
+            self._tasks.discard(task)
+            for cell in list(self.cells.values()):
+                if cell.task is task:
+                    self._task_done(cell)
+        return len(done)
+
+    def _has_local(self) -> bool:
+        return bool(self._local)
+
+    def _sleep_timeout(self) -> float:
+        deadline = self.wheel.next_deadline()
+        timeout = 3600.0 if deadline is None else deadline - self._clock()
+        return self.endpoint.sleep_bound(timeout)
+
+    def _idle(self) -> None:
+        if self.endpoint.spin_for(self.spin, self._has_local):
+            return
+        if not self.endpoint.prepare_sleep():
+            return
+        ready: list[int] = []
+        try:
+            timeout = self._sleep_timeout()
+            if self._tasks:
+                ready = self._sleep_in_asyncio(timeout)
+            elif timeout > 0:
+                ready = [fd for fd, _ in self._poller.poll(timeout * 1000.0)]
+        finally:
+            self.endpoint.finish_sleep()
+        for fd in ready:
+            if fd == self._wake_r.fileno():
+                with contextlib.suppress(BlockingIOError):
+                    while self._wake_r.recv(512):
+                        pass
+            elif fd in self._by_pidfd:
+                # Read what the process published before it ended (a clean stop's
+                # notice) before deciding that it died.
+                self.do_work()
+                address = self._by_pidfd.get(fd)
+                if address is not None:
+                    self._terminated(address, "died")
+                    self.registry.reclaim()
+
+    def _sleep_in_asyncio(self, timeout: float) -> list[int]:
+        """Sleep in the asyncio loop, so awaiting receives make progress meanwhile."""
+        loop = self._async_loop()
+        ready: list[int] = []
+        fds = [self.endpoint.bell_fd, self._wake_r.fileno(), *self._by_pidfd]
+
+        def woke(fd: int) -> None:
+            ready.append(fd)
+            loop.stop()
+
+        for fd in fds:
+            loop.add_reader(fd, woke, fd)
+        for task in self._tasks:
+            task.add_done_callback(lambda _: loop.stop())
+        timer = loop.call_later(max(timeout, 0.0), loop.stop)
+        try:
+            loop.run_forever()
+        finally:
+            timer.cancel()
+            for fd in fds:
+                loop.remove_reader(fd)
+        self._settle_tasks()
+        return ready
+
+    def close(self) -> None:
+        """Stop every actor still hosted and release the mailbox, loop and descriptors."""
+        if self._closed:
+            return
+        for cell in list(self.cells.values()):
+            self._finish(cell, "stopped")
+        self._closed = True
+        for w in list(self._watches.values()):
+            self._drop_watch(w)
+        self.asks.fail_all(lambda f: MailboxClosed(f"{f.description}: the runtime closed"))
+        if self._loop is not None:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                self._loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            self._loop.close()
+        self.endpoint.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run(
+    cls: type[Actor],
+    name: str,
+    *,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    node: str | None = None,
+    runtime_dir: str | os.PathLike[str] | None = None,
+    _on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Host an actor in this process until it stops (the entry point of a worker script).
+
+    SIGTERM and Ctrl-C stop it cleanly: on_stop runs, the name is released and its rings
+    are unlinked.
+
+    Raises:
+        NameTaken: a live actor already holds ``name``.
+        InvalidAddress: ``name`` is malformed or reserved.
+    """
+    with Runtime(node=node, runtime_dir=runtime_dir) as rt:
+        rt.host(cls, name, args, kwargs)
+        if _on_ready is not None:
+            _on_ready()
+        with _stop_on_signals(rt):
+            rt.run_until_stopped()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(rt: Runtime) -> Any:
+    """In the main thread, turn SIGTERM and SIGINT into a clean stop of every actor."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        rt.stop_all()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
