@@ -1,133 +1,119 @@
-"""The main job: two real processes talking through per-pair shared-memory mailboxes.
+"""The main job: actors in several processes talking through shared memory.
 
-``python -m mybus_actors.demo`` starts a second process, streams messages to it through
-the embedded default (rings under the runtime directory; no gateway, no config), plays
-ping-pong, prints what it measured, and leaves nothing behind.
+``python -m mybus_actors.demo`` runs on the embedded default (no gateway, no config):
+it spawns a counter, an echo and a ping-pong pair, each in its own process, streams
+messages, asks, lets two actors play ping-pong, prints what happened and how fast, then
+stops everything and checks that nothing is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shutil
+import statistics
 import tempfile
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 
-from mybus_actors import codec
-from mybus_actors.mailbox import Endpoint
-from mybus_actors.registry import Registry
+import mybus_actors as mb
+from mybus_actors.ref import close_clients
 
 __all__ = ["main"]
 
 
-def _peer(runtime_dir: str, ready: Connection) -> None:
-    """The second process: counts what it receives, answers pings, stops on "stop"."""
-    with Endpoint(Registry(runtime_dir)) as ep:
-        ep.bind("counter")
-        ready.send(os.getpid())
-        count = 0
-        while True:
-            batch = ep.poll()
-            if not batch:
-                ep.wait(1.0)
-                continue
-            for d in batch:
-                msg = codec.decode_message(d.meta, d.payload)
-                if msg == "stop":
-                    ep.send("counter", d.sender, *_enc(count))
-                    return
-                if msg == "ping":
-                    ep.send("counter", d.sender, *_enc("pong"))
-                elif msg == "count?":
-                    ep.send("counter", d.sender, *_enc(count))
-                else:
-                    count += 1
+class Counter(mb.Actor):
+    """Counts what it is told; answers "count?" with the count."""
+
+    def on_start(self) -> None:
+        self.count = 0
+
+    def receive(self, message: object) -> None:
+        if message == "count?":
+            self.reply(self.count)
+        else:
+            self.count += 1
 
 
-def _enc(message: object) -> tuple[bytes | bytearray | memoryview, int]:
-    meta, body = codec.encode(message)
-    return body, meta
+class Echo(mb.Actor):
+    def receive(self, message: object) -> None:
+        self.reply(message)
 
 
-def _recv_one(ep: Endpoint, timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = ep.poll()
-        if batch:
-            d = batch[0]
-            return codec.decode_message(d.meta, d.payload)
-        ep.wait(0.1)
-    raise TimeoutError("the peer did not answer")
+class Pong(mb.Actor):
+    def receive(self, message: object) -> None:
+        self.reply(message)
 
 
-def _stream(ep: Endpoint, message: object, count: int) -> float:
-    """Send ``count`` copies, then ask for the count as a barrier; return messages/s."""
-    body, meta = _enc(message)
-    before = _ask(ep, "count?")
+class Ping(mb.Actor):
+    """Plays ``rounds`` asks against another actor and reports how long they took."""
+
+    async def receive(self, message: object) -> None:
+        opponent, rounds = message  # type: ignore[misc]
+        start = time.perf_counter()
+        for i in range(rounds):
+            assert await self.ask(opponent, i) == i
+        self.reply(time.perf_counter() - start)
+
+
+def _stream(me: mb.Client, message: object, count: int) -> float:
+    """Tell ``count`` copies to the counter; the final ask is the barrier. Messages/s."""
+    before = me.ask("counter", "count?")
     start = time.perf_counter()
     for _ in range(count):
-        ep.send("main", "counter", body, meta)
-    got = _ask(ep, "count?")
+        me.tell("counter", message)
+    after = me.ask("counter", "count?", timeout=60)
     elapsed = time.perf_counter() - start
-    assert isinstance(got, int) and isinstance(before, int) and got - before == count
+    assert after - before == count, (before, after, count)
     return count / elapsed
 
 
-def _ask(ep: Endpoint, message: object) -> object:
-    ep.send("main", "counter", *_enc(message))
-    return _recv_one(ep)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=200_000, help="messages per stream")
-    parser.add_argument("--pings", type=int, default=20_000, help="ping-pong round trips")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--count", type=int, default=100_000, help="messages per stream")
+    parser.add_argument("--asks", type=int, default=5_000, help="ask round trips")
     args = parser.parse_args(argv)
 
-    runtime_dir = Path(tempfile.mkdtemp(prefix="mybus-demo-", dir="/dev/shm"))
-    ctx = mp.get_context("spawn")
-    parent_end, child_end = ctx.Pipe()
-    proc = ctx.Process(target=_peer, args=(str(runtime_dir), child_end), daemon=True)
+    # A private runtime directory, so the demo neither meets nor leaves anything else.
+    root = Path(tempfile.mkdtemp(prefix="mybus-demo-", dir="/dev/shm"))
+    os.environ["MYBUS_RUNTIME_DIR"] = str(root)
+    refs: list[mb.Ref] = []
     try:
-        with Endpoint(Registry(runtime_dir), spin=100e-6) as ep:
-            ep.bind("main")
-            proc.start()
-            if not parent_end.poll(30):
-                raise TimeoutError("the peer process did not start")
-            pid = parent_end.recv()
-            print(f"main (pid {os.getpid()}) -> counter (pid {pid}), rings in {runtime_dir}")
+        t0 = time.perf_counter()
+        refs = [
+            mb.spawn(Counter, "counter"),
+            mb.spawn(Echo, "echo"),
+            mb.spawn(Pong, "pong"),
+            mb.spawn(Ping, "ping"),
+        ]
+        started = time.perf_counter() - t0
+        print(f"spawned {len(refs)} actors in {started:.2f} s (runtime dir {root}):")
+        for ref in refs:
+            print(f"  {ref.address:<20} pid {ref.pid}")
+        with mb.connect() as me:
             rates = {
-                "64 B bytes": _stream(ep, b"x" * 64, args.count),
-                "small dict": _stream(ep, {"i": 1, "v": "x" * 40}, args.count),
-                "4 KiB bytes": _stream(ep, b"x" * 4096, args.count // 4),
+                "64 B bytes": _stream(me, b"x" * 64, args.count),
+                "small dict": _stream(me, {"i": 1, "v": "x" * 40}, args.count),
+                "4 KiB bytes": _stream(me, b"x" * 4096, args.count // 4),
             }
             rtts = []
-            for _ in range(args.pings):
-                t0 = time.perf_counter()
-                assert _ask(ep, "ping") == "pong"
-                rtts.append(time.perf_counter() - t0)
-            rtts.sort()
-            total = _ask(ep, "stop")
-            proc.join(10)
-            print(f"{'stream':<14}{'messages/s':>14}")
-            for name, rate in rates.items():
-                print(f"{name:<14}{rate:>14,.0f}")
-            med = rtts[len(rtts) // 2] * 1e6
-            p99 = rtts[int(len(rtts) * 0.99)] * 1e6
-            print(f"ping-pong round trip: median {med:.1f} us, p99 {p99:.1f} us")
-            print(f"the peer counted {total} messages; all rings closed")
+            for i in range(args.asks):
+                t = time.perf_counter()
+                assert me.ask("echo", i) == i
+                rtts.append(time.perf_counter() - t)
+            played = me.ask("ping", ("pong", args.asks), timeout=120)
+        print(f"\n{'client -> counter, tell':<28}{'messages/s':>12}")
+        for name, rate in rates.items():
+            print(f"  {name:<26}{rate:>12,.0f}")
+        print(f"client -> echo, ask:         median {statistics.median(rtts) * 1e6:.0f} us")
+        print(f"ping -> pong, actor to actor: {played / args.asks * 1e6:.0f} us per ask")
     finally:
-        if proc.is_alive():
-            proc.kill()
-        if proc.pid is not None:
-            proc.join(5)
-        left = [str(p) for p in runtime_dir.rglob("*") if p.is_file()]
-        shutil.rmtree(runtime_dir, ignore_errors=True)
-        if left:
-            print(f"warning: files were left behind: {left}")
+        for ref in refs:
+            ref.stop()
+        close_clients()
+        left = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nstopped {len(refs)} actors; files left behind: {left or 'none'}")
 
 
 if __name__ == "__main__":
