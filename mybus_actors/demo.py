@@ -48,8 +48,8 @@ class Pong(mb.Actor):
 class Ping(mb.Actor):
     """Plays ``rounds`` asks against another actor and reports how long they took."""
 
-    async def receive(self, message: object) -> None:
-        opponent, rounds = message  # type: ignore[misc]
+    async def receive(self, message: tuple[str, int]) -> None:
+        opponent, rounds = message
         start = time.perf_counter()
         for i in range(rounds):
             assert await self.ask(opponent, i) == i
