@@ -61,6 +61,8 @@ _WAKE: Final = b"w"
 _NEW_RING: Final = b"n"
 _MAX_SLEEP: Final = 0.5  # the doorbell sleep's safety net, should a wake-up ever go astray
 _ANNOUNCE_TIMEOUT: Final = 5.0
+_STATE: Final = _ring.STATE_MASK
+_WAITING: Final = _ring.WAITING
 _HOT_SPIN: Final = 50e-6  # spin without yielding for this long, then yield each round
 # Several endpoints may live in one process (a runtime and a client, or tests): each
 # gets its own doorbell.
@@ -131,15 +133,18 @@ class _RingFile:
 
 
 class _Outbound:
-    __slots__ = ("file", "peer", "producer", "sender", "to", "used")
+    __slots__ = ("file", "max_record", "peer", "producer", "rung", "seen", "sender", "to", "write")
 
     def __init__(self, file: _RingFile, producer: _ring.Producer, sender: str, peer: Entry):
         self.file = file
         self.producer = producer
+        self.write = producer.write
+        self.max_record = producer.max_record
         self.sender = sender
         self.to = peer.name
         self.peer = peer
-        self.used = True
+        self.seen = -1  # messages written as of the last sweep: unchanged means idle
+        self.rung = 0  # the consumer's signal word we last rang its doorbell for
 
 
 class _Inbound:
@@ -299,21 +304,23 @@ class Endpoint:
             MailboxFull: the ring stayed full past ``timeout`` (nothing was delivered).
             MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
         """
+        # The hot path of every local message: kept to a few attribute loads and calls.
         ch = self._out.get((sender, to))
         if ch is None:
             ch = self._open(sender, to)
-        ch.used = True
-        producer = ch.producer
-        if len(data) <= producer.max_record:
-            signal = producer.write(data, meta)
-            if signal == _ring.FULL:
-                signal = self._wait_for_room(ch, lambda: producer.write(data, meta), timeout, block)
+        if len(data) <= ch.max_record:
+            signal = ch.write(data, meta)
         else:
             signal = self._send_fragments(ch, data, meta, timeout, block)
         if signal:
-            if signal == _ring.WAITING:
-                self._ring_bell(ch)
-            else:
+            if signal < 0:
+                write = ch.write
+                signal = self._wait_for_room(ch, lambda: write(data, meta), timeout, block)
+            if signal & _STATE == _WAITING:
+                if signal != ch.rung:  # once per sleep of the receiver
+                    ch.rung = signal
+                    self._ring_bell(ch)
+            elif signal:
                 self._consumer_gone(ch, data, meta, timeout, block)
         self._sends += 1
         if not self._sends & 1023:
@@ -438,7 +445,8 @@ class Endpoint:
                 return _ring.FULL
             signal = producer.signal()
             # The consumer must drain while we stream: wake it after each stretch.
-            if signal == _ring.WAITING and sent < total:
+            if signal & _STATE == _WAITING and sent < total and signal != ch.rung:
+                ch.rung = signal
                 self._ring_bell(ch)
             return signal
 
@@ -447,7 +455,7 @@ class Endpoint:
             signal = self._wait_for_room(ch, step, timeout, block)
         try:
             while sent < total:
-                if signal == _ring.CLOSED:
+                if signal & _STATE == _ring.CLOSED:
                     self._check_receiver(ch, pending=0)
                 signal = step()
                 if signal == _ring.FULL:
@@ -694,8 +702,9 @@ class Endpoint:
             return
         self._next_out_sweep = now + self._sweep_every
         for key, out in list(self._out.items()):
-            if out.used:
-                out.used = False
+            written = out.producer.written
+            if written != out.seen:
+                out.seen = written
                 self._out_table.touch(key, now)
             else:
                 out.producer.publish_counters()

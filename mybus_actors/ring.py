@@ -49,6 +49,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_META",
     "RUNNING",
+    "STATE_MASK",
     "WAITING",
     "Consumer",
     "Producer",
@@ -73,10 +74,13 @@ _MAGIC, _VERSION, _CAPACITY, _MAX_RECORD = 0, 1, 2, 3
 _TAIL, _MSGS_W, _BYTES_W, _FULL, _P_CLOSED, _P_ID, _P_TOKEN = 8, 9, 10, 11, 12, 13, 14
 _HEAD, _SIGNAL, _MSGS_R, _BYTES_R = 16, 17, 18, 19
 
-# The consumer's signal word, which `Producer.write` reads right after publishing.
+# The consumer's signal word, which `Producer.write` reads right after publishing: a
+# state in the low two bits and, with WAITING, the number of that sleep above them, so
+# a producer rings once per sleep rather than once per message sent while it lasts.
 RUNNING: Final = 0  # the consumer is draining: nothing to do
-WAITING: Final = 1  # it may sleep: ring its doorbell
+WAITING: Final = 1  # it may sleep: ring its doorbell (once for this sleep number)
 CLOSED: Final = 2  # it has stopped reading for good
+STATE_MASK: Final = 3
 FULL: Final = -1  # `Producer.write` found no room
 
 # Record types. Zero is never written, so zeroed memory is never mistaken for a record.
@@ -229,14 +233,14 @@ class Producer(_RingView):
     @property
     def consumer_waiting(self) -> bool:
         """The consumer announced it may sleep: ring its doorbell after publishing."""
-        return self._words[_SIGNAL] == WAITING
+        return self._words[_SIGNAL] & STATE_MASK == WAITING
 
     @property
     def consumer_closed(self) -> bool:
-        return self._words[_SIGNAL] == CLOSED
+        return self._words[_SIGNAL] & STATE_MASK == CLOSED
 
     def signal(self) -> int:
-        """Fence, then read the consumer's signal word (RUNNING, WAITING or CLOSED)."""
+        """Fence, then read the consumer's signal word (its state: word & STATE_MASK)."""
         self._acquire()
         self._release()
         return self._words[_SIGNAL]
@@ -245,6 +249,11 @@ class Producer(_RingView):
     def empty(self) -> bool:
         """Everything published has been consumed."""
         return self._words[_HEAD] == self._tail
+
+    @property
+    def written(self) -> int:
+        """Messages this producer has published (exact, unlike the shared counter)."""
+        return self._msgs
 
     @property
     def unread(self) -> int:
@@ -279,7 +288,8 @@ class Producer(_RingView):
 
         Returns:
             FULL when there is no room now; otherwise the consumer's signal word read
-            after a full fence: RUNNING, WAITING (ring its doorbell) or CLOSED.
+            after a full fence, whose state (word & STATE_MASK) is RUNNING, WAITING (ring
+            its doorbell, unless already rung for this same word) or CLOSED.
 
         Raises:
             ValueError: the message needs fragments (use `offer_fragments`).
@@ -442,6 +452,7 @@ class Consumer(_RingView):
         self._frag: bytearray | None = None
         self._frag_meta = 0
         self._frag_len = 0  # the announced total of the message being reassembled
+        self._sleeps = w[_SIGNAL] >> 2
 
     @property
     def pending(self) -> bool:
@@ -468,8 +479,13 @@ class Consumer(_RingView):
         The caller must issue a full fence between setting it and re-checking
         `pending`: x86-64 may reorder a store before a later load.
         """
-        if self._words[_SIGNAL] != CLOSED:
-            self._words[_SIGNAL] = WAITING if waiting else RUNNING
+        words = self._words
+        if words[_SIGNAL] != CLOSED:
+            if waiting:
+                self._sleeps += 1
+                words[_SIGNAL] = WAITING | (self._sleeps << 2)
+            else:
+                words[_SIGNAL] = RUNNING
 
     def close(self) -> None:
         """Tell the producer that nothing more will be read (after the last poll)."""

@@ -24,6 +24,7 @@ from mybus_actors.ring import (
     HEADER_SIZE,
     MAX_META,
     RUNNING,
+    STATE_MASK,
     WAITING,
     Consumer,
     Producer,
@@ -838,10 +839,15 @@ def test_write_returns_the_consumer_signal_or_full() -> None:
     _buf, p, c = make_ring()
     assert p.write(b"a", 1) == RUNNING
     c.set_waiting(True)
-    assert p.write(b"b", 2) == WAITING
-    assert p.signal() == WAITING
+    first_sleep = p.write(b"b", 2)
+    assert first_sleep & STATE_MASK == WAITING
+    assert p.signal() == first_sleep  # the same sleep: a producer rings once for it
     c.set_waiting(False)
     assert p.signal() == RUNNING
+    c.set_waiting(True)
+    second_sleep = p.signal()
+    assert second_sleep & STATE_MASK == WAITING and second_sleep != first_sleep
+    c.set_waiting(False)
     n = 2
     while p.write(bytes(200), 3) != FULL:
         n += 1
