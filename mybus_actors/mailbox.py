@@ -64,6 +64,7 @@ _ANNOUNCE_TIMEOUT: Final = 5.0
 _STATE: Final = _ring.STATE_MASK
 _WAITING: Final = _ring.WAITING
 _HOT_SPIN: Final = 50e-6  # spin without yielding for this long, then yield each round
+_LIVENESS_EVERY: Final = 0.05  # seconds between checks that a ring's receiver lives
 # Several endpoints may live in one process (a runtime and a client, or tests): each
 # gets its own doorbell.
 _ENDPOINT_INDEX = itertools.count()
@@ -133,7 +134,18 @@ class _RingFile:
 
 
 class _Outbound:
-    __slots__ = ("file", "max_record", "peer", "producer", "rung", "seen", "sender", "to", "write")
+    __slots__ = (
+        "file",
+        "max_record",
+        "next_check",
+        "peer",
+        "producer",
+        "rung",
+        "seen",
+        "sender",
+        "to",
+        "write",
+    )
 
     def __init__(self, file: _RingFile, producer: _ring.Producer, sender: str, peer: Entry):
         self.file = file
@@ -144,6 +156,7 @@ class _Outbound:
         self.to = peer.name
         self.peer = peer
         self.seen = -1  # messages written as of the last sweep: unchanged means idle
+        self.next_check = 0.0  # when to re-check that the receiver's process lives
         self.rung = 0  # the consumer's signal word we last rang its doorbell for
 
 
@@ -257,6 +270,10 @@ class Endpoint:
         """Stop receiving for ``name``: close its rings, unlink them, unregister it."""
         if name not in self._names:
             return
+        # Open the rings announced but not read yet, so that their consumer end is
+        # closed too: their writers then know it stopped (it did not die).
+        self._read_bell()
+        self._scan_rings()
         self._names.discard(name)
         for key in [k for k in self._in if k[1] == name]:
             for ch in self._in.pop(key):
@@ -267,6 +284,11 @@ class Endpoint:
         self._paused.discard(name)
         self.registry.unregister(name)
         self._rebuild_active()
+
+    def receiver_closed(self, sender: str, to: str) -> bool:
+        """Whether the receiver of our ring ``sender``->``to`` closed it (a clean stop)."""
+        ch = self._out.get((sender, to))
+        return ch is not None and ch.producer.consumer_closed
 
     def pause(self, name: str) -> None:
         """Stop draining rings to ``name`` (its senders feel backpressure) until `resume`."""
@@ -306,8 +328,18 @@ class Endpoint:
         """
         # The hot path of every local message: kept to a few attribute loads and calls.
         ch = self._out.get((sender, to))
+        if ch is not None:
+            now = self._clock()
+            if now >= ch.next_check:
+                # A receiver killed while busy neither closes its end nor answers a
+                # bell: without this check a new holder of the name is never reached.
+                ch.next_check = now + _LIVENESS_EVERY
+                if not is_alive(ch.peer.pid, ch.peer.create_time):
+                    self._drop_outbound(ch, salvage=True)
+                    ch = None
         if ch is None:
             ch = self._open(sender, to)
+            ch.next_check = self._clock() + _LIVENESS_EVERY
         if len(data) <= ch.max_record:
             signal = ch.write(data, meta)
         else:
@@ -319,7 +351,14 @@ class Endpoint:
             if signal & _STATE == _WAITING:
                 if signal != ch.rung:  # once per sleep of the receiver
                     ch.rung = signal
-                    self._ring_bell(ch)
+                    try:
+                        self._ring_bell(ch)
+                    except ActorNotFound:
+                        # The process this ring was opened for is dead and did not read
+                        # ours: a new holder of the name may take it; with none, the
+                        # lookup raises ActorNotFound again.
+                        self.send(sender, to, data, meta, timeout=timeout, block=block)
+                        return
             elif signal:
                 self._consumer_gone(ch, data, meta, timeout, block)
         self._sends += 1
@@ -534,7 +573,12 @@ class Endpoint:
                 if items:
                     ch.used = True
                     out.append((ch.sender, ch.receiver, items))
-                elif len(self._in[ch.key]) > 1 and ch.consumer.producer_closed:
+                elif len(self._in[ch.key]) > 1 and (
+                    ch.consumer.producer_closed
+                    # A SIGKILLed writer never closes its ring: a new incarnation of
+                    # the name must not wait behind it until the idle sweep.
+                    or not _peer_alive(*ch.consumer.producer_identity)
+                ):
                     self._retire(ch)
         if not out:
             self.maintain()

@@ -475,7 +475,7 @@ class Registry:
         slot = self._read(name)
         if slot is None or slot.entry is None or slot.entry.pid != pid:
             return False
-        return self._delete_if_same(name, slot, slot.entry, doorbell=False)
+        return self._delete_if_same(name, slot, slot.entry, doorbell=False, unread=True)
 
     def list(self) -> builtins.list[Entry]:
         """Return the live entries, sorted by name; stale ones are reclaimed on the way."""
@@ -525,8 +525,12 @@ class Registry:
                 _unlink(self.rings_dir / fname)
         return reclaimed
 
-    def remove_rings_of(self, name: str) -> int:
+    def remove_rings_of(self, name: str, *, keep_to_live: bool = False) -> int:
         """Unlink `rings/<name>~*.*` and `rings/*~<name>.*`.
+
+        With ``keep_to_live`` (a clean unregister), a ring `<name>~<to>` whose receiver
+        is live stays: what the holder wrote last is that receiver's to read, and it
+        unlinks the ring when done (as it does every ring it reads).
 
         Returns:
             How many files this call removed.
@@ -538,11 +542,19 @@ class Registry:
         count = 0
         for fname in self._listdir(self.rings_dir):
             parsed = parse_ring_filename(fname)
-            if parsed is not None and name in parsed[:2]:
-                count += _unlink(self.rings_dir / fname)
+            if parsed is None or name not in parsed[:2]:
+                continue
+            if keep_to_live and parsed[1] != name and self._is_live(parsed[1]):
+                continue
+            count += _unlink(self.rings_dir / fname)
         return count
 
     # ----------------------------------------------------------------- internals
+
+    def _is_live(self, name: str) -> bool:
+        slot = self._read(name)
+        held = None if slot is None else slot.entry
+        return held is not None and is_alive(held.pid, held.create_time)
 
     def _next_generation(self) -> int:
         with self._gen_lock:
@@ -623,7 +635,13 @@ class Registry:
             os.close(fd)  # releases the lock
 
     def _delete_if_same(
-        self, name: str, slot: _Slot, held: Entry | None, *, doorbell: bool = True
+        self,
+        name: str,
+        slot: _Slot,
+        held: Entry | None,
+        *,
+        doorbell: bool = True,
+        unread: bool = False,
     ) -> bool:
         """Delete `actors/<name>` (and its holder's rings) if it is still the file `slot`
         describes; return whether this call deleted it.
@@ -639,7 +657,7 @@ class Registry:
             except FileNotFoundError:
                 return False
             if held is not None:
-                self.remove_rings_of(name)
+                self.remove_rings_of(name, keep_to_live=unread)
                 if doorbell:
                     self._unlink_dead_doorbell(held.doorbell)
             return _unlink(path)

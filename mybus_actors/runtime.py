@@ -177,7 +177,7 @@ class Runtime:
         self._thread = threading.get_ident()
         self.wheel: TimerWheel[Callable[[], None]] = TimerWheel(tick=0.001, now=self._clock())
         self.cells: dict[str, _Cell] = {}
-        self._local: deque[tuple[str, str, int, int, Any]] = deque()
+        self._local: deque[tuple[str | None, str, int, int, Any]] = deque()
         self.asks = PendingAsks(self._thread)
         self._ask_owner: dict[int, str] = {}
         self._watches: dict[str, _Watch] = {}
@@ -387,7 +387,8 @@ class Runtime:
             pidfd = self._open_pidfd(name)
             if pidfd is None:
                 cell.watching.discard(address)
-                self._offer(cell, None, _USER, 0, Terminated(address, "not found"))
+                # Queued, not handed over: watch() may be running inside receive().
+                self._local.append((None, cell.name, _USER, 0, Terminated(address, "not found")))
                 return
             w = _Watch(address, pidfd)
             self._by_pidfd[pidfd] = address
@@ -433,6 +434,15 @@ class Runtime:
             self._by_pidfd.pop(w.pidfd, None)
             self._poller.unregister(w.pidfd)
             os.close(w.pidfd)
+
+    def _end_reason(self, address: str) -> str:
+        """Why a watched process ended without a notice: "stopped" if it closed the ring
+        our watch request went on (it stopped cleanly before reading it), else "died"."""
+        w = self._watches.get(address)
+        name = parse_address(address, self.node)[1]
+        if w is not None and any(self.endpoint.receiver_closed(c, name) for c in w.cells):
+            return "stopped"
+        return "died"
 
     def _terminated(self, address: str, reason: str) -> None:
         w = self._watches.get(address)
@@ -535,8 +545,10 @@ class Runtime:
             else:
                 _log.warning("a non-reply %r reached the reply mailbox from %s", msg, sender)
 
-    def _dispatch(self, cell: _Cell, sender: str, kind: int, corr: int, msg: Any) -> None:
-        if kind == _REPLY:
+    def _dispatch(self, cell: _Cell, sender: str | None, kind: int, corr: int, msg: Any) -> None:
+        if sender is None:
+            self._offer(cell, None, kind, corr, msg)
+        elif kind == _REPLY:
             self.asks.resolve(corr, msg)
         elif kind == _ERROR_REPLY:
             self.asks.fail(corr, error_from_reply(self._address_of(sender), msg))
@@ -754,7 +766,7 @@ class Runtime:
                 self.do_work()
                 address = self._by_pidfd.get(fd)
                 if address is not None:
-                    self._terminated(address, "died")
+                    self._terminated(address, self._end_reason(address))
                     self.registry.reclaim()
 
     def _sleep_in_asyncio(self, timeout: float) -> list[int]:
