@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Generator
 from typing import Any
 
-from mybus_actors.errors import ActorError, DeadlockError, MyBusError
+from mybus_actors.errors import ActorError, ActorNotFound, DeadlockError, MyBusError
 
 __all__ = ["AskFuture", "PendingAsks", "error_from_reply", "error_reply"]
 
@@ -184,6 +184,8 @@ def error_from_reply(address: str, reply: object) -> MyBusError:
     if not (isinstance(reply, tuple) and len(reply) == 4):
         return ActorError(f"actor {address} failed with an unreadable error reply: {reply!r}")
     type_name, text, tb, original = reply
+    if isinstance(original, ActorNotFound):
+        return original  # a gateway's "no such actor there": the same error as locally
     err = ActorError(f"actor {address} raised {type_name}: {text}\n--- remote traceback ---\n{tb}")
     if isinstance(original, BaseException):
         err.__cause__ = original

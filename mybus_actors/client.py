@@ -22,6 +22,7 @@ from mybus_actors.codec import Kind
 from mybus_actors.errors import ActorNotFound, AskTimeout, MailboxClosed, SerializationError
 from mybus_actors.mailbox import Endpoint
 from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
+from mybus_actors.routing import send_to_node
 
 __all__ = ["Client", "connect"]
 
@@ -101,15 +102,16 @@ class Client:
         self, to: str, message: Any, timeout: float, block: bool, kind: int, corr: int
     ) -> None:
         node, name = parse_address(to, self.node)
-        if node != self.node:
-            raise ActorNotFound(
-                f"node {node!r} is not reachable: no gateway carries messages"
-                f" from node {self.node!r}"
-            )
         meta, body = codec.encode(message, kind=kind, correlation_id=corr)
         with self._lock:
             self._check_open()
-            self._endpoint.send(self.name, name, body, meta, timeout=timeout, block=block)
+            if node == self.node:
+                self._endpoint.send(self.name, name, body, meta, timeout=timeout, block=block)
+            else:
+                send_to_node(
+                    self._endpoint, self.name, node, name, meta, body,
+                    here=self.node, timeout=timeout, block=block,
+                )  # fmt: skip
 
     # -- receiving -----------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from mybus_actors.registry import (
     validate_name,
 )
 from mybus_actors.ring import DEFAULT_CAPACITY
+from mybus_actors.routing import GATEWAY, send_to_node
 from mybus_actors.timers import TimerWheel
 
 __all__ = ["Runtime", "TimerHandle", "run"]
@@ -62,18 +63,13 @@ _SYSTEM: Final = int(Kind.SYSTEM)
 _ERROR_REPLY: Final = int(Kind.ERROR_REPLY)
 _DEAD: Final = -1  # a local-queue entry: a dead letter for the sending actor
 _KIND_MASK: Final = 7
+_PLAIN_MASK: Final = 0x67  # kind bits and the sender/correlation flags of a record's meta
 _BUDGET: Final = 64  # messages per ring per poll: a chatty sender cannot starve others
 
 _REPLY_IDS = itertools.count()
 
 # System messages (Kind.SYSTEM): small tuples, first item the verb.
 STOP: Final = ("stop",)
-
-
-def _no_gateway(node: str, here: str) -> ActorNotFound:
-    return ActorNotFound(
-        f"node {node!r} is not reachable: no gateway carries messages from node {here!r}"
-    )
 
 
 class TimerHandle:
@@ -258,9 +254,7 @@ class Runtime:
         reply_to: str | None = None,
     ) -> None:
         node, name = parse_address(to, self.node)
-        if node != self.node:
-            raise _no_gateway(node, self.node)
-        if name in self.cells:
+        if node == self.node and name in self.cells:
             # Same process: no ring, no copy (as Pykka and Akka do within one process).
             self._local.append((sender, name, kind, corr, message))
             return
@@ -268,7 +262,13 @@ class Runtime:
             meta, body = codec.encode(message)
         else:
             meta, body = codec.encode(message, kind=kind, sender=reply_to, correlation_id=corr)
-        self.endpoint.send(sender, name, body, meta, timeout=timeout, block=block)
+        if node == self.node:
+            self.endpoint.send(sender, name, body, meta, timeout=timeout, block=block)
+        else:
+            send_to_node(
+                self.endpoint, sender, node, name, meta, body,
+                here=self.node, timeout=timeout, block=block,
+            )  # fmt: skip
 
     def _reply_mailbox(self) -> str:
         """This process's reply mailbox, bound on the first ask.
@@ -373,12 +373,13 @@ class Runtime:
     def watch(self, cell: _Cell, address: str) -> None:
         node, name = parse_address(address, self.node)
         address = format_address(node, name)
-        if node != self.node:
-            raise _no_gateway(node, self.node)
         cell.watching.add(address)
         w = self._watches.get(address)
         if w is not None:
             w.cells.add(cell.name)
+            return
+        if node != self.node:
+            self._watch_remote(cell, address)
             return
         target = self.cells.get(name)
         if target is not None:  # same process: no pidfd, the notice is enough
@@ -386,9 +387,7 @@ class Runtime:
         else:
             pidfd = self._open_pidfd(name)
             if pidfd is None:
-                cell.watching.discard(address)
-                # Queued, not handed over: watch() may be running inside receive().
-                self._local.append((None, cell.name, _USER, 0, Terminated(address, "not found")))
+                self._not_watchable(cell, address, "not found")
                 return
             w = _Watch(address, pidfd)
             self._by_pidfd[pidfd] = address
@@ -399,6 +398,23 @@ class Runtime:
             target.watchers.add(cell.name)
         else:
             self._tell_system(cell.name, name, ("watch",))
+
+    def _watch_remote(self, cell: _Cell, address: str) -> None:
+        """Ask the remote actor for its notice; the gateway reports its node unreachable."""
+        w = _Watch(address, None)
+        w.cells.add(cell.name)
+        self._watches[address] = w
+        if not (
+            self._tell_system(cell.name, address, ("watch",))
+            and self._tell_system(cell.name, GATEWAY, ("watch-remote", address))
+        ):
+            self._drop_watch(w)
+            self._not_watchable(cell, address, "node unreachable")
+
+    def _not_watchable(self, cell: _Cell, address: str, reason: str) -> None:
+        cell.watching.discard(address)
+        # Queued, not handed over: watch() may be running inside receive().
+        self._local.append((None, cell.name, _USER, 0, Terminated(address, reason)))
 
     def _open_pidfd(self, name: str) -> int | None:
         try:
@@ -422,11 +438,13 @@ class Runtime:
         w.cells.discard(cell.name)
         if not w.cells:
             self._drop_watch(w)
-        target = self.cells.get(name)
+        target = self.cells.get(name) if node == self.node else None
         if target is not None:
             target.watchers.discard(cell.name)
         else:
-            self._tell_system(cell.name, name, ("unwatch",))
+            self._tell_system(cell.name, address, ("unwatch",))
+            if node != self.node:
+                self._tell_system(cell.name, GATEWAY, ("unwatch-remote", address))
 
     def _drop_watch(self, w: _Watch) -> None:
         self._watches.pop(w.address, None)
@@ -522,7 +540,7 @@ class Runtime:
         for meta, payload in items:
             kind = meta & _KIND_MASK
             try:
-                if kind == _USER:
+                if not meta & _PLAIN_MASK:  # a plain tell from a local sender: no prefix
                     self._offer(cell, sender, _USER, 0, codec.decode_message(meta, payload))
                     continue
                 _, origin, corr, msg = codec.decode_fields(meta, payload)
@@ -579,6 +597,13 @@ class Runtime:
             self._terminated(str(msg[1]), str(msg[2]))
         elif verb == "dead" and len(msg) == 3:
             self._dispatch(cell, sender, _DEAD, 0, (msg[1], str(msg[2])))
+        elif verb == "dead-raw" and len(msg) == 4:
+            # From a gateway, which never unpickles what it relays: decode it here.
+            try:
+                original = codec.decode_message(int(msg[1]), bytes(msg[2]))
+            except SerializationError:
+                original = msg[2]
+            self._dispatch(cell, sender, _DEAD, 0, (original, str(msg[3])))
         else:
             _log.warning("%s: unknown system message %r from %s", cell.address, msg, sender)
 

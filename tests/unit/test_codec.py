@@ -14,7 +14,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mybus_actors.codec import Envelope, Kind, Tag, decode, decode_message, encode
+from mybus_actors.codec import (
+    Envelope,
+    Kind,
+    Tag,
+    decode,
+    decode_message,
+    encode,
+    forward,
+    peek,
+    readdress,
+    unforward,
+)
 from mybus_actors.errors import InvalidAddress, SerializationError
 
 HAS_CORRELATION = 1 << 5
@@ -52,7 +63,7 @@ def roundtrip(message: object, **envelope: object) -> tuple[int, Envelope, objec
 
 
 @pytest.mark.parametrize("name", list(MESSAGES))
-@pytest.mark.parametrize("kind", list(Kind))
+@pytest.mark.parametrize("kind", [k for k in Kind if k is not Kind.FORWARD])
 @pytest.mark.parametrize("sender", [None, "a", "node1/actor-7"])
 @pytest.mark.parametrize("correlation_id", [0, 1, 2**64 - 1])
 def test_roundtrip(name: str, kind: Kind, sender: str | None, correlation_id: int) -> None:
@@ -171,6 +182,7 @@ def test_enum_values_are_pinned() -> None:
         ("REPLY", 2),
         ("SYSTEM", 3),
         ("ERROR_REPLY", 4),
+        ("FORWARD", 5),
     ]
     assert [(t.name, t.value) for t in Tag] == [("RAW", 0), ("PICKLE", 1), ("CLOUDPICKLE", 2)]
 
@@ -366,3 +378,26 @@ def test_fuzz_truncated_or_bit_flipped_pickle(which: int, cut: int, flips: list[
             index = (bit // 8) % len(damaged)
             damaged[index] ^= 1 << (bit % 8)
     _decodes_or_serialization_error(meta, bytes(damaged))
+
+
+def test_forward_wraps_a_record_and_readdress_sets_its_sender() -> None:
+    meta, body = encode({"k": 1}, kind=Kind.ASK, sender="_reply-1-0", correlation_id=42)
+    fmeta, fbody = forward("beta/echo", meta, body)
+    assert fmeta == Kind.FORWARD
+    to, inner_meta, inner_body = unforward(fmeta, fbody)
+    assert (to, inner_meta, bytes(inner_body)) == ("beta/echo", meta, body)
+    qmeta, qbody = readdress(inner_meta, inner_body, "alpha/_reply-1-0")
+    assert peek(qmeta, qbody) == (Kind.ASK, "alpha/_reply-1-0", 42)
+    env, msg = decode(qmeta, qbody)
+    assert msg == {"k": 1} and env.sender == "alpha/_reply-1-0"
+    # A record with no sender gets one; its payload is untouched (never unpickled).
+    umeta, ubody = readdress(*encode(b"raw"), "alpha/a")
+    assert decode(umeta, ubody)[1] == b"raw" and peek(umeta, ubody)[1] == "alpha/a"
+
+
+@pytest.mark.parametrize("body", [b"", b"\x05ab", b"\x02\xff\xfe\x00"])
+def test_unforward_refuses_malformed_records(body: bytes) -> None:
+    with pytest.raises(SerializationError):
+        unforward(Kind.FORWARD, body)
+    with pytest.raises(SerializationError):
+        unforward(0, b"\x01a\x00")

@@ -1,0 +1,703 @@
+"""The gateway-to-gateway link protocol, sans-io: bytes in, events out; calls in, bytes out.
+
+This module knows bytes and nothing else: not sockets, not asyncio, not clocks, not
+pickle, not actors or rings. Payloads are opaque ``bytes`` and are never deserialized here.
+
+Guarantees:
+
+- ``receive_data`` / ``next_event`` turn whatever a peer sends into events or raise
+  `RemoteProtocolError` saying what was wrong; no other exception escapes them. After an
+  error the connection is CLOSED and every later ``next_event`` raises again.
+- Nothing past the handshake is parsed before the peer has proved it knows the shared
+  secret: an HMAC-SHA256 over both nonces and both node names, in an order that differs
+  by direction, so a tag (or a whole HELLO) reflected back to us fails. Until then a frame
+  that is not the next handshake frame is rejected from its 8-byte header, so an
+  unauthenticated peer never makes us buffer more than one small HELLO or AUTH body.
+- Every header is checked (magic, version, type, length against ``max_frame``) before its
+  body is buffered. Parsing is linear in the input: one growing buffer with a read offset,
+  compacted now and then, and each payload copied out once.
+- Bytes from ``send_*`` are in wire order: protocol output still pending (our AUTH, which
+  ``data_to_send`` returns) is put in front of them.
+- Misuse of the API raises `LocalProtocolError` (bad arguments to ``send_*`` included);
+  bad constructor arguments raise ``ValueError``.
+
+Not here: reassembling FIRST/MORE fragments (those of one message may straddle a reconnect,
+so the gateway does it and bounds ``First.total``), sequence numbers, resends and timeouts.
+
+Frame: ``b"MB"``, version (u8), type (u8), body length (u32); integers little-endian; a
+name is a u8 length and ASCII matching ``[A-Za-z0-9_.-]{1,64}``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import re
+import struct
+from collections.abc import Sequence
+from typing import Final, TypeAlias, TypeGuard
+
+import attrs
+
+from mybus_actors.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "CLOSED",
+    "DATA_OVERHEAD",
+    "DEFAULT_MAX_FRAME",
+    "HANDSHAKE",
+    "HEADER_SIZE",
+    "MAGIC",
+    "NEED_DATA",
+    "OPEN",
+    "VERSION",
+    "Ack",
+    "Authenticated",
+    "Bye",
+    "Connection",
+    "ConnectionClosed",
+    "Data",
+    "Event",
+    "First",
+    "FrameType",
+    "Hello",
+    "Item",
+    "ItemKind",
+    "More",
+    "NeedDataType",
+    "Ping",
+    "Pong",
+    "State",
+    "Whole",
+    "item_size",
+]
+
+VERSION: Final = 1
+MAGIC: Final = b"MB"
+HEADER_SIZE: Final = 8
+DEFAULT_MAX_FRAME: Final = 8 << 20
+MIN_MAX_FRAME: Final = 1024
+NONCE_SIZE: Final = 32
+AUTH_CONTEXT: Final = b"mybus-auth-v1"
+DATA_OVERHEAD: Final = HEADER_SIZE + 12  # header + seq + item count
+
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+_HEADER: Final = struct.Struct("<2sBBI")
+_U32_MAX: Final = (1 << 32) - 1
+_U64_MAX: Final = (1 << 64) - 1
+_COMPACT_AT: Final = 1 << 16
+_NAME_RE: Final = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    AUTH = 2
+    DATA = 3
+    ACK = 4
+    PING = 5
+    PONG = 6
+    BYE = 7
+
+
+class ItemKind(enum.IntEnum):
+    WHOLE = 0
+    FIRST = 1
+    MORE = 2
+
+
+# Allowed body lengths, checked from the header (max_frame applies on top).
+_BODY_BOUNDS: Final = {
+    FrameType.HELLO: (1 + 1 + 2 + 8 + NONCE_SIZE, 1 + 64 + 2 + 8 + NONCE_SIZE),
+    FrameType.AUTH: (32, 32),
+    FrameType.DATA: (12, _U32_MAX),
+    FrameType.ACK: (8, 8),
+    FrameType.PING: (8, 8),
+    FrameType.PONG: (8, 8),
+    FrameType.BYE: (2, 2 + 0xFFFF),
+}
+
+
+# An unauthenticated peer gets no bigger body than the largest HELLO.
+_HANDSHAKE_MAX_BODY: Final = _BODY_BOUNDS[FrameType.HELLO][1]
+_FRAME_TYPES: Final = frozenset(FrameType)
+
+
+class State(enum.Enum):
+    HANDSHAKE = "HANDSHAKE"
+    OPEN = "OPEN"
+    CLOSED = "CLOSED"
+
+
+HANDSHAKE: Final = State.HANDSHAKE
+OPEN: Final = State.OPEN
+CLOSED: Final = State.CLOSED
+
+
+class NeedDataType(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA: Final = NeedDataType.NEED_DATA
+"""Returned by `Connection.next_event` when it needs more bytes (test with ``is``)."""
+
+
+@attrs.frozen
+class Whole:
+    to: str
+    meta: int
+    payload: bytes
+
+
+@attrs.frozen
+class First:
+    msg_id: int
+    total: int
+    to: str
+    meta: int
+    chunk: bytes
+
+
+@attrs.frozen
+class More:
+    msg_id: int
+    chunk: bytes
+
+
+Item: TypeAlias = Whole | First | More
+
+
+@attrs.frozen
+class Hello:
+    """The peer's claim (not yet proven: wait for `Authenticated`)."""
+
+    node: str
+    version: int
+    incarnation: int
+
+
+@attrs.frozen
+class Authenticated:
+    peer_node: str
+    peer_incarnation: int
+
+
+@attrs.frozen
+class Data:
+    seq: int
+    items: tuple[Item, ...]
+
+
+@attrs.frozen
+class Ack:
+    seq: int
+
+
+@attrs.frozen
+class Ping:
+    token: int
+
+
+@attrs.frozen
+class Pong:
+    token: int
+
+
+@attrs.frozen
+class Bye:
+    reason: str
+
+
+@attrs.frozen
+class ConnectionClosed:
+    """The peer closed the stream at a frame boundary, or the connection is CLOSED."""
+
+
+Event: TypeAlias = Hello | Authenticated | Data | Ack | Ping | Pong | Bye | ConnectionClosed
+_SIMPLE_EVENTS: Final[dict[FrameType, type[Ack | Ping | Pong]]] = {
+    FrameType.ACK: Ack,
+    FrameType.PING: Ping,
+    FrameType.PONG: Pong,
+}
+
+
+def _is_uint(value: object, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+def _is_name(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and value.isascii() and bool(_NAME_RE.fullmatch(value.encode()))
+
+
+def _str8(name: str) -> bytes:
+    raw = name.encode("ascii")
+    return bytes((len(raw),)) + raw
+
+
+def _frame(ftype: FrameType, body: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, ftype, len(body)) + body
+
+
+def item_size(item: Item) -> int:
+    """Bytes ``item`` takes in a DATA body (a frame holds `DATA_OVERHEAD` more)."""
+    if isinstance(item, Whole):
+        return 1 + 1 + len(item.to) + 8 + len(item.payload)
+    if isinstance(item, First):
+        return 1 + 16 + 1 + len(item.to) + 8 + len(item.chunk)
+    return 1 + 8 + 4 + len(item.chunk)
+
+
+class _Reader:
+    """Reads the fields of one frame body; running short is the peer's fault."""
+
+    __slots__ = ("_end", "_mv", "_pos", "_what")
+
+    def __init__(self, mv: memoryview, start: int, end: int, what: str) -> None:
+        self._mv, self._pos, self._end, self._what = mv, start, end, what
+
+    def _take(self, n: int, field: str) -> int:
+        pos = self._pos
+        if n > self._end - pos:
+            raise RemoteProtocolError(
+                f"{self._what} frame truncated: {field} needs {n} bytes, "
+                f"{self._end - pos} left in the body"
+            )
+        self._pos = pos + n
+        return pos
+
+    def u8(self, field: str) -> int:
+        return self._mv[self._take(1, field)]
+
+    def u16(self, field: str) -> int:
+        value: int = _U16.unpack_from(self._mv, self._take(2, field))[0]
+        return value
+
+    def u32(self, field: str) -> int:
+        value: int = _U32.unpack_from(self._mv, self._take(4, field))[0]
+        return value
+
+    def u64(self, field: str) -> int:
+        value: int = _U64.unpack_from(self._mv, self._take(8, field))[0]
+        return value
+
+    def raw(self, n: int, field: str) -> bytes:
+        pos = self._take(n, field)
+        return bytes(self._mv[pos : pos + n])
+
+    def name(self, field: str) -> str:
+        raw = self.raw(self.u8(f"{field} length"), field)
+        if _NAME_RE.fullmatch(raw) is None:
+            raise RemoteProtocolError(f"{self._what} frame has an invalid {field} {raw[:70]!r}")
+        return raw.decode("ascii")
+
+    def done(self, what: str = "") -> None:
+        if self._pos != self._end:
+            raise RemoteProtocolError(
+                f"{self._what} frame has {self._end - self._pos} trailing bytes{what}"
+            )
+
+
+class Connection:
+    """One side of a gateway link: feed it bytes, read events; call ``send_*``, write bytes.
+
+    Both sides send `hello` first. On the peer's HELLO, `next_event` returns `Hello` and
+    queues our AUTH (take it with `data_to_send`, or it goes in front of the next
+    ``send_*`` output). On the peer's valid AUTH it returns `Authenticated` and the state is
+    OPEN: DATA, ACK, PING, PONG and BYE flow both ways. A BYE (received or sent), EOF or a
+    protocol error makes it CLOSED: bytes received after that are ignored and `next_event`
+    returns `ConnectionClosed` (or raises again, after an error).
+
+    ``peer_node`` and ``peer_incarnation`` stay ``None`` until the peer has authenticated.
+    """
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        secret: bytes,
+        incarnation: int,
+        nonce: bytes | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        expect_peer: str | None = None,
+    ) -> None:
+        """Check the arguments; nothing is sent until `hello`.
+
+        Raises:
+            ValueError: an argument is invalid (the message names it).
+        """
+        if not _is_name(node):
+            raise ValueError(f"invalid node name {node!r}")
+        if not isinstance(secret, bytes | bytearray) or not secret:
+            raise ValueError("secret must be non-empty bytes")
+        if not _is_uint(incarnation, _U64_MAX):
+            raise ValueError(f"incarnation {incarnation!r} is not a u64")
+        if nonce is None:
+            nonce = os.urandom(NONCE_SIZE)
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise ValueError(f"nonce must be {NONCE_SIZE} bytes, got {nonce!r}")
+        if not _is_uint(max_frame, _U32_MAX) or max_frame < MIN_MAX_FRAME:
+            raise ValueError(f"max_frame {max_frame!r} not in {MIN_MAX_FRAME}..{_U32_MAX}")
+        if expect_peer is not None and not _is_name(expect_peer):
+            raise ValueError(f"invalid expect_peer {expect_peer!r}")
+        self._node, self._secret, self._incarnation = node, bytes(secret), incarnation
+        self._nonce, self._max_frame, self._expect_peer = nonce, max_frame, expect_peer
+        self._state = State.HANDSHAKE
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._error: str | None = None
+        self._pending = bytearray()
+        self._hello_sent = False
+        self._bye_sent = False
+        self._claimed: Hello | None = None
+        self._peer_nonce = b""
+        self._peer: Authenticated | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def peer_node(self) -> str | None:
+        return self._peer.peer_node if self._peer else None
+
+    @property
+    def peer_incarnation(self) -> int | None:
+        return self._peer.peer_incarnation if self._peer else None
+
+    # --- sending -------------------------------------------------------------------
+
+    def hello(self) -> bytes:
+        """Our HELLO frame, to send first.
+
+        Raises:
+            LocalProtocolError: already sent (also when the peer's HELLO came first and
+                our HELLO went out ahead of our AUTH), or the connection is CLOSED.
+        """
+        if self._hello_sent or self._state is State.CLOSED:
+            raise LocalProtocolError("hello() already sent or connection closed")
+        self._hello_sent = True
+        return self._out(self._hello_frame())
+
+    def data_to_send(self) -> bytes:
+        """Return and clear the bytes the protocol itself wants sent (our AUTH)."""
+        out = bytes(self._pending)
+        self._pending.clear()
+        return out
+
+    def send_data(self, seq: int, items: Sequence[Item]) -> bytes:
+        """A DATA frame of ``items``, numbered ``seq`` (both sides share one max_frame).
+
+        Raises:
+            LocalProtocolError: not OPEN, a bad seq, item or field, or a body over max_frame.
+        """
+        self._require_open("send_data()")
+        _check_u64(seq, "seq")
+        if len(items) > _U32_MAX:
+            raise LocalProtocolError(f"too many items: {len(items)}")
+        parts: list[bytes] = [b"", _U64.pack(seq) + _U32.pack(len(items))]
+        for item in items:
+            parts.extend(_encode_item(item))
+        size = sum(map(len, parts))
+        if size > self._max_frame:
+            raise LocalProtocolError(f"DATA body of {size} bytes over max_frame {self._max_frame}")
+        parts[0] = _HEADER.pack(MAGIC, VERSION, FrameType.DATA, size)
+        return self._out(b"".join(parts))
+
+    def send_ack(self, seq: int) -> bytes:
+        """An ACK: every DATA with a seq up to ``seq`` arrived. Raises: as `send_data`."""
+        return self._u64_frame(FrameType.ACK, seq, "seq")
+
+    def send_ping(self, token: int) -> bytes:
+        """A PING the peer answers with a PONG of the same token. Raises: as `send_data`."""
+        return self._u64_frame(FrameType.PING, token, "token")
+
+    def send_pong(self, token: int) -> bytes:
+        """The answer to `Ping` ``token``. Raises: as `send_data`."""
+        return self._u64_frame(FrameType.PONG, token, "token")
+
+    def send_bye(self, reason: str) -> bytes:
+        """A BYE, allowed in any state (even after an error, to tell the peer why).
+
+        ``reason`` is cut to what fits. The connection is CLOSED afterwards.
+
+        Raises:
+            LocalProtocolError: BYE already sent or ``reason`` not a str.
+        """
+        if self._bye_sent:
+            raise LocalProtocolError("send_bye() called twice")
+        if not isinstance(reason, str):
+            raise LocalProtocolError(f"reason must be a str, got {reason!r}")
+        # Before OPEN the peer takes no body over _HANDSHAKE_MAX_BODY.
+        open_ = self._state is State.OPEN
+        limit = min(0xFFFF, self._max_frame - 2) if open_ else _HANDSHAKE_MAX_BODY - 2
+        raw = reason.encode("utf-8", "replace")[:limit]
+        self._bye_sent = True
+        self._state = State.CLOSED
+        return self._out(_frame(FrameType.BYE, _U16.pack(len(raw)) + raw))
+
+    def _u64_frame(self, ftype: FrameType, value: int, field: str) -> bytes:
+        self._require_open(f"send_{ftype.name.lower()}()")
+        _check_u64(value, field)
+        return self._out(_frame(ftype, _U64.pack(value)))
+
+    def _require_open(self, what: str) -> None:
+        if self._state is not State.OPEN:
+            raise LocalProtocolError(f"{what} in state {self._state.name}; needs OPEN")
+
+    def _out(self, frame: bytes) -> bytes:
+        if self._pending:
+            frame = self.data_to_send() + frame
+        return frame
+
+    def _hello_frame(self) -> bytes:
+        body = _str8(self._node) + _U16.pack(VERSION) + _U64.pack(self._incarnation)
+        return _frame(FrameType.HELLO, body + self._nonce)
+
+    def _tag(
+        self,
+        receiver_nonce: bytes,
+        sender_nonce: bytes,
+        sender: Hello | tuple[str, int],
+        receiver: Hello | tuple[str, int],
+    ) -> bytes:
+        # Node names and incarnations both signed: a man in the middle can change neither.
+        s_node, s_inc = (sender.node, sender.incarnation) if isinstance(sender, Hello) else sender
+        r_node, r_inc = (
+            (receiver.node, receiver.incarnation) if isinstance(receiver, Hello) else receiver
+        )
+        msg = b"".join(
+            (
+                AUTH_CONTEXT,
+                receiver_nonce,
+                sender_nonce,
+                _str8(s_node),
+                _U64.pack(s_inc),
+                _str8(r_node),
+                _U64.pack(r_inc),
+            )
+        )
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()
+
+    # --- receiving -----------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer; ``b""`` means EOF.
+
+        Raises:
+            LocalProtocolError: non-empty data after EOF.
+        """
+        if self._eof:
+            if data:
+                raise LocalProtocolError("receive_data() after EOF")
+            return
+        if not data:
+            self._eof = True
+        elif self._state is not State.CLOSED:
+            self._buf += data
+
+    def next_event(self) -> Event | NeedDataType:
+        """The next event, or `NEED_DATA`.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (again on every later call).
+        """
+        if self._error is not None:
+            raise RemoteProtocolError(self._error)
+        if self._state is State.CLOSED:
+            return ConnectionClosed()
+        try:
+            return self._next_event()
+        except RemoteProtocolError as exc:
+            self._fail(str(exc))
+            raise
+        except (struct.error, ValueError, IndexError, UnicodeError, OverflowError) as exc:
+            self._fail(f"malformed frame ({type(exc).__name__}: {exc})")
+            raise RemoteProtocolError(self._error) from exc
+
+    def _fail(self, message: str) -> None:
+        self._error = message
+        self._state = State.CLOSED
+        self._buf = bytearray()  # a fresh one: a view in a traceback may pin the old one
+        self._pos = 0
+        self._pending.clear()
+
+    def _next_event(self) -> Event | NeedDataType:
+        avail = len(self._buf) - self._pos
+        if avail < HEADER_SIZE:
+            if not self._eof:
+                return NEED_DATA
+            if avail:
+                raise RemoteProtocolError(f"connection closed inside a frame header ({avail} B)")
+            self._state = State.CLOSED
+            return ConnectionClosed()
+        magic, version, type_byte, length = _HEADER.unpack_from(self._buf, self._pos)
+        ftype = self._check_header(magic, version, type_byte, length)
+        if avail - HEADER_SIZE < length:
+            if not self._eof:
+                return NEED_DATA
+            raise RemoteProtocolError(
+                f"connection closed inside a {ftype.name} frame "
+                f"({avail - HEADER_SIZE} of {length} body bytes)"
+            )
+        start = self._pos + HEADER_SIZE
+        end = start + length
+        mv = memoryview(self._buf)
+        try:
+            event = self._parse(ftype, _Reader(mv, start, end, ftype.name))
+        finally:
+            mv.release()
+        self._pos = end
+        if end == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif end >= _COMPACT_AT and 2 * end >= len(self._buf):
+            del self._buf[:end]
+            self._pos = 0
+        return event
+
+    def _check_header(self, magic: bytes, version: int, type_byte: int, length: int) -> FrameType:
+        if magic != MAGIC:
+            raise RemoteProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}")
+        if version != VERSION:
+            raise RemoteProtocolError(f"unsupported protocol version {version}, expected {VERSION}")
+        if type_byte not in _FRAME_TYPES:
+            raise RemoteProtocolError(f"unknown frame type {type_byte}")
+        ftype = FrameType(type_byte)
+        if length > self._max_frame:
+            raise RemoteProtocolError(
+                f"{ftype.name} frame length {length} over max_frame {self._max_frame}"
+            )
+        if self._state is State.HANDSHAKE and ftype is not FrameType.BYE:
+            expected = FrameType.HELLO if self._claimed is None else FrameType.AUTH
+            if ftype is not expected:
+                raise RemoteProtocolError(
+                    f"{ftype.name} frame during the handshake, expected {expected.name}"
+                )
+        elif ftype in (FrameType.HELLO, FrameType.AUTH):
+            raise RemoteProtocolError(f"{ftype.name} frame after the handshake")
+        low, high = _BODY_BOUNDS[ftype]
+        if self._state is State.HANDSHAKE:
+            high = min(high, _HANDSHAKE_MAX_BODY)
+        if not low <= length <= high:
+            raise RemoteProtocolError(f"{ftype.name} frame length {length}, expected {low}..{high}")
+        return ftype
+
+    def _parse(self, ftype: FrameType, r: _Reader) -> Event:
+        if ftype is FrameType.DATA:
+            seq, count = r.u64("seq"), r.u32("item count")
+            items = tuple(_read_item(r) for _ in range(count))
+            r.done(f" after its {count} items")
+            return Data(seq, items)
+        if ftype in (FrameType.ACK, FrameType.PING, FrameType.PONG):
+            value = r.u64("value")
+            r.done()
+            return _SIMPLE_EVENTS[ftype](value)
+        if ftype is FrameType.HELLO:
+            return self._on_hello(r)
+        if ftype is FrameType.AUTH:
+            return self._on_auth(r)
+        reason = r.raw(r.u16("reason length"), "reason").decode("utf-8", "replace")
+        r.done()
+        if self._state is State.HANDSHAKE:
+            raise RemoteProtocolError(f"peer said BYE before authenticating: {reason[:200]!r}")
+        self._state = State.CLOSED
+        return Bye(reason)
+
+    def _on_hello(self, r: _Reader) -> Hello:
+        node, version = r.name("node"), r.u16("version")
+        incarnation, nonce = r.u64("incarnation"), r.raw(NONCE_SIZE, "nonce")
+        r.done()
+        if version != VERSION:
+            raise RemoteProtocolError(f"peer speaks protocol version {version}, not {VERSION}")
+        if self._expect_peer is not None and node != self._expect_peer:
+            raise RemoteProtocolError(f"peer says it is {node!r}, expected {self._expect_peer!r}")
+        if node == self._node:
+            raise RemoteProtocolError(f"peer claims our own node name {node!r} (reflection?)")
+        if hmac.compare_digest(nonce, self._nonce):
+            raise RemoteProtocolError("peer sent our own nonce back (reflection?)")
+        self._claimed = Hello(node, version, incarnation)
+        self._peer_nonce = nonce
+        if not self._hello_sent:  # our AUTH is useless to the peer without our HELLO
+            self._hello_sent = True
+            self._pending += self._hello_frame()
+        tag = self._tag(nonce, self._nonce, (self._node, self._incarnation), self._claimed)
+        self._pending += _frame(FrameType.AUTH, tag)
+        return self._claimed
+
+    def _on_auth(self, r: _Reader) -> Authenticated:
+        tag = r.raw(32, "tag")
+        r.done()
+        claimed = self._claimed
+        assert claimed is not None  # the header check let AUTH through only after HELLO
+        expected = self._tag(
+            self._nonce, self._peer_nonce, claimed, (self._node, self._incarnation)
+        )
+        if not hmac.compare_digest(tag, expected):
+            raise RemoteProtocolError(
+                f"bad signature in AUTH from {claimed.node!r} (wrong secret or reflected tag)"
+            )
+        self._peer = Authenticated(claimed.node, claimed.incarnation)
+        self._state = State.OPEN
+        return self._peer
+
+
+def _read_item(r: _Reader) -> Item:
+    kind = r.u8("item kind")
+    if kind == ItemKind.WHOLE:
+        to, meta = r.name("WHOLE target"), r.u32("WHOLE meta")
+        return Whole(to, meta, r.raw(r.u32("WHOLE length"), "WHOLE payload"))
+    if kind == ItemKind.FIRST:
+        msg_id, total = r.u64("FIRST message id"), r.u64("FIRST total")
+        to, meta = r.name("FIRST target"), r.u32("FIRST meta")
+        size = r.u32("FIRST chunk length")
+        if size > total:
+            raise RemoteProtocolError(f"DATA FIRST chunk of {size} bytes over its total {total}")
+        return First(msg_id, total, to, meta, r.raw(size, "FIRST chunk"))
+    if kind == ItemKind.MORE:
+        msg_id = r.u64("MORE message id")
+        return More(msg_id, r.raw(r.u32("MORE chunk length"), "MORE chunk"))
+    raise RemoteProtocolError(f"DATA frame has an item of unknown kind {kind}")
+
+
+def _check_u64(value: object, field: str) -> None:
+    if not _is_uint(value, _U64_MAX):
+        raise LocalProtocolError(f"{field} {value!r} is not a u64")
+
+
+def _check_item_fields(to: object, meta: object, data: object, what: str) -> bytes:
+    if not _is_name(to):
+        raise LocalProtocolError(f"{what}.to {to!r} is not a valid actor name")
+    if not _is_uint(meta, _U32_MAX):
+        raise LocalProtocolError(f"{what}.meta {meta!r} is not a u32")
+    if not isinstance(data, bytes | bytearray) or len(data) > _U32_MAX:
+        raise LocalProtocolError(f"{what} payload must be bytes of at most 4 GiB")
+    return _str8(to)
+
+
+def _encode_item(item: object) -> tuple[bytes, bytes]:
+    if isinstance(item, Whole):
+        to = _check_item_fields(item.to, item.meta, item.payload, "Whole")
+        head = bytes((ItemKind.WHOLE,)) + to + _U32.pack(item.meta) + _U32.pack(len(item.payload))
+        return head, item.payload
+    if isinstance(item, First):
+        to = _check_item_fields(item.to, item.meta, item.chunk, "First")
+        _check_u64(item.msg_id, "First.msg_id")
+        _check_u64(item.total, "First.total")
+        if len(item.chunk) > item.total:
+            raise LocalProtocolError(f"First chunk of {len(item.chunk)} bytes over total")
+        head = bytes((ItemKind.FIRST,)) + _U64.pack(item.msg_id) + _U64.pack(item.total) + to
+        return head + _U32.pack(item.meta) + _U32.pack(len(item.chunk)), item.chunk
+    if isinstance(item, More):
+        _check_u64(item.msg_id, "More.msg_id")
+        if not isinstance(item.chunk, bytes | bytearray) or len(item.chunk) > _U32_MAX:
+            raise LocalProtocolError("More chunk must be bytes of at most 4 GiB")
+        head = bytes((ItemKind.MORE,)) + _U64.pack(item.msg_id) + _U32.pack(len(item.chunk))
+        return head, item.chunk
+    raise LocalProtocolError(f"not a Whole, First or More item: {item!r}")

@@ -1,0 +1,648 @@
+"""Unit tests for mybus_actors.wire: two connections wired together, no sockets.
+
+The same byte streams are fed whole, in odd chunks and one byte at a time; malformed
+input must raise `RemoteProtocolError` and nothing else; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import struct
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mybus_actors import wire
+from mybus_actors.errors import LocalProtocolError, RemoteProtocolError
+from mybus_actors.wire import (
+    CLOSED,
+    HANDSHAKE,
+    NEED_DATA,
+    OPEN,
+    Ack,
+    Authenticated,
+    Bye,
+    Connection,
+    ConnectionClosed,
+    Data,
+    Event,
+    First,
+    Hello,
+    Item,
+    More,
+    Ping,
+    Pong,
+    Whole,
+)
+
+SECRET = b"s3cret-shared-by-both-gateways"
+NONCE_A = bytes(range(32))
+NONCE_B = bytes(range(100, 132))
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def conn(node: str = "alpha", **kwargs: object) -> Connection:
+    args: dict[str, object] = {"secret": SECRET, "incarnation": 7}
+    args.update(kwargs)
+    return Connection(node=node, **args)  # type: ignore[arg-type]
+
+
+def pair(**b_kwargs: object) -> tuple[Connection, Connection]:
+    a = conn("alpha", nonce=NONCE_A, incarnation=11)
+    b = conn("beta", nonce=NONCE_B, incarnation=22, **b_kwargs)
+    return a, b
+
+
+def feed(
+    c: Connection, data: bytes, chunk: int | None = None, events: list[Event] | None = None
+) -> list[Event]:
+    """Feed ``data`` in pieces of ``chunk`` bytes, draining events after each piece."""
+    events = [] if events is None else events
+    step = chunk or max(len(data), 1)
+    for i in range(0, len(data), step):
+        c.receive_data(data[i : i + step])
+        collect(c, events)
+    return events
+
+
+def collect(c: Connection, events: list[Event]) -> None:
+    """Append events until NEED_DATA; a CLOSED connection's ConnectionClosed only once."""
+    while (ev := c.next_event()) is not NEED_DATA:
+        assert not isinstance(ev, wire.NeedDataType)
+        if isinstance(ev, ConnectionClosed):
+            if not events or events[-1] != ev:  # CLOSED repeats it on every call
+                events.append(ev)
+            break
+        events.append(ev)
+
+
+def handshake(
+    a: Connection, b: Connection, chunk: int | None = None
+) -> tuple[list[Event], list[Event]]:
+    ha, hb = a.hello(), b.hello()
+    ea = feed(a, hb, chunk)
+    eb = feed(b, ha, chunk)
+    ea += feed(a, b.data_to_send(), chunk)
+    eb += feed(b, a.data_to_send(), chunk)
+    return ea, eb
+
+
+def opened(**b_kwargs: object) -> tuple[Connection, Connection]:
+    a, b = pair(**b_kwargs)
+    handshake(a, b)
+    assert a.state is OPEN and b.state is OPEN
+    return a, b
+
+
+def str8(raw: bytes) -> bytes:
+    return bytes((len(raw),)) + raw
+
+
+def frame(
+    ftype: int, body: bytes, *, magic: bytes = b"MB", version: int = 1, length: int | None = None
+) -> bytes:
+    size = len(body) if length is None else length
+    return magic + bytes((version, ftype)) + struct.pack("<I", size) + body
+
+
+def hello_body(node: bytes = b"beta", version: int = 1, nonce: bytes = NONCE_B) -> bytes:
+    return str8(node) + struct.pack("<HQ", version, 22) + nonce
+
+
+def data_body(seq: int, count: int, items: bytes) -> bytes:
+    return struct.pack("<QI", seq, count) + items
+
+
+def whole_item(to: bytes, payload: bytes, meta: int = 0) -> bytes:
+    return b"\x00" + str8(to) + struct.pack("<II", meta, len(payload)) + payload
+
+
+def expect_error(c: Connection, data: bytes, match: str, chunk: int | None = None) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        feed(c, data, chunk)
+    assert c.state is CLOSED
+    with pytest.raises(RemoteProtocolError, match=match):
+        c.next_event()  # again, on every later call
+    c.receive_data(b"more bytes are ignored")
+    with pytest.raises(RemoteProtocolError):
+        c.next_event()
+
+
+# --- the happy path ----------------------------------------------------------------
+
+ITEMS: tuple[Item, ...] = (
+    Whole("echo", 5, b"hello"),
+    Whole("a.b-c_9", 0xFFFFFFFF, b""),
+    First(42, 10, "big", 1, b"0123"),
+    Whole("echo", 6, b"small one overtakes the big one"),
+    More(42, b"456789"),
+)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7, 65536])
+def test_handshake_and_exchange(chunk: int | None) -> None:
+    a, b = pair()
+    assert a.state is HANDSHAKE and a.peer_node is None
+    ea, eb = handshake(a, b, chunk)
+    assert ea == [Hello("beta", 1, 22), Authenticated("beta", 22)]
+    assert eb == [Hello("alpha", 1, 11), Authenticated("alpha", 11)]
+    assert (a.state, a.peer_node, a.peer_incarnation) == (OPEN, "beta", 22)
+    assert (b.state, b.peer_node, b.peer_incarnation) == (OPEN, "alpha", 11)
+
+    stream = a.send_data(1, ITEMS) + a.send_data(2, []) + a.send_ping(9) + a.send_pong(10)
+    assert feed(b, stream, chunk) == [Data(1, ITEMS), Data(2, ()), Ping(9), Pong(10)]
+    assert feed(a, b.send_ack(2) + b.send_ping(2**64 - 1), chunk) == [Ack(2), Ping(2**64 - 1)]
+
+    # Reassembling FIRST + MORE is the gateway's job; the pieces add up to the total.
+    first, more = ITEMS[2], ITEMS[4]
+    assert isinstance(first, First) and isinstance(more, More)
+    assert len(first.chunk) + len(more.chunk) == first.total
+
+    assert feed(b, a.send_bye("shutting down ✓"), chunk) == [
+        Bye("shutting down ✓"),
+        ConnectionClosed(),
+    ]
+    assert a.state is CLOSED and b.state is CLOSED
+    assert b.next_event() == ConnectionClosed()
+    b.receive_data(b"after BYE: ignored")
+    assert b.next_event() == ConnectionClosed()
+
+
+def test_peer_hello_before_ours_puts_our_hello_first() -> None:
+    a, b = pair()
+    assert feed(a, b.hello()) == [Hello("beta", 1, 22)]
+    out = a.data_to_send()  # our HELLO, then our AUTH
+    with pytest.raises(LocalProtocolError):
+        a.hello()
+    assert feed(b, out) == [Hello("alpha", 1, 11), Authenticated("alpha", 11)]
+    assert feed(a, b.data_to_send()) == [Authenticated("beta", 22)]
+
+
+def test_send_prepends_pending_auth() -> None:
+    a, b = pair()
+    ha, hb = a.hello(), b.hello()
+    feed(a, hb)
+    feed(b, ha)
+    feed(a, b.data_to_send())
+    assert a.state is OPEN  # our AUTH still pending: send_* puts it first
+    assert feed(b, a.send_ping(1)) == [Authenticated("alpha", 11), Ping(1)]
+    assert a.data_to_send() == b""
+
+
+def test_large_frame_in_small_reads_is_linear() -> None:
+    a, b = opened()
+    payload = bytes(range(256)) * (6 * 4096)  # 6 MiB
+    stream = a.send_data(3, [Whole("sink", 1, payload), More(1, payload[:100])])
+    t0 = time.perf_counter()
+    events: list[Event] = []
+    for i in range(0, len(stream), 1024):
+        events += feed(b, stream[i : i + 1024])
+    assert time.perf_counter() - t0 < 5  # quadratic copying would take minutes
+    assert events == [Data(3, (Whole("sink", 1, payload), More(1, payload[:100])))]
+
+
+def test_eof() -> None:
+    a, b = opened()
+    b.receive_data(a.send_ping(1))
+    b.receive_data(b"")
+    assert b.next_event() == Ping(1)
+    assert b.next_event() == ConnectionClosed()
+    assert b.state is CLOSED
+    b.receive_data(b"")
+    with pytest.raises(LocalProtocolError):
+        b.receive_data(b"x")
+
+    a, b = opened()
+    b.receive_data(a.send_ping(1)[:-1])
+    b.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="closed inside a PING frame"):
+        b.next_event()
+
+    a = conn()
+    a.receive_data(b"MB\x01")
+    a.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="closed inside a frame header"):
+        a.next_event()
+
+
+# --- authentication ----------------------------------------------------------------
+
+
+def test_wrong_secret_is_a_bad_signature() -> None:
+    a, b = pair(secret=b"another secret")
+    ha, hb = a.hello(), b.hello()
+    assert feed(a, hb) == [Hello("beta", 1, 22)]
+    assert feed(b, ha) == [Hello("alpha", 1, 11)]
+    auth_a, auth_b = a.data_to_send(), b.data_to_send()
+    expect_error(b, auth_a, "bad signature")
+    expect_error(a, auth_b, "bad signature")
+    assert a.peer_node is None and b.peer_node is None
+
+
+def test_reflected_auth_tag_fails() -> None:
+    a, b = pair()
+    a.hello()
+    assert feed(a, b.hello()) == [Hello("beta", 1, 22)]
+    own_auth = a.data_to_send()
+    expect_error(a, own_auth, "bad signature")
+
+
+def test_reflected_hello_fails() -> None:
+    a = conn("alpha", nonce=NONCE_A)
+    expect_error(a, a.hello(), "our own node name")
+    a = conn("alpha", nonce=NONCE_A)
+    expect_error(a, frame(1, hello_body(b"beta", nonce=NONCE_A)), "our own nonce")
+
+
+def test_expect_peer() -> None:
+    a, b = pair(expect_peer="gamma")
+    expect_error(b, a.hello(), "expected 'gamma'")
+    a, b = pair(expect_peer="alpha")
+    assert handshake(a, b)[1][-1] == Authenticated("alpha", 11)
+
+
+def test_bye_before_authentication_surfaces_the_reason() -> None:
+    a, b = pair()
+    a.hello()
+    expect_error(a, b.send_bye("unknown node"), "BYE before authenticating: 'unknown node'")
+    a, b = pair()
+    a.hello()  # a long reason is cut to what an unauthenticated peer accepts
+    expect_error(a, b.send_bye("y" * 500), "BYE before authenticating: 'y{105}'")
+
+
+# --- frame order -------------------------------------------------------------------
+
+
+def test_auth_before_hello() -> None:
+    expect_error(conn(), frame(2, bytes(32)), "AUTH frame during the handshake, expected HELLO")
+
+
+def test_data_before_auth_rejected_from_header() -> None:
+    a, b = pair()
+    feed(a, b.hello())
+    header = frame(3, b"", length=100)  # the body never comes
+    expect_error(a, header, "DATA frame during the handshake, expected AUTH")
+
+
+@pytest.mark.parametrize("ftype", [3, 4, 5, 6])
+def test_non_handshake_frame_before_hello(ftype: int) -> None:
+    expect_error(conn(), frame(ftype, bytes(8)), "expected HELLO")
+
+
+def test_second_hello() -> None:
+    a, b = pair()
+    feed(a, b.hello())
+    expect_error(a, frame(1, hello_body()), "HELLO frame during the handshake, expected AUTH")
+    a, b = opened()
+    expect_error(a, frame(1, hello_body()), "HELLO frame after the handshake")
+    a, b = opened()
+    expect_error(a, frame(2, bytes(32)), "AUTH frame after the handshake")
+
+
+# --- malformed frames --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (frame(1, hello_body(), magic=b"GE"), "bad magic"),
+        (b"GET / HTTP/1.1\r\n", "bad magic"),
+        (frame(1, hello_body(), version=2), "unsupported protocol version 2"),
+        (frame(9, b""), "unknown frame type 9"),
+        (frame(0, b""), "unknown frame type 0"),
+        (frame(1, b"", length=(8 << 20) + 1), "over max_frame"),
+        (frame(1, b"", length=108), r"HELLO frame length 108, expected 44\.\.107"),
+        (frame(1, hello_body(version=3)), "protocol version 3"),
+        (frame(1, hello_body(node=b"bad name")), "invalid node"),
+        (frame(1, hello_body(node=b"") + b"\0"), "invalid node b''"),
+        (frame(1, hello_body(node=b"x" * 64) + b"\0"), "HELLO frame length 108"),
+        (frame(1, hello_body(node=b"x" * 65)[:107]), "invalid node"),
+        (frame(1, hello_body(node=b"\xff\xfe")), "invalid node"),
+        (frame(1, str8(b"x" * 60) + bytes(45)), "trailing bytes"),
+        (frame(1, b"\x64" + bytes(43)), "truncated: node needs 100 bytes, 43 left"),
+    ],
+)
+def test_malformed_before_auth(data: bytes, match: str) -> None:
+    expect_error(conn(), data, match)
+
+
+def test_oversize_rejected_from_the_header_alone() -> None:
+    a, _ = opened()
+    a.receive_data(frame(3, b"", length=(8 << 20) + 1))  # only the 8-byte header
+    with pytest.raises(RemoteProtocolError, match="over max_frame"):
+        a.next_event()
+    small = conn(max_frame=4096)
+    small.receive_data(frame(1, b"", length=4097))
+    with pytest.raises(RemoteProtocolError, match="over max_frame 4096"):
+        small.next_event()
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (frame(4, bytes(7)), "ACK frame length 7"),
+        (frame(5, bytes(9)), "PING frame length 9"),
+        (frame(3, bytes(11)), "DATA frame length 11"),
+        (frame(3, data_body(1, 2, whole_item(b"x", b"p"))), "truncated: item kind"),
+        (frame(3, data_body(1, 1, whole_item(b"x", b"pay")[:-1])), "truncated: WHOLE payload"),
+        (frame(3, data_body(1, 1, b"\x00\x05ab")), "truncated: WHOLE target"),
+        (frame(3, data_body(1, 0, whole_item(b"x", b"p"))), "trailing bytes after its 0 items"),
+        (frame(3, data_body(1, 1, whole_item(b"x", b"p") + b"!")), "1 trailing bytes"),
+        (frame(3, data_body(1, 1, b"\x07" + bytes(20))), "unknown kind 7"),
+        (frame(3, data_body(1, 1, whole_item(b"a/b", b""))), "invalid WHOLE target"),
+        (frame(3, data_body(1, 0xFFFFFFFF, b"")), "truncated: item kind"),
+        (
+            frame(
+                3,
+                data_body(
+                    1,
+                    1,
+                    b"\x01"
+                    + struct.pack("<QQ", 1, 2)
+                    + str8(b"t")
+                    + struct.pack("<II", 0, 3)
+                    + b"abc",
+                ),
+            ),
+            "chunk of 3 bytes over its total 2",
+        ),
+        (
+            frame(3, data_body(1, 1, b"\x02" + struct.pack("<QI", 1, 5) + b"abc")),
+            "truncated: MORE chunk",
+        ),
+        (frame(7, struct.pack("<H", 3) + b"ab"), "truncated: reason"),
+        (frame(7, b"\x01"), "BYE frame length 1"),
+    ],
+)
+def test_malformed_after_auth(data: bytes, match: str) -> None:
+    a, _ = opened()
+    expect_error(a, data, match)
+    a, _ = opened()
+    expect_error(a, data, match, chunk=1)
+
+
+def test_bye_reason_is_decoded_leniently() -> None:
+    a, _ = opened()
+    assert feed(a, frame(7, struct.pack("<H", 3) + b"a\xffb")) == [
+        Bye("a\ufffdb"),
+        ConnectionClosed(),
+    ]
+
+
+# --- local misuse ------------------------------------------------------------------
+
+
+def test_send_before_open_is_local_error() -> None:
+    a, _ = pair()
+    for send in (
+        lambda: a.send_data(1, []),
+        lambda: a.send_ack(1),
+        lambda: a.send_ping(1),
+        lambda: a.send_pong(1),
+    ):
+        with pytest.raises(LocalProtocolError, match="HANDSHAKE"):
+            send()
+    a.hello()
+    with pytest.raises(LocalProtocolError):
+        a.hello()
+    a.send_bye("bye")
+    with pytest.raises(LocalProtocolError):
+        a.send_bye("again")
+    with pytest.raises(LocalProtocolError, match="CLOSED"):
+        a.send_ping(1)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [Whole("bad name", 0, b"")],
+        [Whole("", 0, b"")],
+        [Whole("x" * 65, 0, b"")],
+        [Whole("é", 0, b"")],
+        [Whole("ok", -1, b"")],
+        [Whole("ok", 1 << 32, b"")],
+        [Whole("ok", 0, "not bytes")],  # type: ignore[arg-type]
+        [First(1, 2, "ok", 0, b"abc")],
+        [First(-1, 2, "ok", 0, b"")],
+        [More(1 << 64, b"")],
+        [More(1, None)],  # type: ignore[arg-type]
+        ["not an item"],
+    ],
+)
+def test_send_data_bad_items(items: Sequence[Item]) -> None:
+    a, _ = opened()
+    with pytest.raises(LocalProtocolError):
+        a.send_data(1, items)
+    assert a.state is OPEN
+
+
+@pytest.mark.parametrize("seq", [-1, 1 << 64, 1.0, True])
+def test_send_bad_u64(seq: int) -> None:
+    a, _ = opened()
+    for send in (lambda: a.send_data(seq, []), lambda: a.send_ack(seq), lambda: a.send_ping(seq)):
+        with pytest.raises(LocalProtocolError, match="not a u64"):
+            send()
+
+
+def test_send_data_over_max_frame() -> None:
+    a, _ = opened()
+    with pytest.raises(LocalProtocolError, match="over max_frame"):
+        a.send_data(1, [Whole("x", 0, bytes(8 << 20))])
+
+
+def test_long_bye_reason_is_cut() -> None:
+    a, b = opened()
+    assert feed(b, a.send_bye("x" * 100_000)) == [Bye("x" * 0xFFFF), ConnectionClosed()]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"node": "bad node"}, "bad node"),
+        ({"node": ""}, "invalid node"),
+        ({"secret": b""}, "secret"),
+        ({"secret": "text"}, "secret"),
+        ({"incarnation": -1}, "incarnation -1"),
+        ({"incarnation": 1 << 64}, "incarnation"),
+        ({"nonce": b"short"}, "nonce"),
+        ({"max_frame": 10}, "max_frame 10"),
+        ({"max_frame": 1 << 32}, "max_frame"),
+        ({"expect_peer": "a b"}, "expect_peer"),
+    ],
+)
+def test_constructor_checks(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"node": "alpha", "secret": SECRET, "incarnation": 1}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        Connection(**args)  # type: ignore[arg-type]
+
+
+def test_default_nonce_is_random() -> None:
+    assert conn().hello()[-32:] != conn().hello()[-32:]
+
+
+# --- fuzz --------------------------------------------------------------------------
+
+UNPICKLED: list[str] = []
+
+
+def _side_effect() -> str:
+    UNPICKLED.append("executed")
+    return "pwned"
+
+
+class Evil:
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_side_effect, ())
+
+
+EVIL = pickle.dumps(Evil())
+
+
+@contextlib.contextmanager
+def forbid_unpickling() -> Iterator[None]:
+    def refuse(*_args: object, **_kwargs: object) -> object:
+        pytest.fail("wire unpickled something")
+
+    with contextlib.ExitStack() as stack:
+        for target in ("pickle.loads", "pickle.load", "pickle.Unpickler"):
+            stack.enter_context(mock.patch(target, refuse))
+        if "cloudpickle" in sys.modules or _importable("cloudpickle"):
+            stack.enter_context(mock.patch("cloudpickle.loads", refuse))
+        yield
+    assert UNPICKLED == []
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def drain(
+    c: Connection, data: bytes, chunks: Sequence[int], events: list[Event] | None = None
+) -> list[Event]:
+    """Feed ``data`` in the given chunk sizes, then EOF; only RemoteProtocolError may escape."""
+    events = [] if events is None else events
+    pos, i = 0, 0
+    while pos < len(data):
+        size = chunks[i % len(chunks)] if chunks else 1
+        i += 1
+        feed(c, data[pos : pos + size], events=events)
+        pos += size
+    c.receive_data(b"")
+    collect(c, events)
+    return events
+
+
+def valid_stream() -> tuple[bytes, int, tuple[int, int]]:
+    """What beta sends alpha: HELLO, AUTH, traffic, BYE; the end of AUTH; incarnation span."""
+    a, b = pair()
+    ha, hello = a.hello(), b.hello()
+    feed(b, ha)
+    auth = b.data_to_send()
+    feed(a, hello)
+    feed(b, a.data_to_send())
+    assert b.state is OPEN
+    traffic = (
+        b.send_data(1, [*ITEMS, Whole("evil", 0, EVIL)])
+        + b.send_ack(5)
+        + b.send_ping(3)
+        + b.send_data(2, [First(7, 2 * len(EVIL), "evil", 0, EVIL), More(7, EVIL)])
+        + b.send_bye("done")
+    )
+    inc_at = 8 + 1 + len("beta") + 2
+    return hello + auth + traffic, len(hello + auth), (inc_at, inc_at + 8)
+
+
+STREAM, AUTH_END, _INCARNATION = valid_stream()
+
+
+def test_valid_stream_and_evil_payload_stays_bytes() -> None:
+    a, _ = pair()
+    a.hello()
+    with forbid_unpickling():
+        events = drain(a, STREAM, [1])
+    assert events[:2] == [Hello("beta", 1, 22), Authenticated("beta", 22)]
+    data = events[2]
+    assert isinstance(data, Data) and data.items[-1] == Whole("evil", 0, EVIL)
+    assert events[-2:] == [Bye("done"), ConnectionClosed()]
+    # The payload is a real exploit: unpickling it (which wire never does) runs code.
+    assert pickle.loads(EVIL) == "pwned"
+    assert UNPICKLED == ["executed"]
+    UNPICKLED.clear()
+
+
+def test_evil_pickle_before_auth_is_never_parsed() -> None:
+    a, b = pair()
+    feed(a, b.hello())
+    with forbid_unpickling(), pytest.raises(RemoteProtocolError, match="expected AUTH"):
+        drain(a, frame(3, data_body(1, 1, whole_item(b"evil", EVIL))), [1])
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), chunks=st.lists(st.integers(1, 64), max_size=20))
+def test_fuzz_random_bytes(data: bytes, chunks: list[int]) -> None:
+    with forbid_unpickling():
+        c = conn()
+        try:
+            events = drain(c, data, chunks)
+        except RemoteProtocolError:
+            assert c.state is CLOSED
+            return
+    assert all(not isinstance(e, Authenticated | Data) for e in events)
+
+
+@FUZZ
+@given(
+    ftype=st.integers(1, 7),
+    body=st.one_of(
+        st.binary(max_size=120),
+        st.builds(
+            lambda seq, n, raw: data_body(seq, n, raw),
+            st.integers(0, 2**64 - 1),
+            st.integers(0, 5),
+            st.binary(max_size=80),
+        ),
+    ),
+    chunks=st.lists(st.integers(1, 16), max_size=8),
+)
+def test_fuzz_frames_after_auth(ftype: int, body: bytes, chunks: list[int]) -> None:
+    with forbid_unpickling():
+        a, _ = opened()
+        try:
+            drain(a, frame(ftype, body), chunks)
+        except RemoteProtocolError:
+            assert a.state is CLOSED
+
+
+@FUZZ
+@given(
+    cut=st.integers(0, len(STREAM)),
+    flips=st.lists(st.integers(0, len(STREAM) * 8 - 1), max_size=4, unique=True),
+)
+def test_fuzz_truncated_and_flipped_stream(cut: int, flips: list[int]) -> None:
+    mutated = bytearray(STREAM)
+    for bit in flips:
+        mutated[bit // 8] ^= 1 << (bit % 8)
+    with forbid_unpickling():
+        a, _ = pair()
+        a.hello()
+        events: list[Event] = []
+        try:
+            drain(a, bytes(mutated[:cut]), [1], events)
+        except RemoteProtocolError:
+            assert a.state is CLOSED
+    # A flip anywhere in HELLO or AUTH (the incarnation included: the tag signs it)
+    # means the peer never counts as authenticated.
+    if any(b // 8 < AUTH_END for b in flips):
+        assert not any(isinstance(e, Authenticated | Data) for e in events)
+        assert a.peer_node is None
