@@ -102,7 +102,12 @@ class Client:
         self, to: str, message: Any, timeout: float, block: bool, kind: int, corr: int
     ) -> None:
         node, name = parse_address(to, self.node)
-        meta, body = codec.encode(message, kind=kind, correlation_id=corr)
+        if node == self.node:
+            meta, body = codec.encode(message, kind=kind, correlation_id=corr)
+        else:  # the record names us in full, for replies to come back through gateways
+            meta, body = codec.encode(
+                message, kind=kind, sender=self.address, correlation_id=corr
+            )
         with self._lock:
             self._check_open()
             if node == self.node:

@@ -44,10 +44,7 @@ __all__ = [
     "decode_fields",
     "decode_message",
     "encode",
-    "forward",
     "peek",
-    "readdress",
-    "unforward",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -61,7 +58,7 @@ class Kind(enum.IntEnum):
     REPLY = 2
     SYSTEM = 3
     ERROR_REPLY = 4  # a reply carrying a failure
-    FORWARD = 5  # for the gateway: another record, and the address on another node it is for
+    FORWARD = 5  # for the gateway: a record for another node (see routing.py)
 
 
 class Tag(enum.IntEnum):
@@ -90,7 +87,7 @@ _HAS_SENDER: Final = 1 << 6
 _KNOWN_BITS: Final = 0x7F
 _PROTOCOL: Final = 5
 _MAX_SENDER: Final = 255
-# FORWARD wraps a whole record for the gateway (`forward`); it is not a message kind.
+# FORWARD wraps a whole record for the gateway (routing.py); it is not a message kind.
 _KIND_VALUES: Final = frozenset(int(k) for k in Kind if k is not Kind.FORWARD)
 _CORRELATED_KINDS: Final = frozenset((Kind.ASK.value, Kind.REPLY.value, Kind.ERROR_REPLY.value))
 # Indexed by the 3 kind bits / 2 tag bits; None marks values no sender writes.
@@ -336,47 +333,3 @@ def peek(meta: int, body: Buffer) -> tuple[int, str | None, int]:
     """
     kind, _, sender, correlation_id, _ = _parse(meta, body)
     return kind, sender, correlation_id
-
-
-def readdress(meta: int, body: Buffer, sender: str) -> tuple[int, bytes]:
-    """The same record with its sender field set to ``sender`` (replacing any).
-
-    The gateway qualifies a sender with its node on the way out, so that the receiver
-    on another node can reply. The payload's bytes are copied, never decoded.
-
-    Raises:
-        SerializationError: unknown meta bits or a truncated prefix.
-        InvalidAddress: ``sender`` is not ASCII or longer than 255 bytes.
-    """
-    _, _, _, correlation_id, payload = _parse(meta, body)
-    meta |= _HAS_SENDER
-    parts = [_checked_prefix(sender), payload]
-    if meta & _HAS_CORRELATION:
-        parts.insert(0, _pack_u64(correlation_id))
-    return meta, b"".join(parts)
-
-
-def forward(to: str, meta: int, body: Buffer) -> tuple[int, bytes]:
-    """Wrap a record for the local gateway: ``to`` is an address on another node.
-
-    Raises:
-        InvalidAddress: ``to`` is not ASCII or longer than 255 bytes.
-    """
-    return int(Kind.FORWARD), b"".join((_checked_prefix(to), bytes((meta,)), body))
-
-
-def unforward(meta: int, body: Buffer) -> tuple[str, int, memoryview]:
-    """Unwrap what `forward` made: (to, inner meta, inner body).
-
-    Raises:
-        SerializationError: not a FORWARD record, or a truncated one.
-    """
-    view = memoryview(body)
-    if meta != Kind.FORWARD or len(view) < 2 or len(view) < 2 + view[0]:
-        raise SerializationError(f"not a well-formed FORWARD record (meta {meta:#x})")
-    end = 1 + view[0]
-    try:
-        to = str(view[1:end], "ascii")
-    except UnicodeDecodeError as exc:
-        raise SerializationError("FORWARD record's address is not ASCII") from exc
-    return to, view[end], view[end + 1 :]

@@ -8,7 +8,8 @@ its rings to the target, the sender's address kept so replies find their way bac
 This module is the shell: it moves bytes between sockets, rings and the pure cores
 (`wire.Connection` for the protocol, `link.Outbox`/`link.Inbox` for numbering, resends
 and fragments, `timers.ActivityTable` for the route table). It never unpickles what it
-relays; it only reads and rewrites envelope headers (`codec.peek`, `codec.readdress`).
+relays: local senders hand it ready wire items (`routing.send_to_node`), and to bounce
+an undeliverable message it reads only the envelope header (`codec.peek`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from mybus_actors.errors import (
 from mybus_actors.link import Inbox, Message, Outbox
 from mybus_actors.mailbox import Endpoint
 from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
-from mybus_actors.routing import GATEWAY
+from mybus_actors.routing import FORWARD, GATEWAY, parse_forward
 from mybus_actors.timers import ActivityTable
 
 __all__ = ["DEFAULT_PORT", "Gateway", "GatewayConfig", "main"]
@@ -61,10 +62,14 @@ _READ_SIZE: Final = 256 << 10
 _HANDSHAKE_TIMEOUT: Final = 5.0
 _CONNECT_TIMEOUT: Final = 5.0
 _MAX_BACKOFF: Final = 2.0
-_WRITE_HIGH_WATER: Final = 4 << 20
+# Bytes written ahead of the socket: what a small message queued now waits behind. Kept
+# small so that a large message's chunks cannot hold small ones back for long.
+_WRITE_HIGH_WATER: Final = 128 << 10
+_SOCKET_BUFFER: Final = 256 << 10
 _UNACKED_LIMIT: Final = 64 << 20  # stop framing for a link past this many unacked bytes
 _QUEUED_LIMIT: Final = 256 << 20  # stop draining local rings past this many queued bytes
 _FLUSH_ON_STOP: Final = 2.0
+_PUMP_SPIN: Final = 300e-6  # how long the pump polls an empty mailbox before it sleeps
 
 
 @attrs.frozen
@@ -223,9 +228,11 @@ class Gateway:
         ep = self.endpoint
         assert ep is not None
         loop = asyncio.get_running_loop()
+        idle_since: float | None = None
         while True:
             batches = ep.poll_batches(256)
             if batches:
+                idle_since = None
                 for sender, _receiver, items in batches:
                     for meta, body in items:
                         self._from_local(sender, meta, body)
@@ -234,6 +241,16 @@ class Gateway:
                 await asyncio.sleep(0)
                 continue
             self._retry_stalled()
+            # Poll a little longer before sleeping (letting sockets run in between): a
+            # sender that finds us asleep pays a doorbell datagram, and a stream whose
+            # every message wakes us up is many times slower than one we keep up with.
+            now = time.monotonic()
+            if idle_since is None:
+                idle_since = now
+            if now - idle_since < _PUMP_SPIN:
+                await asyncio.sleep(0)
+                continue
+            idle_since = None
             if not ep.prepare_sleep():
                 continue
             woke = loop.create_future()
@@ -252,22 +269,27 @@ class Gateway:
                 ep.finish_sleep()
 
     def _from_local(self, sender: str, meta: int, body: bytes) -> None:
-        if meta != Kind.FORWARD:
+        if meta != FORWARD:
             self._local_request(sender, meta, body)
             return
         try:
-            to, inner_meta, inner_body = codec.unforward(meta, body)
-            node, name = parse_address(to, self.node)
-            _kind, origin, _corr = codec.peek(inner_meta, inner_body)
-            if origin is None:
-                origin = sender
-            if "/" not in origin:
-                origin = format_address(self.node, origin)
-            qmeta, qbody = codec.readdress(inner_meta, inner_body, origin)
-        except (SerializationError, InvalidAddress) as exc:
+            node, item = parse_forward(body)
+            link = self._links.get(node)
+            if link is not None and not link.unreachable and len(item) <= link.outbox.large:
+                # The common case, relayed as it came: no parsing, no re-encoding.
+                link.outbox.put_encoded(bytes(item))
+                link.wake.set()
+                if link.conn is None:
+                    self._ensure_connecting(link)
+                return
+            whole = wire.decode_item(item)
+            validate_name(node)
+            if not isinstance(whole, wire.Whole):  # routing.send_to_node writes only those
+                raise SerializationError(f"a {type(whole).__name__} item, not a WHOLE one")
+        except (SerializationError, RemoteProtocolError, InvalidAddress) as exc:
             _log.warning("dropping a malformed record from local %r: %s", sender, exc)
             return
-        self._route(node, Message(name, qmeta, qbody))
+        self._route(node, Message(whole.to, whole.meta, whole.payload))
 
     def _route(self, node: str, msg: Message) -> None:
         if node == self.node:
@@ -548,6 +570,11 @@ class Gateway:
         _log.info("link up: %s (%s, %s)", link.node, side, conn.label)
         return link
 
+    def _touch(self, link: _Link) -> None:
+        """Traffic on the link (not heartbeats): it is active, so it stays open."""
+        if link.node in self._routes:
+            self._routes.touch(link.node, time.monotonic())
+
     def _link_down(self, link: _Link, reason: str) -> None:
         link.conn = None
         if link.writer_task is not None:
@@ -569,9 +596,8 @@ class Gateway:
                 conn.last_rx = time.monotonic()
                 proto.receive_data(data)
                 continue
-            if link.node in self._routes:
-                self._routes.touch(link.node, time.monotonic())
             if isinstance(event, wire.Data):
+                self._touch(link)
                 for msg in link.inbox.accept(event.seq, event.items) or ():
                     self._deliver_local(msg)
                 link.ack_due = event.seq
@@ -590,8 +616,8 @@ class Gateway:
         """Replay what is unacked, then send frames and acks as they come."""
         proto = conn.proto
         try:
-            for seq, items in link.outbox.resend():
-                conn.send(proto.send_data(seq, items))
+            for old in link.outbox.resend():
+                conn.send(proto.send_encoded(old.seq, len(old.items), old.items))
             while not conn.closed:
                 link.wake.clear()
                 if link.ack_due is not None:
@@ -601,7 +627,8 @@ class Gateway:
                     frame = link.outbox.next_frame()
                     if frame is None:
                         break
-                    conn.send(proto.send_data(*frame))
+                    conn.send(proto.send_encoded(frame.seq, len(frame.items), frame.items))
+                    self._touch(link)
                     if conn.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
                         await conn.writer.drain()
                         if link.ack_due is not None:
@@ -679,6 +706,8 @@ def _set_nodelay(writer: asyncio.StreamWriter) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The kernel's send buffer is a queue small messages wait in, too.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
 
 
 # -- the command ----------------------------------------------------------------------

@@ -19,9 +19,9 @@ from collections import OrderedDict, deque
 from typing import Final, NamedTuple
 
 from mybus_actors.errors import RemoteProtocolError
-from mybus_actors.wire import DATA_OVERHEAD, First, Item, More, Whole, item_size
+from mybus_actors.wire import DATA_OVERHEAD, First, Item, More, Whole, decode_item, encode_item
 
-__all__ = ["Inbox", "Message", "Outbox"]
+__all__ = ["Frame", "Inbox", "Message", "Outbox"]
 
 DEFAULT_FRAME_BYTES: Final = 256 << 10
 DEFAULT_CHUNK: Final = 64 << 10
@@ -49,8 +49,20 @@ class _Large:
         self.unacked = 0  # chunks sent and not yet acknowledged
 
 
+class Frame(NamedTuple):
+    """A DATA frame's contents, its items already encoded (`wire.encode_item`)."""
+
+    seq: int
+    items: tuple[bytes, ...]
+    size: int
+    chunks_of: tuple[int, ...]  # large messages it carries a chunk of
+
+
 class Outbox:
-    """What we send on one link. Not thread-safe (the gateway's loop owns it)."""
+    """What we send on one link. Not thread-safe (the gateway's loop owns it).
+
+    Items are encoded once, when queued: a resend after a reconnect sends the same bytes.
+    """
 
     def __init__(
         self,
@@ -65,13 +77,13 @@ class Outbox:
         self.chunk = chunk
         self.large = large
         self.next_seq = 1
-        self.unacked: OrderedDict[int, tuple[Item, ...]] = OrderedDict()
+        self.unacked: OrderedDict[int, Frame] = OrderedDict()
         self.unacked_bytes = 0
-        self._small: deque[Whole] = deque()
+        self._small: deque[bytes] = deque()  # encoded WHOLE items
         self._small_bytes = 0
         self._large: deque[_Large] = deque()
         self._next_msg_id = 1
-        # Large messages some of whose chunks are unacked: kept whole for dead letters.
+        # Large messages some of whose chunks are unacked: kept whole for give_up.
         self._in_flight: dict[int, _Large] = {}
 
     @property
@@ -84,38 +96,49 @@ class Outbox:
         return bool(self._small or self._large)
 
     def put(self, to: str, meta: int, payload: bytes | memoryview) -> None:
+        """Queue a message for actor ``to`` on the peer's node.
+
+        Raises:
+            LocalProtocolError: ``to`` is not a valid name, or ``meta`` not a u32.
+        """
         if len(payload) > self.large:
             self._large.append(_Large(self._next_msg_id, to, meta, payload))
             self._next_msg_id += 1
-        else:
-            item = Whole(to, meta, bytes(payload))
-            self._small.append(item)
-            self._small_bytes += len(payload)
+            return
+        data = payload if isinstance(payload, bytes) else bytes(payload)
+        self.put_encoded(encode_item(Whole(to, meta, data)))
 
-    def next_frame(self) -> tuple[int, tuple[Item, ...]] | None:
-        """The next DATA frame's (seq, items), now counted as sent and unacked."""
+    def put_encoded(self, item: bytes) -> None:
+        """Queue a WHOLE item already encoded (a relay passes on what it was given)."""
+        self._small.append(item)
+        self._small_bytes += len(item)
+
+    def next_frame(self) -> Frame | None:
+        """The next DATA frame, now counted as sent and unacked."""
         if not self.pending():
             return None
-        items: list[Item] = []
+        items: list[bytes] = []
         room = self.frame_bytes - DATA_OVERHEAD
         small = self._small
-        while small and (not items or item_size(small[0]) <= room):
-            item = small.popleft()
-            self._small_bytes -= len(item.payload)
-            room -= item_size(item)
-            items.append(item)
+        while small and (not items or len(small[0]) <= room):
+            encoded = small.popleft()
+            self._small_bytes -= len(encoded)
+            room -= len(encoded)
+            items.append(encoded)
+        chunks_of: tuple[int, ...] = ()
         if self._large and room > 0:
-            items.append(self._next_chunk(max(room, 1)))
-        seq = self.next_seq
+            msg_id, encoded = self._next_chunk(room)
+            items.append(encoded)
+            chunks_of = (msg_id,)
+        frame = Frame(self.next_seq, tuple(items), sum(map(len, items)), chunks_of)
         self.next_seq += 1
-        frame = tuple(items)
-        self.unacked[seq] = frame
-        self.unacked_bytes += sum(item_size(i) for i in frame)
-        return seq, frame
+        self.unacked[frame.seq] = frame
+        self.unacked_bytes += frame.size
+        return frame
 
-    def _next_chunk(self, room: int) -> Item:
+    def _next_chunk(self, room: int) -> tuple[int, bytes]:
         msg = self._large[0]
-        size = min(self.chunk, room, len(msg.payload) - msg.offset)
+        size = max(1, min(self.chunk, room, len(msg.payload) - msg.offset))
         chunk = bytes(msg.payload[msg.offset : msg.offset + size])
         item: Item
         if msg.offset == 0:
@@ -127,7 +150,7 @@ class Outbox:
         msg.offset += size
         if msg.offset >= len(msg.payload):
             self._large.popleft()
-        return item
+        return msg.msg_id, encode_item(item)
 
     def ack(self, seq: int) -> int:
         """The peer has every frame up to ``seq``; return how many frames that freed."""
@@ -136,21 +159,20 @@ class Outbox:
             first = next(iter(self.unacked))
             if first > seq:
                 break
-            items = self.unacked.pop(first)
-            self.unacked_bytes -= sum(item_size(i) for i in items)
+            frame = self.unacked.pop(first)
+            self.unacked_bytes -= frame.size
             freed += 1
-            for item in items:
-                if isinstance(item, First | More):
-                    msg = self._in_flight.get(item.msg_id)
-                    if msg is not None:
-                        msg.unacked -= 1
-                        if msg.unacked == 0 and msg.offset >= len(msg.payload):
-                            del self._in_flight[item.msg_id]
+            for msg_id in frame.chunks_of:
+                msg = self._in_flight.get(msg_id)
+                if msg is not None:
+                    msg.unacked -= 1
+                    if msg.unacked == 0 and msg.offset >= len(msg.payload):
+                        del self._in_flight[msg_id]
         return freed
 
-    def resend(self) -> list[tuple[int, tuple[Item, ...]]]:
+    def resend(self) -> list[Frame]:
         """Every unacked frame, oldest first: what a new connection replays."""
-        return list(self.unacked.items())
+        return list(self.unacked.values())
 
     def give_up(self) -> list[Message]:
         """Empty the link: every message not known to be delivered, whole, in order.
@@ -161,15 +183,19 @@ class Outbox:
         out: list[Message] = []
         seen_large: set[int] = set()
         for frame in self.unacked.values():
-            for item in frame:
+            for encoded in frame.items:
+                item = decode_item(encoded)
                 if isinstance(item, Whole):
                     out.append(Message(item.to, item.meta, item.payload))
-                elif isinstance(item, First) and item.msg_id in self._in_flight:
-                    msg = self._in_flight[item.msg_id]
-                    seen_large.add(item.msg_id)
+            for msg_id in frame.chunks_of:
+                msg = self._in_flight.get(msg_id)
+                if msg is not None and msg_id not in seen_large:
+                    seen_large.add(msg_id)
                     out.append(Message(msg.to, msg.meta, msg.payload))
-        for item in self._small:
-            out.append(Message(item.to, item.meta, item.payload))
+        for encoded in self._small:
+            item = decode_item(encoded)
+            if isinstance(item, Whole):
+                out.append(Message(item.to, item.meta, item.payload))
         for msg in self._large:
             if msg.msg_id not in seen_large:
                 out.append(Message(msg.to, msg.meta, msg.payload))

@@ -258,17 +258,22 @@ class Runtime:
             # Same process: no ring, no copy (as Pykka and Akka do within one process).
             self._local.append((sender, name, kind, corr, message))
             return
-        if kind == _USER:
-            meta, body = codec.encode(message)
-        else:
-            meta, body = codec.encode(message, kind=kind, sender=reply_to, correlation_id=corr)
         if node == self.node:
+            if kind == _USER:
+                meta, body = codec.encode(message)
+            else:
+                meta, body = codec.encode(message, kind=kind, sender=reply_to, correlation_id=corr)
             self.endpoint.send(sender, name, body, meta, timeout=timeout, block=block)
-        else:
-            send_to_node(
-                self.endpoint, sender, node, name, meta, body,
-                here=self.node, timeout=timeout, block=block,
-            )  # fmt: skip
+            return
+        # Another node: the record names its sender in full, for replies to come back.
+        origin = reply_to or sender
+        if "/" not in origin:
+            origin = format_address(self.node, origin)
+        meta, body = codec.encode(message, kind=kind, sender=origin, correlation_id=corr)
+        send_to_node(
+            self.endpoint, sender, node, name, meta, body,
+            here=self.node, timeout=timeout, block=block,
+        )  # fmt: skip
 
     def _reply_mailbox(self) -> str:
         """This process's reply mailbox, bound on the first ask.
@@ -284,7 +289,8 @@ class Runtime:
         return self._reply_name
 
     def ask(self, cell: _Cell, to: str, message: Any, *, timeout: float = 5.0) -> AskFuture:
-        address = format_address(*parse_address(to, self.node))
+        node, name = parse_address(to, self.node)
+        address = format_address(node, name)
         corr, fut = self.asks.new(f"ask to {address}")
         self._ask_owner[corr] = cell.name
 
@@ -299,9 +305,8 @@ class Runtime:
 
         fut.add_done_callback(settled)
         try:
-            reply_to = (
-                None if parse_address(to, self.node)[1] in self.cells else self._reply_mailbox()
-            )
+            local = node == self.node and name in self.cells
+            reply_to = None if local else self._reply_mailbox()
             self.tell(
                 cell.name, to, message, timeout=timeout, kind=_ASK, corr=corr, reply_to=reply_to
             )
