@@ -242,7 +242,7 @@ class Gateway:
                 continue
             self._retry_stalled()
             # Poll a little longer before sleeping (letting sockets run in between): a
-            # sender that finds us asleep pays a doorbell datagram, and a stream whose
+            # sender that finds us asleep pays a doorbell write, and a stream whose
             # every message wakes us up is many times slower than one we keep up with.
             now = time.monotonic()
             if idle_since is None:

@@ -1,6 +1,6 @@
 """Mailboxes: ring files per (sender, receiver) pair, doorbells, fair draining, backpressure.
 
-One `Endpoint` per process. It owns the process's doorbell (a UNIX datagram socket under
+One `Endpoint` per process. It owns the process's doorbell (a FIFO under
 ``bells/``), the names this process receives for, the rings it reads (inbound) and the
 rings it writes (outbound). It knows ring files and processes; it does not know actors'
 code, envelopes or TCP.
@@ -27,13 +27,11 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import logging
 import mmap
 import os
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +59,7 @@ _WAKE: Final = b"w"
 _NEW_RING: Final = b"n"
 _MAX_SLEEP: Final = 0.5  # the doorbell sleep's safety net, should a wake-up ever go astray
 _ANNOUNCE_TIMEOUT: Final = 5.0
+_BELL_READ: Final = 65536  # a pipe's whole buffer: one read drains the doorbell
 _STATE: Final = _ring.STATE_MASK
 _WAITING: Final = _ring.WAITING
 _HOT_SPIN: Final = 50e-6  # spin without yielding for this long, then yield each round
@@ -237,13 +236,14 @@ class Endpoint:
         self.bell_path = registry.doorbell_path(self.pid, index=next(_ENDPOINT_INDEX))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.bell_path)
-        self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._bell.bind(str(self.bell_path))
-        self._bell.setblocking(False)
-        self._ringer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._ringer.setblocking(False)
+        # The doorbell is a FIFO: a wake-up is one byte written on a descriptor the
+        # sender keeps open (no path lookup per ring), and one read drains them all.
+        # Opened read-write, so it never reads as closed while no sender has it open.
+        os.mkfifo(self.bell_path, 0o600)
+        self._bell_fd = os.open(self.bell_path, os.O_RDWR | os.O_NONBLOCK)
+        self._bells: dict[str, int] = {}  # receivers' doorbells -> our write descriptors
         self._poller = select.poll()
-        self._poller.register(self._bell.fileno(), select.POLLIN)
+        self._poller.register(self._bell_fd, select.POLLIN)
         self._closed = False
 
     # -- names ---------------------------------------------------------------------
@@ -404,25 +404,47 @@ class Endpoint:
             raise
         return ch
 
+    def _bell_of(self, path: str) -> int:
+        """Our write descriptor on a receiver's doorbell, opened once.
+
+        Raises:
+            OSError: no such doorbell (FileNotFoundError), or nobody reads it (ENXIO).
+        """
+        fd = self._bells.get(path)
+        if fd is None:
+            fd = self._bells[path] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        return fd
+
+    def _forget_bell(self, path: str) -> None:
+        fd = self._bells.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
     def _announce(self, peer: Entry, fname: str) -> None:
-        # Blocking with a bound: unlike a wake-up, an announcement must not be lost.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.settimeout(_ANNOUNCE_TIMEOUT)
+        # Unlike a wake-up, an announcement must not be lost: retried for a while
+        # (a write this short is atomic), then left to the receiver's scan of rings/.
+        message = _NEW_RING + fname.encode() + b"\n"
+        deadline = self._clock() + _ANNOUNCE_TIMEOUT
+        while True:
             try:
-                s.sendto(_NEW_RING + fname.encode(), peer.doorbell)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                os.write(self._bell_of(peer.doorbell), message)
+                return
+            except BlockingIOError:
+                if self._clock() > deadline:
+                    return
+                time.sleep(0.001)
+            except OSError as exc:  # FileNotFoundError, ENXIO, EPIPE: nobody reads it
+                self._forget_bell(peer.doorbell)
                 raise ActorNotFound(f"actor {peer.name!r} has no doorbell (it exited)") from exc
-            except TimeoutError:
-                # Its doorbell is swamped; its periodic scan of rings/ will find the file.
-                pass
 
     def _ring_bell(self, ch: _Outbound) -> None:
         try:
-            self._ringer.sendto(_WAKE, ch.peer.doorbell)
+            os.write(self._bell_of(ch.peer.doorbell), _WAKE)
         except BlockingIOError:
-            pass  # its queue is full of wake-ups already
-        except (FileNotFoundError, ConnectionRefusedError):
-            # Nobody listens on that doorbell: the receiver is probably dead.
+            pass  # its doorbell is full of wake-ups already
+        except OSError:
+            # Nobody reads that doorbell any more: the receiver is probably dead.
+            self._forget_bell(ch.peer.doorbell)
             self._check_receiver(ch, pending=1)
 
     def _check_receiver(self, ch: _Outbound, *, pending: int) -> None:
@@ -591,7 +613,7 @@ class Endpoint:
     @property
     def bell_fd(self) -> int:
         """The doorbell's descriptor, for a caller that sleeps in its own poller."""
-        return self._bell.fileno()
+        return self._bell_fd
 
     def prepare_sleep(self) -> bool:
         """Announce that we may sleep; False (and nothing to undo) if work is pending.
@@ -611,7 +633,7 @@ class Endpoint:
         return True
 
     def finish_sleep(self) -> None:
-        """Withdraw the waiting flags and read the doorbell's datagrams."""
+        """Withdraw the waiting flags and drain the doorbell."""
         self._clear_waiting()
         self._read_bell()
 
@@ -659,17 +681,21 @@ class Endpoint:
                 self.finish_sleep()
 
     def _read_bell(self) -> None:
+        """Drain the doorbell: wake-ups ("w") and ring announcements ("n<file>\\n")."""
         while True:
             try:
-                msg = self._bell.recv(512)
+                data = os.read(self._bell_fd, _BELL_READ)
             except BlockingIOError:
                 return
-            except OSError as exc:  # pragma: no cover - the socket was closed under us
-                if exc.errno == errno.EBADF:
-                    return
-                raise
-            if msg.startswith(_NEW_RING):
-                self._open_inbound(msg[1:].decode("ascii", "replace"))
+            if _NEW_RING in data:
+                # Announcements are written whole and end in a newline; what follows
+                # the last newline can only be wake-ups.
+                for piece in data.split(b"\n")[:-1]:
+                    piece = piece.lstrip(_WAKE)
+                    if piece.startswith(_NEW_RING):
+                        self._open_inbound(piece[1:].decode("ascii", "replace"))
+            if len(data) < _BELL_READ:
+                return
 
     def _open_inbound(self, fname: str) -> None:
         parsed = parse_ring_filename(fname)
@@ -794,9 +820,10 @@ class Endpoint:
             self._drop_outbound(out)
         for name in list(self._names):
             self.unbind(name)
-        self._poller.unregister(self._bell.fileno())
-        self._bell.close()
-        self._ringer.close()
+        self._poller.unregister(self._bell_fd)
+        os.close(self._bell_fd)
+        for path in list(self._bells):
+            self._forget_bell(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.bell_path)
 
