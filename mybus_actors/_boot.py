@@ -2,7 +2,8 @@
 
 Reads (cls, name, args, kwargs, node, runtime_dir) pickled on stdin, hosts the actor
 with `runtime.run`, and writes one status line to FD: "ok" once the name is registered
-and ``on_start`` has returned, else "<ErrorType> <message>".
+and ``on_start`` has returned, else "<ErrorType> <message>". The actor stops cleanly
+when the process that spawned it exits.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> int:
             node=node,
             runtime_dir=runtime_dir,
             _on_ready=lambda: report("ok"),
+            _parent=os.getppid(),
         )
     except BaseException as exc:
         if status_fd < 0:  # it had started: a crash after that is the process's own news

@@ -190,6 +190,7 @@ class Runtime:
         self.dead_letters = 0
         self._stopping = False  # some cell has a stop pending
         self._reply_name: str | None = None
+        self._parent_fd: int | None = None
         self._closed = False
 
     # -- hosting -------------------------------------------------------------------
@@ -232,6 +233,17 @@ class Runtime:
             self.endpoint.unbind(name)
             raise
         return cell
+
+    def stop_with(self, pid: int) -> None:
+        """Stop every actor cleanly when process ``pid`` exits (a spawned actor's parent:
+        as with Ray's actors and a driver, none outlives the program that spawned it)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.stop_all()
+            return
+        self._parent_fd = fd
+        self._poller.register(fd, select.POLLIN)
 
     def sender_of(self, cell: _Cell) -> str | None:
         s = cell.cur_sender
@@ -790,6 +802,9 @@ class Runtime:
                 with contextlib.suppress(BlockingIOError):
                     while self._wake_r.recv(512):
                         pass
+            elif fd == self._parent_fd:
+                _log.warning("the process that spawned this one exited: stopping")
+                self.stop_all()
             elif fd in self._by_pidfd:
                 # Read what the process published before it ended (a clean stop's
                 # notice) before deciding that it died.
@@ -804,6 +819,8 @@ class Runtime:
         loop = self._async_loop()
         ready: list[int] = []
         fds = [self.endpoint.bell_fd, self._wake_r.fileno(), *self._by_pidfd]
+        if self._parent_fd is not None:
+            fds.append(self._parent_fd)
 
         def woke(fd: int) -> None:
             ready.append(fd)
@@ -842,6 +859,8 @@ class Runtime:
         self.endpoint.close()
         self._wake_r.close()
         self._wake_w.close()
+        if self._parent_fd is not None:
+            os.close(self._parent_fd)
 
     def __enter__(self) -> Runtime:
         return self
@@ -859,6 +878,7 @@ def run(
     node: str | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
     _on_ready: Callable[[], None] | None = None,
+    _parent: int | None = None,
 ) -> None:
     """Host an actor in this process until it stops (the entry point of a worker script).
 
@@ -871,6 +891,8 @@ def run(
     """
     with Runtime(node=node, runtime_dir=runtime_dir) as rt:
         rt.host(cls, name, args, kwargs)
+        if _parent is not None:
+            rt.stop_with(_parent)
         if _on_ready is not None:
             _on_ready()
         with _stop_on_signals(rt):

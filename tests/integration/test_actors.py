@@ -10,6 +10,7 @@ every Ref is stopped (or killed and joined) by the `actors` fixture, and the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -563,6 +564,31 @@ WORKER = textwrap.dedent(
     mb.run(actors_lib.Echo, "worker", kwargs={"notify": "observer"})
     """
 )
+
+
+def test_spawned_actor_stops_cleanly_when_its_parent_exits(runtime_dir: Path) -> None:
+    # A parent that dies without stopping what it spawned must not leave orphans.
+    script = textwrap.dedent(
+        """
+        import os, sys
+        sys.path.insert(0, sys.argv[1])
+        import mybus_actors as mb
+        import actors_lib as lib
+        ref = mb.spawn(lib.Echo, "orphan")
+        print(ref.pid, flush=True)
+        os._exit(0)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    child = int(done.stdout.split()[0])
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(child).wait(timeout=10)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+    assert "orphan" not in [e.name for e in mb.registry.Registry(runtime_dir).list()]
 
 
 def test_run_hosts_an_actor_until_sigterm(actors: Actors, runtime_dir: Path) -> None:
