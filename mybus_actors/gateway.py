@@ -176,8 +176,9 @@ class Gateway:
         try:
             self.endpoint.bind(GATEWAY)
             host, port = self.config.listen
+            # TLS is started per connection in _accept, so a failed handshake is ours to log.
             self._server = await asyncio.start_server(
-                self._accept, host, port, ssl=self.config.server_ssl, reuse_address=True
+                self._accept, host, port, reuse_address=True
             )
             self.bound_port = self._server.sockets[0].getsockname()[1]
             _log.info(
@@ -475,6 +476,16 @@ class Gateway:
         _set_nodelay(writer)
         # The server's own task: cancelled at shutdown, which is not worth a traceback.
         with contextlib.suppress(asyncio.CancelledError):
+            if self.config.server_ssl is not None:
+                try:
+                    await asyncio.wait_for(
+                        writer.start_tls(self.config.server_ssl), _HANDSHAKE_TIMEOUT
+                    )
+                except (ssl.SSLError, OSError, TimeoutError) as exc:
+                    peer = writer.get_extra_info("peername")
+                    _log.warning("rejected peer %s: TLS handshake failed: %s", peer, exc)
+                    writer.close()
+                    return
             await self._serve(reader, writer, initiator="", expect=None)
 
     async def _serve(

@@ -1,0 +1,160 @@
+"""Gateways over TLS with mutual certificates: real openssl-made certificates, real
+gateway processes on loopback, each node with its own runtime directory and port.
+
+A peer whose certificate the CA did not sign is refused; a legitimate one talks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mybus_actors as mb
+from mybus_actors.ref import close_clients
+from mybus_actors.registry import Registry
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+WAIT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(where: Path, ca: str, names: list[str]) -> None:
+    """A CA (``ca``.crt/.key) and, for each name, a key and a certificate it signed."""
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-subj", f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=where,
+    )  # fmt: skip
+    for name in names:
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=where,
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "1", "-out", f"{name}.crt", cwd=where,
+        )  # fmt: skip
+
+
+class Gateway:
+    def __init__(self, node: str, root: Path, port: int, peers: dict[str, int], tls: list[str]):
+        self.node = node
+        self.dir = root / node
+        self.dir.mkdir(mode=0o700)
+        self.log_path = root / f"{node}.log"
+        cmd = [
+            sys.executable, "-m", "mybus_actors.gateway", "--node", node,
+            "--runtime-dir", str(self.dir), "--listen", f"127.0.0.1:{port}",
+            "--heartbeat", "0.3", "--log-level", "info", *tls,
+        ]  # fmt: skip
+        for peer, peer_port in peers.items():
+            cmd += ["--peer", f"{peer}=127.0.0.1:{peer_port}"]
+        env = dict(os.environ, MYBUS_SECRET="tls-test-secret")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stderr=log, stdout=log)
+        self.wait_log("listening on")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            assert self.proc.poll() is None, f"gateway {self.node} exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"no {text!r} in {self.node}'s log:\n{self.log()}"
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return -9
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    make_pki(tmp_path, "ca", ["alpha", "beta"])
+    make_pki(tmp_path, "rogue-ca", ["mallory"])  # a certificate our CA never signed
+    return tmp_path
+
+
+@pytest.fixture
+def shm_root(runtime_dir: Path) -> Iterator[Path]:
+    root = runtime_dir.parent / (runtime_dir.name + "-tls")
+    root.mkdir(mode=0o700)
+    yield root
+    leftovers = [str(p) for p in root.rglob("*") if p.is_file() and p.suffix != ".log"]
+    shutil.rmtree(root, ignore_errors=True)
+    assert not leftovers, f"files left behind: {leftovers}"
+
+
+def tls_args(pki: Path, name: str, ca: str = "ca") -> list[str]:
+    return [
+        "--tls-cert", str(pki / f"{name}.crt"), "--tls-key", str(pki / f"{name}.key"),
+        "--tls-ca", str(pki / f"{ca}.crt"),
+    ]  # fmt: skip
+
+
+def test_mutual_tls_link_carries_asks_and_refuses_a_foreign_certificate(
+    pki: Path, shm_root: Path
+) -> None:
+    pa, pb, pm = free_port(), free_port(), free_port()
+    gateways: list[Gateway] = []
+    ref = None
+    try:
+        alpha = Gateway("alpha", shm_root, pa, {"beta": pb}, tls_args(pki, "alpha"))
+        gateways.append(alpha)
+        beta = Gateway("beta", shm_root, pb, {"alpha": pa}, tls_args(pki, "beta"))
+        gateways.append(beta)
+        assert "(TLS)" in beta.log()
+        ref = mb.spawn(_Echo, "echo", node="beta", runtime_dir=beta.dir)
+        with mb.connect(node="alpha", runtime_dir=alpha.dir) as me:
+            assert me.ask("beta/echo", "over tls", timeout=WAIT) == "over tls"
+            big = os.urandom(3 << 20)
+            assert me.ask("beta/echo", big, timeout=WAIT) == big
+            # A gateway with the right secret but a certificate from another CA.
+            mallory = Gateway("mallory", shm_root, pm, {"beta": pb}, tls_args(pki, "mallory"))
+            gateways.append(mallory)
+            with (
+                mb.connect(node="mallory", runtime_dir=mallory.dir) as spy,
+                pytest.raises((mb.ActorNotFound, mb.AskTimeout)),
+            ):
+                spy.ask("beta/echo", "let me in", timeout=3)
+            beta.wait_log("rejected peer")
+            assert me.ask("beta/echo", "still here", timeout=WAIT) == "still here"
+    finally:
+        if ref is not None:
+            ref.stop()
+        close_clients()
+        codes = [g.stop() for g in gateways]
+        for g in gateways:
+            Registry(g.dir).reclaim()
+    assert codes == [0] * len(gateways)
+
+
+class _Echo(mb.Actor):
+    def receive(self, message: object) -> None:
+        self.reply(message)
