@@ -773,11 +773,11 @@ class Endpoint:
         self._next_out_sweep = now + self._sweep_every
         for key, out in list(self._out.items()):
             written = out.producer.written
+            out.producer.publish_counters()  # for `mybus ls`: write() skips them
             if written != out.seen:
                 out.seen = written
                 self._out_table.touch(key, now)
             else:
-                out.producer.publish_counters()
                 with contextlib.suppress(ActorNotFound):
                     self._check_receiver(out, pending=0)
         for key, out in self._out_table.expire(now):
