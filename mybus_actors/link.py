@@ -38,10 +38,13 @@ class Message(NamedTuple):
 
 
 class _Large:
-    __slots__ = ("meta", "msg_id", "offset", "payload", "to", "unacked")
+    __slots__ = ("meta", "msg_id", "offset", "order", "payload", "to", "unacked")
 
-    def __init__(self, msg_id: int, to: str, meta: int, payload: bytes | memoryview) -> None:
+    def __init__(
+        self, msg_id: int, to: str, meta: int, payload: bytes | memoryview, order: int
+    ) -> None:
         self.msg_id = msg_id
+        self.order = order  # place in the queue among small messages too
         self.to = to
         self.meta = meta
         self.payload = memoryview(payload)
@@ -79,7 +82,10 @@ class Outbox:
         self.next_seq = 1
         self.unacked: OrderedDict[int, Frame] = OrderedDict()
         self.unacked_bytes = 0
-        self._small: deque[bytes] = deque()  # encoded WHOLE items
+        # (order, target, encoded WHOLE item): the target, so that a small message does
+        # not overtake a large one queued earlier for the same actor.
+        self._small: deque[tuple[int, bytes, bytes]] = deque()
+        self._order = 0
         self._small_bytes = 0
         self._large: deque[_Large] = deque()
         self._next_msg_id = 1
@@ -102,7 +108,8 @@ class Outbox:
             LocalProtocolError: ``to`` is not a valid name, or ``meta`` not a u32.
         """
         if len(payload) > self.large:
-            self._large.append(_Large(self._next_msg_id, to, meta, payload))
+            self._order += 1
+            self._large.append(_Large(self._next_msg_id, to, meta, payload, self._order))
             self._next_msg_id += 1
             return
         data = payload if isinstance(payload, bytes) else bytes(payload)
@@ -110,7 +117,8 @@ class Outbox:
 
     def put_encoded(self, item: bytes) -> None:
         """Queue a WHOLE item already encoded (a relay passes on what it was given)."""
-        self._small.append(item)
+        self._order += 1
+        self._small.append((self._order, item[2 : 2 + item[1]], item))
         self._small_bytes += len(item)
 
     def next_frame(self) -> Frame | None:
@@ -120,25 +128,71 @@ class Outbox:
         items: list[bytes] = []
         room = self.frame_bytes - DATA_OVERHEAD
         small = self._small
-        while small and (not items or len(small[0]) <= room):
-            encoded = small.popleft()
-            self._small_bytes -= len(encoded)
-            room -= len(encoded)
-            items.append(encoded)
+        if not self._large:
+            while small and (not items or len(small[0][2]) <= room):
+                encoded = small.popleft()[2]
+                self._small_bytes -= len(encoded)
+                room -= len(encoded)
+                items.append(encoded)
+        else:
+            room = self._take_around_large(items, room)
         chunks_of: tuple[int, ...] = ()
-        if self._large and room > 0:
-            msg_id, encoded = self._next_chunk(room)
-            items.append(encoded)
-            chunks_of = (msg_id,)
+        if self._large and not self._large_waits():
+            chunk = self._next_chunk(room)
+            if chunk is not None:
+                items.append(chunk[1])
+                chunks_of = (chunk[0],)
+        if not items:  # cannot happen (something queued can always go): never spin on it
+            return None
         frame = Frame(self.next_seq, tuple(items), sum(map(len, items)), chunks_of)
         self.next_seq += 1
         self.unacked[frame.seq] = frame
         self.unacked_bytes += frame.size
         return frame
 
-    def _next_chunk(self, room: int) -> tuple[int, bytes]:
+    def _large_waits(self) -> bool:
+        """The next large message must wait: a small one for the same actor, queued
+        before it, is still unframed (it would otherwise arrive after the large one)."""
+        head = self._large[0]
+        to = head.to.encode("ascii")
+        return any(order < head.order and t == to for order, t, _ in self._small)
+
+    def _take_around_large(self, items: list[bytes], room: int) -> int:
+        """Frame small messages past queued large ones, but never past one for the same
+        actor queued before them: order per (sender, receiver) holds end to end."""
+        held: dict[bytes, int] = {}
+        for msg in self._large:
+            held.setdefault(msg.to.encode("ascii"), msg.order)
+        kept: deque[tuple[int, bytes, bytes]] = deque()
+        stopped: set[bytes] = set()  # targets with a message kept back: keep the rest too
+        small = self._small
+        while small:
+            entry = small.popleft()
+            order, to, encoded = entry
+            first_large = held.get(to)
+            if items and len(encoded) > room:
+                kept.append(entry)
+                kept.extend(small)
+                small.clear()
+                break
+            if to in stopped or (first_large is not None and first_large < order):
+                stopped.add(to)
+                kept.append(entry)
+                continue
+            self._small_bytes -= len(encoded)
+            room -= len(encoded)
+            items.append(encoded)
+        self._small = kept
+        return room
+
+    def _next_chunk(self, room: int) -> tuple[int, bytes] | None:
+        """The head large message's next chunk as an item of at most ``room`` bytes."""
         msg = self._large[0]
-        size = max(1, min(self.chunk, room, len(msg.payload) - msg.offset))
+        # The item's own fields count against the room too (see wire's FIRST and MORE).
+        overhead = 1 + 8 + 8 + 1 + len(msg.to) + 4 + 4 if msg.offset == 0 else 1 + 8 + 4
+        size = min(self.chunk, room - overhead, len(msg.payload) - msg.offset)
+        if size < 1:
+            return None
         chunk = bytes(msg.payload[msg.offset : msg.offset + size])
         item: Item
         if msg.offset == 0:
@@ -192,7 +246,7 @@ class Outbox:
                 if msg is not None and msg_id not in seen_large:
                     seen_large.add(msg_id)
                     out.append(Message(msg.to, msg.meta, msg.payload))
-        for encoded in self._small:
+        for _, _, encoded in self._small:
             item = decode_item(encoded)
             if isinstance(item, Whole):
                 out.append(Message(item.to, item.meta, item.payload))

@@ -328,18 +328,8 @@ class Endpoint:
         """
         # The hot path of every local message: kept to a few attribute loads and calls.
         ch = self._out.get((sender, to))
-        if ch is not None:
-            now = self._clock()
-            if now >= ch.next_check:
-                # A receiver killed while busy neither closes its end nor answers a
-                # bell: without this check a new holder of the name is never reached.
-                ch.next_check = now + _LIVENESS_EVERY
-                if not is_alive(ch.peer.pid, ch.peer.create_time):
-                    self._drop_outbound(ch, salvage=True)
-                    ch = None
-        if ch is None:
-            ch = self._open(sender, to)
-            ch.next_check = self._clock() + _LIVENESS_EVERY
+        if ch is None or self._clock() >= ch.next_check:
+            ch = self._channel(sender, to, ch)
         if len(data) <= ch.max_record:
             signal = ch.write(data, meta)
         else:
@@ -364,6 +354,58 @@ class Endpoint:
         self._sends += 1
         if not self._sends & 1023:
             self._maintain_outbound()
+
+    def _channel(self, sender: str, to: str, ch: _Outbound | None) -> _Outbound:
+        """The ring ``sender``->``to``, (re)opened if its receiver's process is gone."""
+        if ch is not None:
+            # A receiver killed while busy neither closes its end nor answers a bell:
+            # without this check a new holder of the name is never reached.
+            ch.next_check = self._clock() + _LIVENESS_EVERY
+            if is_alive(ch.peer.pid, ch.peer.create_time):
+                return ch
+            self._drop_outbound(ch, salvage=True)
+        ch = self._open(sender, to)
+        ch.next_check = self._clock() + _LIVENESS_EVERY
+        return ch
+
+    def send_some(self, sender: str, to: str, data: Any, meta: int, sent: int) -> int:
+        """Write what fits of a message now, never waiting (for an event loop's sake).
+
+        A message of at most ``max_record`` bytes goes whole or not at all; a longer one
+        goes fragment by fragment: call again with the returned count until it is the
+        message's length. In between, send nothing else on this pair.
+
+        Returns:
+            Bytes of ``data`` written so far; -1 when a short message found no room.
+
+        Raises:
+            ActorNotFound: no live receiver holds ``to`` (a half-sent message is dropped
+                with its ring: the receiver never sees part of it).
+        """
+        ch = self._out.get((sender, to))
+        if ch is None or self._clock() >= ch.next_check:
+            fresh = self._channel(sender, to, ch)
+            if sent and fresh is not ch:  # the rest of a message cannot start a new ring
+                raise ActorNotFound(f"the ring to {to!r} closed mid-message")
+            ch = fresh
+        total = len(data)
+        if total <= ch.max_record and not sent:
+            signal = ch.write(data, meta)
+            if signal == _ring.FULL:
+                return -1
+            done = total
+        else:
+            view = data if isinstance(data, bytes) else memoryview(data).cast("B")
+            done = ch.producer.offer_fragments(view, meta, sent)
+            if done == sent:
+                return sent
+            signal = ch.producer.signal()
+        if signal & _STATE == _WAITING and signal != ch.rung:
+            ch.rung = signal
+            self._ring_bell(ch)
+        elif signal & _STATE == _ring.CLOSED:
+            self._check_receiver(ch, pending=1 if done == total else 0)
+        return done
 
     def _consumer_gone(
         self, ch: _Outbound, data: Any, meta: int, timeout: float, block: bool
