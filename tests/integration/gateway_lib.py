@@ -1,0 +1,475 @@
+"""Actor classes and process helpers for test_gateway.py (importable by spawned actors).
+
+`spawn` hands the parent's ``sys.path`` to the child as PYTHONPATH, so a class defined
+here travels by reference (``gateway_lib.Echo``). Every wait here is bounded: a log
+line awaited with a deadline, a proxy that stops when told, a gateway stopped by pid.
+
+Run as a script, it is the small program test_gateway.py starts inside a network
+namespace (``ip netns exec NS python gateway_lib.py ...``): ``host-echo`` spawns an
+`Echo` and keeps it until a line arrives on stdin; ``ask`` asks once and prints the reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import mybus_actors as mb
+
+LIMIT = 30.0  # the longest any actor here waits on an ask of its own
+
+
+# -- actors ----------------------------------------------------------------------------
+
+
+class Echo(mb.Actor):
+    """Replies what it gets; a few verbs report what the actor saw.
+
+    ``notify`` (an address) hears ("dead", message, reason) for every dead letter.
+    """
+
+    def __init__(self, notify: str | None = None) -> None:
+        self.notify = notify
+
+    def on_dead_letter(self, message: Any, reason: str) -> None:
+        if self.notify is not None:
+            self.tell(self.notify, ("dead", message, reason))
+
+    def receive(self, message: Any) -> None:
+        match message:
+            case ("whoami",):
+                self.reply({"address": self.address, "sender": self.sender, "pid": os.getpid()})
+            case ("report_sender", to):
+                # Tells a third party who sent this (a reply would go back to the sender).
+                self.tell(to, ("sender was", self.sender))
+            case ("forward", to, payload):
+                self.tell(to, payload)
+                self.reply("forwarded")
+            case ("size", data):
+                self.reply((len(data), zlib.crc32(data)))
+            case _:
+                self.reply(message)
+
+
+class Numbered(mb.Actor):
+    """On ("go", to, n): tells ``to`` (name, i) for i in range(n), then (name, "end")."""
+
+    def receive(self, message: Any) -> None:
+        match message:
+            case ("go", to, n):
+                for i in range(n):
+                    self.tell(to, (self.name, i), timeout=LIMIT)
+                self.tell(to, (self.name, "end"), timeout=LIMIT)
+                self.reply(("done", self.name))
+            case _:
+                raise ValueError(f"Numbered does not understand {message!r}")
+
+
+class Collector(mb.Actor):
+    """Collects (producer, i) per sender address; tells ``notify`` once all ended.
+
+    "report" answers {sender address: [i, ...]} in arrival order.
+    """
+
+    def __init__(self, producers: list[str], notify: str) -> None:
+        self.expected = set(producers)
+        self.ended: set[str] = set()
+        self.notify = notify
+        self.got: dict[str, list[int]] = {}
+        self.misnamed: list[tuple[str | None, str]] = []
+
+    def receive(self, message: Any) -> None:
+        if message == "report":
+            self.reply({"got": self.got, "misnamed": self.misnamed})
+            return
+        producer, i = message
+        sender = self.sender
+        if sender is None or not sender.endswith("/" + producer):
+            self.misnamed.append((sender, producer))
+        if i == "end":
+            self.ended.add(producer)
+            if self.ended == self.expected:
+                self.tell(self.notify, ("all ended", sorted(self.ended)))
+            return
+        self.got.setdefault(str(sender), []).append(i)
+
+
+class Sink(mb.Actor):
+    """Takes bytes: tells ``notify`` ("arrived", monotonic time, length, crc32) for each.
+
+    Logs what it gets in order ("bytes", length) or the message itself; "log?" answers
+    the log. ("hold", path) keeps it busy until ``path`` exists (at most `LIMIT` s).
+    """
+
+    def __init__(self, notify: str) -> None:
+        self.notify = notify
+        self.log: list[Any] = []
+
+    def receive(self, message: Any) -> None:
+        if isinstance(message, bytes | bytearray | memoryview):
+            arrived = time.monotonic()  # first: the crc below takes a while for 100 MiB
+            self.log.append(("bytes", len(message)))
+            self.tell(self.notify, ("arrived", arrived, len(message), zlib.crc32(message)))
+            return
+        match message:
+            case "log?":
+                self.reply(self.log)
+            case ("hold", path):
+                self.tell(self.notify, ("holding",))
+                wait_for_file(path)
+            case _:
+                self.log.append(message)
+
+
+def wait_for_file(path: str, limit: float = LIMIT) -> bool:
+    """Keep this actor busy until ``path`` exists (True) or ``limit`` seconds pass."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+class BigThenSmall(mb.Actor):
+    """("go", sink, echo, size, n): tells ``sink`` ``size`` bytes, then asks ``echo`` n
+    times in a row; replies {"told": t, "asks": [(t, answer), ...]} (monotonic times)."""
+
+    async def receive(self, message: Any) -> None:
+        match message:
+            case ("go", sink, echo, size, n):
+                self.tell(sink, pattern(size), timeout=LIMIT)
+                told = time.monotonic()
+                asks = []
+                for k in range(n):
+                    answer = await self.ask(echo, ("small", k), timeout=LIMIT)
+                    asks.append((time.monotonic(), answer))
+                self.reply({"told": told, "asks": asks})
+            case _:
+                raise ValueError(f"BigThenSmall does not understand {message!r}")
+
+
+class Watcher(mb.Actor):
+    """("watch", address) watches it, then has the target (an `Echo`) tell ``forward``
+    ("synced", address) once it has read the watch request (same path, FIFO); every
+    `Terminated` is forwarded to ``forward``."""
+
+    def __init__(self, forward: str) -> None:
+        self.forward = forward
+
+    def receive(self, message: Any) -> None:
+        if isinstance(message, mb.Terminated):
+            self.tell(self.forward, message)
+            return
+        match message:
+            case ("watch", address):
+                self.watch(address)
+                self.tell(address, ("forward", self.forward, ("synced", address)))
+                self.reply("watching")
+            case "forwarded":
+                pass  # the target's answer to the forward request above
+            case _:
+                raise ValueError(f"Watcher does not understand {message!r}")
+
+
+def pattern(size: int) -> bytes:
+    """``size`` bytes that are not all alike (cheap to make, so a slip shows in a crc)."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+    whole, rest = divmod(size, len(block))
+    return block * whole + block[:rest]
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class LogReader:
+    """Collects a process's stderr lines in a thread; `wait_for` polls with a deadline."""
+
+    def __init__(self, stream: Any, label: str) -> None:
+        self.label = label
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        stream.close()
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def count(self, regex: str) -> int:
+        with self._cond:
+            return sum(1 for line in self.lines if re.search(regex, line))
+
+    def wait_for(self, regex: str, timeout: float = 10.0, *, count: int = 1) -> str:
+        """The ``count``-th line matching ``regex``; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hits = [line for line in self.lines if re.search(regex, line)]
+                if len(hits) >= count:
+                    return hits[count - 1]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{self.label}: no {count} line(s) matching {regex!r} within "
+                        f"{timeout}s; log so far:\n" + "\n".join(self.lines[-60:])
+                    )
+                self._cond.wait(min(remaining, 0.5))
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+class GatewayProc:
+    """One ``mybus-gateway`` process, its stderr read by a thread."""
+
+    def __init__(
+        self,
+        node: str,
+        runtime_dir: Path,
+        port: int,
+        *,
+        peers: dict[str, tuple[str, int]] | None = None,
+        secret: str | None = None,
+        secret_file: Path | None = None,
+        host: str = "127.0.0.1",
+        extra: Iterable[str] = (),
+        prefix: Iterable[str] = (),
+    ) -> None:
+        self.node = node
+        self.runtime_dir = runtime_dir
+        self.port = port
+        argv = [
+            *prefix,
+            "mybus-gateway",
+            "--node", node,
+            "--runtime-dir", str(runtime_dir),
+            "--listen", f"{host}:{port}",
+        ]  # fmt: skip
+        for peer, (phost, pport) in (peers or {}).items():
+            argv += ["--peer", f"{peer}={phost}:{pport}"]
+        if secret_file is not None:
+            argv += ["--secret-file", str(secret_file)]
+        argv += list(extra)
+        env = {k: v for k, v in os.environ.items() if k != "MYBUS_SECRET"}
+        if secret is not None:
+            env["MYBUS_SECRET"] = secret
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.log = LogReader(self.proc.stderr, f"gateway {node}")
+        self.killed = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        try:
+            self.log.wait_for(r"listening on", timeout)
+        except AssertionError:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"gateway {self.node} exited {self.proc.returncode}:\n{self.log.text()}"
+                ) from None
+            raise
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait (SIGKILL if it hangs); the exit code (or -9 after a kill)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.join(5)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.killed = True
+        self.proc.wait(10)
+
+
+class _Pair:
+    """Both sockets of one forwarded connection; the second copier to finish closes them."""
+
+    def __init__(self, a: socket.socket, b: socket.socket) -> None:
+        self.socks = (a, b)
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def shut(self) -> None:
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def finished(self) -> bool:
+        with self._lock:
+            self._done += 1
+            last = self._done == 2
+        if last:
+            for s in self.socks:
+                s.close()
+        return last
+
+
+class CuttingProxy:
+    """A TCP forwarder to ``target`` that cuts every connection every ``period`` seconds.
+
+    Threads: one accepts, two per connection copy bytes, one cuts. `close` stops them all.
+    """
+
+    def __init__(self, target: tuple[str, int], period: float) -> None:
+        self.target = target
+        self.period = period
+        self.accepted = 0
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._pairs: set[_Pair] = set()
+        self._copiers: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._threads = [
+            threading.Thread(target=self._accept, daemon=True),
+            threading.Thread(target=self._cutter, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            pair = _Pair(client, upstream)
+            with self._lock:
+                self.accepted += 1
+                self._pairs.add(pair)
+                for src, dst in ((client, upstream), (upstream, client)):
+                    t = threading.Thread(target=self._copy, args=(pair, src, dst), daemon=True)
+                    t.start()
+                    self._copiers.append(t)
+
+    def _copy(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(256 << 10)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            pair.shut()
+            if pair.finished():
+                with self._lock:
+                    self._pairs.discard(pair)
+
+    def _cutter(self) -> None:
+        while not self._stop.wait(self.period):
+            self.cut()
+
+    def cut(self) -> None:
+        """Shut every forwarded connection down now (both ends see it end)."""
+        with self._lock:
+            pairs = list(self._pairs)
+            if pairs:
+                self.cuts += 1
+        for pair in pairs:
+            pair.shut()
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        self._listener.close()
+        self.cut()
+        with self._lock:
+            copiers = list(self._copiers)
+        for t in copiers:
+            t.join(5)
+
+
+# -- run inside a network namespace ----------------------------------------------------
+
+
+def _host_echo(node: str, runtime_dir: str) -> int:
+    """Spawn Echo as ``echo``; keep it until a line (or EOF) on stdin; stop it."""
+    from gateway_lib import Echo  # by reference in the child, like the tests' actors
+
+    ref = mb.spawn(Echo, "echo", node=node, runtime_dir=runtime_dir)
+    try:
+        print("ready", ref.address, flush=True)
+        sys.stdin.readline()
+    finally:
+        clean = ref.stop(timeout=5)
+        from mybus_actors.ref import close_clients
+
+        close_clients()
+    return 0 if clean else 1
+
+
+def _ask(node: str, runtime_dir: str, to: str, message: str) -> int:
+    with mb.connect("asker", node=node, runtime_dir=runtime_dir) as me:
+        answer = me.ask(to, ("whoami",), timeout=10)
+        echoed = me.ask(to, message, timeout=10)
+    print(f"sender={answer['sender']} reply={echoed}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    verb, *rest = sys.argv[1:]
+    if verb == "host-echo":
+        sys.exit(_host_echo(*rest))
+    if verb == "ask":
+        sys.exit(_ask(*rest))
+    sys.exit(f"unknown verb {verb!r}")
