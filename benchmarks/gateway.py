@@ -52,11 +52,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import multiprocessing as mp
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -78,39 +76,43 @@ from typing import Any, Final, Protocol
 import attrs
 import psutil
 import zmq
-from transport import (
-    _DICT_VALUE,
-    _JOB_TIMEOUT,
-    _PING_PAYLOAD,
-    _START_TIMEOUT,
-    _STOP_TIMEOUT,
-    PingMode,
+from _common import (
+    JOB_TIMEOUT,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    Cleanup,
+    Report,
+    Results,
     Target,
+    base_parser,
+    bounded,
+    counts,
+    footer,
+    header,
+    log,
+    machine,
+    medians,
+    parse_args,
+    ratios,
+    record_rtts,
+    start_proc,
+    table,
+    tell_bytes,
+    tell_dicts,
+)
+from transport import (
+    _PING_PAYLOAD,
+    PingMode,
+    Transport,
     Workload,
-    _bounded,
-    _cell,
-    _Cleanup,
-    _cpu_pressure,
-    _drain,
-    _drain_pickled,
-    _echo,
-    _fmt_ratio,
-    _log,
+    _Calls,
     _measure_ping,
     _measure_stream,
-    _medians,
     _open_pipe,
     _open_queue,
-    _p99,
     _Peer,
-    _ping,
-    _repeat,
-    _rows,
-    _send_pickled_dicts,
     _serve,
-    _spread,
-    _start_peer,
-    _table,
+    _serve_zmq,
 )
 
 import mybus_actors as mb
@@ -154,6 +156,7 @@ TARGETS: Final = (
     Target("cross-node ask round trip median <= 4x mp.Pipe", "rtt.median",
            PEERS["pipe"], 4.0, False),
 )  # fmt: skip
+REPORT: Final = Report(MYBUS, "mybus across two nodes / peer", TARGETS)
 
 
 # -- the actors on beta (sent to their processes by value: keep them self-contained) --------
@@ -272,7 +275,7 @@ class _Gateway:
         except subprocess.TimeoutExpired:
             problems.append(f"gateway {self.node} (pid {self.pid}) ignored SIGTERM: killed")
             self.proc.kill()
-            self.proc.wait(_STOP_TIMEOUT)
+            self.proc.wait(STOP_TIMEOUT)
             return
         if code != 0:
             problems.append(
@@ -287,7 +290,7 @@ class _TwoNodes:
     name = MYBUS
     figures = frozenset(wl.key for wl in WORKLOADS) | {RTT.key}
 
-    def __init__(self, stack: contextlib.ExitStack, cleanup: _Cleanup) -> None:
+    def __init__(self, stack: contextlib.ExitStack, cleanup: Cleanup) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="mybus-gw-bench-", dir="/dev/shm"))
         self.dirs = {_ALPHA: self.base / _ALPHA, _BETA: self.base / _BETA}
         for path in self.dirs.values():
@@ -369,12 +372,12 @@ class _TwoNodes:
                         + "\n".join(gw.log_text() for gw in self.gateways.values())
                     ) from exc
 
-    def _stop_refs(self, cleanup: _Cleanup) -> None:
+    def _stop_refs(self, cleanup: Cleanup) -> None:
         for ref in self.refs:
-            if not ref.stop(_STOP_TIMEOUT):
+            if not ref.stop(STOP_TIMEOUT):
                 cleanup.problems.append(f"{ref} did not stop cleanly: killed")
 
-    def _remove(self, cleanup: _Cleanup) -> None:
+    def _remove(self, cleanup: Cleanup) -> None:
         for node, path in self.dirs.items():
             cleanup.remove_dir(path, f"runtime dir of node {node}")
         for gw in self.gateways.values():
@@ -395,19 +398,19 @@ class _TwoNodes:
         1 MiB stream can come back short: it is asked again until the count is complete.
         """
         client = self.client
-        with _bounded(_JOB_TIMEOUT, f"{self.name}: {wl.count} x {wl.label}"):
+        with bounded(JOB_TIMEOUT, f"{self.name}: {wl.count} x {wl.label}"):
             before = client.ask(_COUNTER, "count?", timeout=_CONTROL_TIMEOUT)
             with self._cpu(wl.key, wl.count):
                 start = time.perf_counter()
                 if wl.is_dict:
-                    _tell_dicts(client.tell, wl.count)
+                    tell_dicts(client.tell, _COUNTER, wl.count)
                 else:
-                    _tell_bytes(client.tell, wl.payload(), wl.count)
+                    tell_bytes(client.tell, _COUNTER, wl.payload(), wl.count)
                 barriers = 1
-                got = client.ask(_COUNTER, "count?", timeout=_JOB_TIMEOUT) - before
+                got = client.ask(_COUNTER, "count?", timeout=JOB_TIMEOUT) - before
                 while got < wl.count:
                     barriers += 1
-                    got = client.ask(_COUNTER, "count?", timeout=_JOB_TIMEOUT) - before
+                    got = client.ask(_COUNTER, "count?", timeout=JOB_TIMEOUT) - before
                 elapsed = time.perf_counter() - start
         if got != wl.count:
             raise RuntimeError(f"{_COUNTER} counted {got}, expected {wl.count}")
@@ -417,22 +420,10 @@ class _TwoNodes:
 
     def rtts(self, mode: PingMode) -> list[float]:
         with (
-            _bounded(_JOB_TIMEOUT, f"{self.name}: {mode.count} asks"),
+            bounded(JOB_TIMEOUT, f"{self.name}: {mode.count} asks"),
             self._cpu(mode.key, mode.count, echo=True),
         ):
             return _ask_loop(self.client.ask, mode.count)
-
-
-def _tell_bytes(tell: Callable[[str, Any], object], payload: bytes, count: int) -> None:
-    to = _COUNTER
-    for _ in range(count):
-        tell(to, payload)
-
-
-def _tell_dicts(tell: Callable[[str, Any], object], count: int) -> None:
-    to, value = _COUNTER, _DICT_VALUE
-    for i in range(count):
-        tell(to, {"i": i, "v": value})
 
 
 def _ask_loop(ask: Callable[[str, Any], Any], count: int) -> list[float]:
@@ -450,27 +441,6 @@ def _ask_loop(ask: Callable[[str, Any], Any], count: int) -> list[float]:
 
 def _no_stream(wl: Workload, count: int) -> None:
     raise RuntimeError(f"this receiver only echoes; it was sent a stream of {wl.label}")
-
-
-def _serve_zmq_tcp(ctl: Connection, push_addr: str, req_addr: str) -> None:
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    rep = context.socket(zmq.REP)
-    try:
-        pull.connect(push_addr)
-        rep.connect(req_addr)
-
-        def receive(wl: Workload, count: int) -> None:
-            if wl.is_dict:
-                _drain_pickled(pull.recv, count)
-            else:
-                _drain(pull.recv, count)
-
-        _serve(ctl, receive, lambda n: _echo(rep.recv, rep.send, n))
-    finally:
-        pull.close(linger=0)
-        rep.close(linger=0)
-        context.term()
 
 
 def _listen() -> socket.socket:
@@ -566,23 +536,6 @@ def _raw_ping(port: int, count: int) -> list[float]:
 
 
 @attrs.define
-class _ZmqTcp:
-    push: Any  # zmq.Socket
-    req: Any
-    peer: _Peer
-    name: str = PEERS["zmq"]
-
-    def send_stream(self, wl: Workload, count: int) -> None:
-        if wl.is_dict:
-            _send_pickled_dicts(self.push.send, count)
-        else:
-            _repeat(self.push.send, wl.payload(), count)
-
-    def ping(self, count: int, gap: float, spin: float) -> list[float]:
-        return _ping(self.req.send, self.req.recv, count, gap)
-
-
-@attrs.define
 class _TcpEcho:
     port: int
     peer: _Peer
@@ -600,15 +553,6 @@ def _asyncio_pinger(port: int, count: int) -> list[float]:
     return asyncio.run(_asyncio_ping(port, count))
 
 
-class _Transport(Protocol):
-    name: str
-    peer: _Peer
-
-    def send_stream(self, wl: Workload, count: int) -> None: ...
-
-    def ping(self, count: int, gap: float, spin: float) -> list[float]: ...
-
-
 class Subject(Protocol):
     """What a measured column offers: stream seconds and round-trip times."""
 
@@ -624,7 +568,7 @@ class Subject(Protocol):
 class _Via:
     """A transport.py-style peer (receiver process + side channel) as a `Subject`."""
 
-    t: _Transport
+    t: Transport
     figures: frozenset[str]
 
     @property
@@ -638,7 +582,7 @@ class _Via:
         return _measure_ping(self.t, mode)
 
 
-def _open_zmq_tcp(stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnContext) -> _ZmqTcp:
+def _open_zmq_tcp(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) -> _Calls:
     context = zmq.Context()
     stack.callback(context.term)
     push = context.socket(zmq.PUSH)
@@ -650,20 +594,22 @@ def _open_zmq_tcp(stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnCont
     req.bind("tcp://127.0.0.1:*")
     push_addr = push.getsockopt(zmq.LAST_ENDPOINT).decode()
     req_addr = req.getsockopt(zmq.LAST_ENDPOINT).decode()
-    peer = _start_peer(stack, cleanup, ctx, PEERS["zmq"], _serve_zmq_tcp, push_addr, req_addr)
-    return _ZmqTcp(push, req, peer)
+    peer = start_proc(
+        stack, cleanup, _Peer, ctx, PEERS["zmq"], _serve_zmq, push_addr, req_addr, "REP", True
+    )
+    return _Calls(PEERS["zmq"], peer, push.send, push.send, req.send, req.recv, True)
 
 
 def _open_echo(
-    stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnContext, key: str
+    stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext, key: str
 ) -> _TcpEcho:
-    peer = _start_peer(stack, cleanup, ctx, PEERS[key], _serve_echo, key)
-    port = peer.expect("listening", _START_TIMEOUT)
+    peer = start_proc(stack, cleanup, _Peer, ctx, PEERS[key], _serve_echo, key)
+    port = peer.expect("listening", START_TIMEOUT)
     return _TcpEcho(port, peer, PEERS[key], _asyncio_pinger if key == "asyncio" else _raw_ping)
 
 
 def _open_peers(
-    stack: contextlib.ExitStack, cleanup: _Cleanup, keys: Sequence[str]
+    stack: contextlib.ExitStack, cleanup: Cleanup, keys: Sequence[str]
 ) -> list[Subject]:
     ctx = mp.get_context("spawn")
     everything = frozenset(wl.key for wl in WORKLOADS) | {RTT.key}
@@ -678,13 +624,11 @@ def _open_peers(
         else:
             opened.append(_Via(_open_pipe(stack, cleanup, ctx), everything))
     for via in opened:  # all started before any is waited for: they boot in parallel
-        via.t.peer.expect("ready", _START_TIMEOUT)
+        via.t.peer.expect("ready", START_TIMEOUT)
     return list(opened)
 
 
 # -- measuring -------------------------------------------------------------------------------
-
-Results = dict[str, dict[str, list[float]]]  # column -> figure -> one value per rep
 
 
 @attrs.frozen
@@ -701,7 +645,7 @@ class Plan:
 
 def _warm_up(subjects: Sequence[Subject], plan: Plan) -> None:
     for s in subjects:
-        _log(f"warming up {s.name}")
+        log(f"warming up {s.name}")
         for wl in plan.workloads:
             if wl.key in s.figures:
                 s.stream(wl.scaled(_WARMUP_FRACTION))
@@ -719,72 +663,17 @@ def _run(subjects: Sequence[Subject], plan: Plan) -> Results:
                     continue
                 rate = wl.count / s.stream(wl)
                 results[s.name].setdefault(wl.key, []).append(rate)
-                _log(f"{tag} {wl.label:<12} {s.name:<14} {rate:>12,.0f} msg/s")
+                log(f"{tag} {wl.label:<12} {s.name:<14} {rate:>12,.0f} msg/s")
         for s in subjects:
             rtts = s.rtts(plan.rtt)
-            median, p99 = statistics.median(rtts) * 1e6, _p99(rtts) * 1e6
-            results[s.name].setdefault(f"{plan.rtt.key}.median", []).append(median)
-            results[s.name].setdefault(f"{plan.rtt.key}.p99", []).append(p99)
-            _log(
-                f"{tag} {plan.rtt.key:<12} {s.name:<14} median {median:8.1f} us  p99 {p99:8.1f} us"
+            median, tail = record_rtts(results[s.name], plan.rtt.key, rtts)
+            log(
+                f"{tag} {plan.rtt.key:<12} {s.name:<14} median {median:8.1f} us  p99 {tail:8.1f} us"
             )
     return results
 
 
 # -- reporting -------------------------------------------------------------------------------
-
-
-def _ratio(results: Results, key: str, peer: str) -> float | None:
-    """mybus / peer for figure ``key``: the median of the per-rep ratios."""
-    mine = results.get(MYBUS, {}).get(key)
-    theirs = results.get(peer, {}).get(key)
-    if not mine or not theirs or len(mine) != len(theirs):
-        return None
-    return statistics.median(m / t for m, t in zip(mine, theirs, strict=True) if t)
-
-
-def _targets(results: Results) -> list[str]:
-    lines = []
-    for target in TARGETS:
-        value = _ratio(results, target.figure, target.peer)
-        if value is None:
-            lines.append(f"- n/a  {target.label}: not measured in this run")
-            continue
-        ok = value >= target.bound if target.at_least else value <= target.bound
-        lines.append(f"- {'PASS' if ok else 'MISS'} {target.label}: {value:.2f}x")
-    return lines
-
-
-def _report(results: Results, names: Sequence[str], plan: Plan) -> str:
-    med = _medians(results)
-    sizes = {wl.key: wl.size for wl in plan.workloads}
-    rows = _rows(plan.workloads, [plan.rtt])
-    figures = [
-        [label, *(_cell(key, med.get(n, {}).get(key), sizes) for n in names)] for key, label in rows
-    ]
-    out = ["## Figures (median over reps)", "", _table(["workload", *names], figures), ""]
-    peers = [n for n in names if n != MYBUS]
-    if MYBUS in results and peers:
-        ratios = [
-            [
-                f"{label} ({'lower' if '.' in key else 'higher'} is better)",
-                *(_fmt_ratio(_ratio(results, key, p)) for p in peers),
-            ]
-            for key, label in rows
-        ]
-        header = ["workload", *(f"mybus / {p}" for p in peers)]
-        out += [
-            "## Ratios: mybus across two nodes / peer (median over reps of each rep's ratio)",
-            "",
-            _table(header, ratios),
-            "",
-        ]
-    spread = [
-        [label, *(_fmt_ratio(_spread(results.get(n, {}).get(key))) for n in names)]
-        for key, label in rows
-    ]
-    out += ["## Noise: max / min over reps", "", _table(["workload", *names], spread), ""]
-    return "\n".join([*out, "## Targets (ratios as above)", "", *_targets(results)])
 
 
 def _cpu_report(cpu: dict[str, dict[str, list[float]]], plan: Plan) -> str:
@@ -795,7 +684,7 @@ def _cpu_report(cpu: dict[str, dict[str, list[float]]], plan: Plan) -> str:
     if not roles:
         return ""
     med = {key: {r: statistics.median(v) for r, v in figs.items()} for key, figs in cpu.items()}
-    table = [
+    lines = [
         [
             label,
             *(f"{med[key][r]:,.1f}" for r in roles),
@@ -811,32 +700,11 @@ def _cpu_report(cpu: dict[str, dict[str, list[float]]], plan: Plan) -> str:
             "## mybus: CPU time per message (per round trip for asks), us, user+sys, "
             "median over reps",
             "",
-            _table(["workload", *roles, "sum", "wall clock"], table),
+            table(["workload", *roles, "sum", "wall clock"], lines),
             "",
             "(sum > wall clock: the processes overlap; sum / wall clock = cores kept busy)",
         ]
     )
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next(
-            (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
-        )
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "cpu": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "mybus_actors": mb.__version__,
-        "pyzmq": zmq.pyzmq_version(),
-        "libzmq": zmq.zmq_version(),
-        "loadavg_start": os.getloadavg(),
-        "cpu_pressure_start": _cpu_pressure(),
-    }
 
 
 def _header(
@@ -845,7 +713,6 @@ def _header(
     link_seconds: float | None,
     overtaken: dict[str, int],
 ) -> str:
-    counts = ", ".join(f"{k} {v:,}" for k, v in config["counts"].items())
     link = f"{link_seconds:.2f} s" if link_seconds is not None else "n/a"
     reorder = [
         f'- note: on {key}, the barrier\'s "count?" overtook tells still in flight (up to '
@@ -855,16 +722,14 @@ def _header(
     ]
     return "\n".join(
         [
-            "# mybus gateway benchmark (two nodes on loopback)",
-            "",
-            f"- date: {info['date']}",
-            f"- machine: nproc {info['nproc']} (affinity {info['affinity']}), {info['cpu']}, "
-            f"{info['platform']}",
-            f"- python {info['python']}, mybus_actors {info['mybus_actors']}, "
-            f"pyzmq {info['pyzmq']} (libzmq {info['libzmq']})",
-            f"- load average at start: {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}; "
-            f"cpu pressure {info['cpu_pressure_start']}",
-            f"- reps: {config['reps']} (each figure is the median); counts per rep: {counts}",
+            *header(
+                "mybus gateway benchmark (two nodes on loopback)",
+                info,
+                f"mybus_actors {info['mybus_actors']}, "
+                f"pyzmq {info['pyzmq']} (libzmq {info['libzmq']})",
+                config,
+                f"counts per rep: {counts(config['counts'])}",
+            ),
             "- mybus: client on alpha (benchmark process) -> gateway alpha -> TCP 127.0.0.1 -> "
             "gateway beta -> Counter/Echo on beta (own processes): four processes per message "
             "path, gateways at their defaults; tells timed to the reply of the barrier ask",
@@ -907,11 +772,11 @@ class _Spy:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(_JOB_TIMEOUT)
+            self.proc.wait(JOB_TIMEOUT)
         except subprocess.TimeoutExpired:
             problems.append(f"py-spy on {self.label} (pid {self.proc.pid}) killed")
             self.proc.kill()
-            self.proc.wait(_STOP_TIMEOUT)
+            self.proc.wait(STOP_TIMEOUT)
 
 
 _LINE_NO = re.compile(r":\d+\)$")
@@ -958,7 +823,7 @@ def _summarize(raw: str, cpu: float, share: float) -> str:
 
 def _profile(
     stack: contextlib.ExitStack,
-    cleanup: _Cleanup,
+    cleanup: Cleanup,
     nodes: _TwoNodes,
     plan: Plan,
     keep: Path | None,
@@ -982,7 +847,7 @@ def _profile(
             cleanup.pids.append(spy.proc.pid)
             spying.callback(spy.stop, cleanup.problems)
             spies.append(spy)
-        deadline = time.monotonic() + _START_TIMEOUT
+        deadline = time.monotonic() + START_TIMEOUT
         for spy in spies:
             spy.wait_sampling(deadline)
         spent = [nodes.stream(wl) for _ in range(_PROFILE_STREAMS)]
@@ -1005,10 +870,7 @@ def _profile(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 3 quick)")
-    parser.add_argument("--quick", action="store_true", help="1/5 of the counts, 3 reps")
-    parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    parser = base_parser(__doc__)
     parser.add_argument(
         "--peers",
         default=",".join(PEERS),
@@ -1023,17 +885,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-dir", type=Path, default=None, help="keep py-spy's raw files here"
     )
-    args = parser.parse_args(argv)
-    if args.reps is None:
-        args.reps = 3 if args.quick else 5
-    if args.reps < 1:
-        parser.error(f"--reps must be >= 1, got {args.reps}")
-    chosen = [name.strip() for name in args.peers.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in PEERS]
-    if unknown:
-        parser.error(f"unknown peers {unknown}; choose from {list(PEERS)}")
-    args.peers = chosen
-    return args
+    return parse_args(parser, argv, "peers", list(PEERS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1044,9 +896,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rtt=RTT.scaled(factor),
         reps=args.reps,
     )
-    info = _machine()
+    info = machine(mybus_actors=mb.__version__, pyzmq=zmq.pyzmq_version(), libzmq=zmq.zmq_version())
     config = {**plan.config(), "quick": args.quick}
-    cleanup = _Cleanup()
+    cleanup = Cleanup()
     results: Results = {}
     names: list[str] = []
     link_seconds: float | None = None
@@ -1054,7 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        _log("starting gateways alpha and beta, the actors on beta, the receivers")
+        log("starting gateways alpha and beta, the actors on beta, the receivers")
         nodes = _TwoNodes(stack, cleanup)
         link_seconds = nodes.link_seconds
         overtaken = nodes.overtaken
@@ -1072,14 +924,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     if not args.profile:
         print(_header(info, config, link_seconds, overtaken))
-        print(_report(results, names, plan))
+        print(REPORT.render(results, names, plan.workloads, [plan.rtt]))
         print(_cpu_report(cpu, plan))
     if log_lines:
         print("\ngateway log lines at WARNING or above:\n  " + "\n  ".join(log_lines))
-    print(
-        f"\nrun time {elapsed:.0f}s; load average at end "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; cpu pressure {_cpu_pressure()}"
-    )
+    print(footer(elapsed))
     if args.json is not None:
         raw = {
             "machine": info,
@@ -1090,24 +939,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mybus_cpu_us_per_message": cpu,
             "units": "throughput keys (b64, dict, b1m): messages/s; rtt keys: us",
             "reps": results,
-            "medians": _medians(results),
-            "ratios_mybus_over_peer": {
-                peer: {key: _ratio(results, key, peer) for key in results[peer]}
-                for peer in names
-                if peer != MYBUS
-            },
+            "medians": medians(results),
+            "ratios_mybus_over_peer": ratios(results, names, MYBUS),
             "gateway_log_warnings": log_lines,
             "cleanup_problems": cleanup.problems,
         }
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
-    if cleanup.problems:
-        print("cleanup FAILED:\n  " + "\n  ".join(cleanup.problems))
-        return 1
-    print(
+    return cleanup.report(
         f"cleanup: {len(cleanup.pids)} processes stopped by pid (both gateways exited 0 on "
         "SIGTERM); both runtime dirs empty of files and removed"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -41,32 +41,53 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import datetime
 import inspect
-import io
 import json
 import multiprocessing as mp
 import os
 import pickle
-import platform
-import pstats
-import shutil
-import signal
-import statistics
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext
 from multiprocessing.queues import Queue
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, Protocol
 
 import attrs
-import psutil
+from _common import (
+    DICT_VALUE,
+    IDLE_TIMEOUT,
+    JOB_TIMEOUT,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    Cleanup,
+    Proc,
+    Report,
+    Results,
+    Target,
+    base_parser,
+    bounded,
+    counts,
+    drain,
+    echo_back,
+    footer,
+    header,
+    log,
+    machine,
+    medians,
+    parse_args,
+    pause,
+    profile_text,
+    ratios,
+    record_rtts,
+    repeat,
+    round_trips,
+    send_dicts,
+    start_proc,
+)
 
 from mybus_actors import codec
 from mybus_actors.mailbox import Endpoint
@@ -82,18 +103,12 @@ else:
 
 _TX: Final = "tx"
 _RX: Final = "rx"
-_DICT_VALUE: Final = "x" * 40
 _PING_PAYLOAD: Final = b"p" * 64
-_MB: Final = 1e6  # MB/s is decimal megabytes
 _RING_CAPACITY: Final = 1 << 21  # see "Choices" above
 # A stream receiver spins as an Endpoint does by default.
 _STREAM_SPIN: Final[float] = inspect.signature(Endpoint).parameters["spin"].default
 _POLL_BUDGET: Final = 256
 _WAIT_SLICE: Final = 1.0  # one Endpoint.wait; the job timer bounds the loop around it
-_START_TIMEOUT: Final = 60.0
-_JOB_TIMEOUT: Final = 120.0
-_STOP_TIMEOUT: Final = 10.0
-_IDLE_TIMEOUT: Final = 900.0  # a receiver gives up when the parent stops talking
 _WARMUP_FRACTION: Final = 0.02
 _PROFILE_LINES: Final = 14
 
@@ -164,83 +179,19 @@ class Job:
 # -- bounds ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _bounded(seconds: float, what: str) -> Iterator[None]:
-    """Raise TimeoutError in this (main) thread if the block outlives ``seconds``.
-
-    A SIGALRM interrupts blocking reads, lock waits and zmq calls alike, so the timed
-    loops need no per-message deadline check. Not reentrant.
-    """
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"{what}: not finished after {seconds:g}s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _pause(seconds: float) -> None:
-    """Busy-wait ``seconds``: the peer sees no traffic while this process stays awake."""
-    clock = time.perf_counter
-    end = clock() + seconds
-    while clock() < end:
-        pass
-
-
 # -- loops shared by the peers (kept flat: a call per message would blur the figures) ------
 
 
-def _repeat(put: Callable[[bytes], object], payload: bytes, count: int) -> None:
-    for _ in range(count):
-        put(payload)
-
-
-def _send_dicts(put: Callable[[dict[str, object]], object], count: int) -> None:
-    value = _DICT_VALUE
-    for i in range(count):
-        put({"i": i, "v": value})
-
-
 def _send_pickled_dicts(put: Callable[[bytes], object], count: int) -> None:
-    dumps, protocol, value = pickle.dumps, pickle.HIGHEST_PROTOCOL, _DICT_VALUE
+    dumps, protocol, value = pickle.dumps, pickle.HIGHEST_PROTOCOL, DICT_VALUE
     for i in range(count):
         put(dumps({"i": i, "v": value}, protocol))
-
-
-def _drain(get: Callable[[], object], count: int) -> None:
-    for _ in range(count):
-        get()
 
 
 def _drain_pickled(get: Callable[[], bytes], count: int) -> None:
     loads = pickle.loads
     for _ in range(count):
         loads(get())
-
-
-def _echo(get: Callable[[], Any], put: Callable[[Any], object], count: int) -> None:
-    for _ in range(count):
-        put(get())
-
-
-def _ping(
-    put: Callable[[bytes], object], get: Callable[[], object], count: int, gap: float
-) -> list[float]:
-    clock = time.perf_counter
-    rtts = [0.0] * count
-    for k in range(count):
-        if gap:
-            _pause(gap)
-        start = clock()
-        put(_PING_PAYLOAD)
-        get()
-        rtts[k] = clock() - start
-    return rtts
 
 
 # -- mybus loops -------------------------------------------------------------------------
@@ -254,7 +205,7 @@ def _mybus_send_bytes(ep: Endpoint, payload: bytes, count: int) -> None:
 
 
 def _mybus_send_dicts(ep: Endpoint, count: int) -> None:
-    send, encode, value = ep.send, codec.encode, _DICT_VALUE
+    send, encode, value = ep.send, codec.encode, DICT_VALUE
     for i in range(count):
         meta, body = encode({"i": i, "v": value})
         send(_TX, _RX, body, meta)
@@ -299,7 +250,7 @@ def _mybus_ping(ep: Endpoint, count: int, gap: float) -> list[float]:
     rtts = [0.0] * count
     for k in range(count):
         if gap:
-            _pause(gap)
+            pause(gap)
         start = clock()
         meta, body = encode(_PING_PAYLOAD)
         send(_TX, _RX, body, meta)
@@ -318,26 +269,14 @@ Receive = Callable[[Workload, int], None]
 Echo = Callable[[int], None]
 
 
-def _child(serve: Callable[..., None], ctl: Connection, *args: Any) -> None:
-    """A receiver process's entry point: run ``serve``, report a failure to the parent."""
-    try:
-        serve(ctl, *args)
-    except BaseException:
-        with contextlib.suppress(OSError, ValueError):
-            ctl.send(("error", traceback.format_exc()))
-        raise
-    finally:
-        ctl.close()
-
-
 def _serve(
     ctl: Connection, receive: Receive, echo: Echo, set_spin: Callable[[float], None] | None = None
 ) -> None:
     """Run the parent's jobs until it says stop."""
     ctl.send(("ready", os.getpid()))
     while True:
-        if not ctl.poll(_IDLE_TIMEOUT):
-            raise TimeoutError(f"receiver {os.getpid()}: no command for {_IDLE_TIMEOUT:g}s")
+        if not ctl.poll(IDLE_TIMEOUT):
+            raise TimeoutError(f"receiver {os.getpid()}: no command for {IDLE_TIMEOUT:g}s")
         job: Job = ctl.recv()
         if job.kind == "stop":
             ctl.send(("stopped", None))
@@ -347,7 +286,7 @@ def _serve(
         profiler = cProfile.Profile() if job.profile else None
         ctl.send(("go", None))
         with (
-            _bounded(_JOB_TIMEOUT, f"receiver {os.getpid()}: {job.describe()}"),
+            bounded(JOB_TIMEOUT, f"receiver {os.getpid()}: {job.describe()}"),
             profiler or contextlib.nullcontext(),
         ):
             if job.kind == "stream":
@@ -355,7 +294,7 @@ def _serve(
                 receive(job.workload, job.count)
             else:
                 echo(job.count)
-        ctl.send(("done", _profile_text(profiler) if profiler else None))
+        ctl.send(("done", profile_text(profiler, _PROFILE_LINES) if profiler else None))
 
 
 def _serve_mybus(ctl: Connection, runtime_dir: str, capacity: int) -> None:
@@ -370,106 +309,67 @@ def _serve_mybus(ctl: Connection, runtime_dir: str, capacity: int) -> None:
 
 def _serve_queue(ctl: Connection, inbox: Queue[Any], outbox: Queue[Any]) -> None:
     try:
-        _serve(ctl, lambda wl, n: _drain(inbox.get, n), lambda n: _echo(inbox.get, outbox.put, n))
+        _serve(
+            ctl, lambda wl, n: drain(inbox.get, n), lambda n: echo_back(inbox.get, outbox.put, n)
+        )
     finally:
         outbox.close()
-        with _bounded(_STOP_TIMEOUT, "receiver: flushing mp.Queue"):
+        with bounded(STOP_TIMEOUT, "receiver: flushing mp.Queue"):
             outbox.join_thread()
 
 
 def _serve_pipe(ctl: Connection, conn: Connection) -> None:
     def receive(wl: Workload, count: int) -> None:
-        _drain(conn.recv if wl.is_dict else conn.recv_bytes, count)
+        drain(conn.recv if wl.is_dict else conn.recv_bytes, count)
 
     with conn:
-        _serve(ctl, receive, lambda n: _echo(conn.recv_bytes, conn.send_bytes, n))
+        _serve(ctl, receive, lambda n: echo_back(conn.recv_bytes, conn.send_bytes, n))
 
 
-def _serve_zmq(ctl: Connection, stream_addr: str, rpc_addr: str) -> None:
+def _serve_zmq(
+    ctl: Connection, stream_addr: str, rpc_addr: str, rpc: str = "PAIR", connect: bool = False
+) -> None:
+    """PULL a stream from ``stream_addr``, echo on a ``rpc`` socket (PAIR, REP) at ``rpc_addr``.
+
+    The receiver binds both addresses, or connects to them if ``connect``.
+    """
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
-    pair = context.socket(zmq.PAIR)
+    echo = context.socket(getattr(zmq, rpc))
     try:
-        pull.bind(stream_addr)
-        pair.bind(rpc_addr)
+        attach = "connect" if connect else "bind"
+        getattr(pull, attach)(stream_addr)
+        getattr(echo, attach)(rpc_addr)
 
         def receive(wl: Workload, count: int) -> None:
             if wl.is_dict:
                 _drain_pickled(pull.recv, count)
             else:
-                _drain(pull.recv, count)
+                drain(pull.recv, count)
 
-        _serve(ctl, receive, lambda n: _echo(pair.recv, pair.send, n))
+        _serve(ctl, receive, lambda n: echo_back(echo.recv, echo.send, n))
     finally:
         pull.close(linger=0)
-        pair.close(linger=0)
+        echo.close(linger=0)
         context.term()
         # libzmq unlinks only the files of wildcard ("ipc://*") endpoints: ours are ours.
         for addr in (stream_addr, rpc_addr):
-            Path(addr.removeprefix("ipc://")).unlink(missing_ok=True)
+            if addr.startswith("ipc://") and not connect:
+                Path(addr.removeprefix("ipc://")).unlink(missing_ok=True)
 
 
 # -- the sending side ------------------------------------------------------------------------
 
 
-class _Peer:
+class _Peer(Proc):
     """A receiver process and the side channel to it."""
 
-    def __init__(self, ctx: SpawnContext, name: str, serve: Callable[..., None], *args: Any):
-        self.name = name
-        self.ctl, child_end = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_child, args=(serve, child_end, *args), name=f"bench-{name}", daemon=True
-        )
-        self.proc.start()
-        child_end.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc.pid is not None
-        return self.proc.pid
-
-    def expect(self, kind: str, timeout: float) -> Any:
-        """Return the value of the next side-channel message, which must be ``kind``.
-
-        Raises:
-            TimeoutError: nothing came within ``timeout``.
-            RuntimeError: the receiver failed (its traceback is in the message).
-        """
-        if not self.ctl.poll(timeout):
-            raise TimeoutError(
-                f"{self.name} receiver (pid {self.pid}): no {kind!r} within {timeout:g}s"
-            )
-        tag, value = self.ctl.recv()
-        if tag == "error":
-            raise RuntimeError(f"{self.name} receiver (pid {self.pid}) failed:\n{value}")
-        if tag != kind:
-            raise RuntimeError(f"{self.name} receiver: expected {kind!r}, got {tag!r}")
-        return value
+    role = "receiver"
+    stop_message = Job("stop")
 
     def start_job(self, job: Job) -> None:
         self.ctl.send(job)
-        self.expect("go", _START_TIMEOUT)
-
-    def stop(self, problems: list[str]) -> None:
-        """Ask the process to stop, join it with a timeout, kill it (by pid) if it lingers."""
-        stopped = False
-        if self.proc.is_alive():
-            try:
-                self.ctl.send(Job("stop"))
-                self.expect("stopped", _STOP_TIMEOUT)
-                stopped = True
-            except (OSError, EOFError, TimeoutError, RuntimeError) as exc:
-                problems.append(f"{self.name} receiver did not stop cleanly: {exc}")
-        # One that did not answer is stuck (or gone): no point waiting long for it.
-        self.proc.join(_STOP_TIMEOUT if stopped else 0.5)
-        if self.proc.is_alive():
-            problems.append(f"{self.name} receiver (pid {self.pid}) killed")
-            self.proc.kill()
-            self.proc.join(_STOP_TIMEOUT)
-        self.ctl.close()
-        if self.proc.exitcode is None:
-            problems.append(f"{self.name} receiver (pid {self.pid}) survived SIGKILL")
+        self.expect("go", START_TIMEOUT)
 
 
 class Transport(Protocol):
@@ -499,134 +399,76 @@ class _MyBus:
 
 
 @attrs.define
-class _MpQueue:
-    outbox: Queue[Any]
-    inbox: Queue[Any]
+class _Calls:
+    """A peer driven by plain calls (mp.Queue, mp.Pipe, zmq): what sends, what echoes."""
+
+    name: str
     peer: _Peer
-    name: str = TRANSPORTS["queue"]
+    put: Callable[[bytes], object]  # a bytes message
+    put_dict: Callable[[Any], object]  # a dict, or its pickle if ``pickle_dicts``
+    ping_put: Callable[[bytes], object]
+    ping_get: Callable[[], object]
+    pickle_dicts: bool = False
 
     def send_stream(self, wl: Workload, count: int) -> None:
-        if wl.is_dict:
-            _send_dicts(self.outbox.put, count)
+        if not wl.is_dict:
+            repeat(self.put, wl.payload(), count)
+        elif self.pickle_dicts:
+            _send_pickled_dicts(self.put_dict, count)
         else:
-            _repeat(self.outbox.put, wl.payload(), count)
+            send_dicts(self.put_dict, count)
 
     def ping(self, count: int, gap: float, spin: float) -> list[float]:
-        return _ping(self.outbox.put, self.inbox.get, count, gap)
-
-
-@attrs.define
-class _MpPipe:
-    conn: Connection
-    peer: _Peer
-    name: str = TRANSPORTS["pipe"]
-
-    def send_stream(self, wl: Workload, count: int) -> None:
-        if wl.is_dict:
-            _send_dicts(self.conn.send, count)
-        else:
-            _repeat(self.conn.send_bytes, wl.payload(), count)
-
-    def ping(self, count: int, gap: float, spin: float) -> list[float]:
-        return _ping(self.conn.send_bytes, self.conn.recv_bytes, count, gap)
-
-
-@attrs.define
-class _Zmq:
-    push: Any  # zmq.Socket
-    pair: Any
-    peer: _Peer
-    name: str = TRANSPORTS["zmq"]
-
-    def send_stream(self, wl: Workload, count: int) -> None:
-        if wl.is_dict:
-            _send_pickled_dicts(self.push.send, count)
-        else:
-            _repeat(self.push.send, wl.payload(), count)
-
-    def ping(self, count: int, gap: float, spin: float) -> list[float]:
-        return _ping(self.pair.send, self.pair.recv, count, gap)
-
-
-@attrs.define
-class _Cleanup:
-    """What the teardown found: every entry is a problem; none means nothing was left."""
-
-    problems: list[str] = attrs.Factory(list)
-    pids: list[int] = attrs.Factory(list)
-
-    def remove_dir(self, path: Path, what: str) -> None:
-        left = sorted(str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir())
-        if left:
-            self.problems.append(f"{what} {path}: files left behind: {left}")
-        shutil.rmtree(path, ignore_errors=True)
-        if path.exists():
-            self.problems.append(f"{what} {path}: could not be removed")
-
-    def check_processes(self) -> None:
-        children = {p.pid for p in psutil.Process().children(recursive=True)}
-        self.problems.extend(
-            f"process {pid} is still running" for pid in self.pids if pid in children
-        )
-
-
-def _start_peer(
-    stack: contextlib.ExitStack,
-    cleanup: _Cleanup,
-    ctx: SpawnContext,
-    name: str,
-    serve: Callable[..., None],
-    *args: Any,
-) -> _Peer:
-    peer = _Peer(ctx, name, serve, *args)
-    cleanup.pids.append(peer.pid)
-    stack.callback(peer.stop, cleanup.problems)
-    return peer
+        return round_trips(self.ping_put, self.ping_get, _PING_PAYLOAD, count, gap)
 
 
 def _open_mybus(
-    stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnContext, capacity: int
+    stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext, capacity: int
 ) -> _MyBus:
     runtime_dir = Path(tempfile.mkdtemp(prefix="mybus-bench-", dir="/dev/shm"))
     stack.callback(cleanup.remove_dir, runtime_dir, "mybus runtime dir")
     ep = stack.enter_context(Endpoint(Registry(runtime_dir), ring_capacity=capacity))
     ep.bind(_TX)
-    peer = _start_peer(
-        stack, cleanup, ctx, TRANSPORTS["mybus"], _serve_mybus, str(runtime_dir), capacity
+    peer = start_proc(
+        stack, cleanup, _Peer, ctx, TRANSPORTS["mybus"], _serve_mybus, str(runtime_dir), capacity
     )
     return _MyBus(ep, peer)
 
 
 def _close_queue(queue: Queue[Any]) -> None:
     queue.close()
-    with _bounded(_STOP_TIMEOUT, "flushing an mp.Queue"):
+    with bounded(STOP_TIMEOUT, "flushing an mp.Queue"):
         queue.join_thread()
 
 
-def _open_queue(stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnContext) -> _MpQueue:
+def _open_queue(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) -> _Calls:
     outbox: Queue[Any] = ctx.Queue()
     inbox: Queue[Any] = ctx.Queue()
     stack.callback(_close_queue, outbox)
     stack.callback(_close_queue, inbox)
-    peer = _start_peer(stack, cleanup, ctx, TRANSPORTS["queue"], _serve_queue, outbox, inbox)
-    return _MpQueue(outbox, inbox, peer)
+    peer = start_proc(stack, cleanup, _Peer, ctx, TRANSPORTS["queue"], _serve_queue, outbox, inbox)
+    return _Calls(TRANSPORTS["queue"], peer, outbox.put, outbox.put, outbox.put, inbox.get)
 
 
-def _open_pipe(stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnContext) -> _MpPipe:
+def _open_pipe(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) -> _Calls:
     mine, theirs = ctx.Pipe(duplex=True)
     stack.callback(mine.close)
     try:
-        peer = _start_peer(stack, cleanup, ctx, TRANSPORTS["pipe"], _serve_pipe, theirs)
+        peer = start_proc(stack, cleanup, _Peer, ctx, TRANSPORTS["pipe"], _serve_pipe, theirs)
     finally:
         theirs.close()
-    return _MpPipe(mine, peer)
+    return _Calls(
+        TRANSPORTS["pipe"], peer, mine.send_bytes, mine.send, mine.send_bytes, mine.recv_bytes
+    )
 
 
-def _open_zmq(stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnContext) -> _Zmq:
+def _open_zmq(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) -> _Calls:
     sock_dir = Path(tempfile.mkdtemp(prefix="mybus-bench-zmq-"))
     stack.callback(cleanup.remove_dir, sock_dir, "zmq ipc socket dir")
     stream_addr, rpc_addr = f"ipc://{sock_dir}/stream", f"ipc://{sock_dir}/rpc"
-    peer = _start_peer(stack, cleanup, ctx, TRANSPORTS["zmq"], _serve_zmq, stream_addr, rpc_addr)
+    peer = start_proc(
+        stack, cleanup, _Peer, ctx, TRANSPORTS["zmq"], _serve_zmq, stream_addr, rpc_addr
+    )
     context = zmq.Context()
     stack.callback(context.term)
     push = context.socket(zmq.PUSH)
@@ -635,7 +477,7 @@ def _open_zmq(stack: contextlib.ExitStack, cleanup: _Cleanup, ctx: SpawnContext)
     stack.callback(pair.close, 0)
     push.connect(stream_addr)
     pair.connect(rpc_addr)
-    return _Zmq(push, pair, peer)
+    return _Calls(TRANSPORTS["zmq"], peer, push.send, push.send, pair.send, pair.recv, True)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -647,39 +489,27 @@ def _measure_stream(
     """Return (seconds from the first send to the receiver's confirmation, profiles)."""
     t.peer.start_job(Job("stream", wl.count, wl, spin=spin, profile=profile))
     profiler = cProfile.Profile() if profile else None
-    with _bounded(_JOB_TIMEOUT, f"{t.name} sender: stream of {wl.count} x {wl.label}"):
+    with bounded(JOB_TIMEOUT, f"{t.name} sender: stream of {wl.count} x {wl.label}"):
         start = time.perf_counter()
         with profiler or contextlib.nullcontext():
             t.send_stream(wl, wl.count)
-        receiver_profile = t.peer.expect("done", _JOB_TIMEOUT)
+        receiver_profile = t.peer.expect("done", JOB_TIMEOUT)
         elapsed = time.perf_counter() - start
     if profiler is None:
         return elapsed, ""
-    return elapsed, f"sender:\n{_profile_text(profiler)}\nreceiver:\n{receiver_profile}"
+    return (
+        elapsed,
+        f"sender:\n{profile_text(profiler, _PROFILE_LINES)}\nreceiver:\n{receiver_profile}",
+    )
 
 
 def _measure_ping(t: Transport, mode: PingMode) -> list[float]:
     """Return the round-trip times in seconds (the pauses between them excluded)."""
     t.peer.start_job(Job("echo", mode.count, spin=mode.spin))
-    with _bounded(_JOB_TIMEOUT, f"{t.name} pinger: {mode.count} x {mode.label}"):
+    with bounded(JOB_TIMEOUT, f"{t.name} pinger: {mode.count} x {mode.label}"):
         rtts = t.ping(mode.count, mode.gap, mode.spin)
-        t.peer.expect("done", _JOB_TIMEOUT)
+        t.peer.expect("done", JOB_TIMEOUT)
     return rtts
-
-
-def _profile_text(profiler: cProfile.Profile) -> str:
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(_PROFILE_LINES)
-    lines = out.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    return "\n".join(line for line in lines[start:] if line.strip())
-
-
-def _p99(values: Sequence[float]) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[98]
-
-
-Results = dict[str, dict[str, list[float]]]  # transport -> figure -> one value per rep
 
 
 @attrs.frozen
@@ -707,7 +537,7 @@ def _run(transports: Sequence[Transport], plan: Plan) -> Results:
     """Warm every transport up, then measure, interleaving transports within each rep."""
     results: Results = {t.name: {} for t in transports}
     for t in transports:
-        _log(f"warming up {t.name}")
+        log(f"warming up {t.name}")
         for wl in plan.workloads:
             _measure_stream(t, wl.scaled(_WARMUP_FRACTION), plan.stream_spin)
         _measure_ping(t, attrs.evolve(plan.modes[0], count=200))
@@ -717,34 +547,19 @@ def _run(transports: Sequence[Transport], plan: Plan) -> Results:
             for t in transports:
                 rate = wl.count / _measure_stream(t, wl, plan.stream_spin)[0]
                 results[t.name].setdefault(wl.key, []).append(rate)
-                _log(f"rep {rep + 1}/{reps} {wl.label:<12} {t.name:<9} {rate:>12,.0f} msg/s")
+                log(f"rep {rep + 1}/{reps} {wl.label:<12} {t.name:<9} {rate:>12,.0f} msg/s")
         for mode in plan.modes:
             for t in transports:
                 rtts = _measure_ping(t, mode)
-                median, p99 = statistics.median(rtts) * 1e6, _p99(rtts) * 1e6
-                results[t.name].setdefault(f"{mode.key}.median", []).append(median)
-                results[t.name].setdefault(f"{mode.key}.p99", []).append(p99)
-                _log(
+                median, tail = record_rtts(results[t.name], mode.key, rtts)
+                log(
                     f"rep {rep + 1}/{reps} {mode.key:<12} {t.name:<9} median {median:7.1f} us"
-                    f"  p99 {p99:7.1f} us"
+                    f"  p99 {tail:7.1f} us"
                 )
     return results
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # -- reporting -------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Target:
-    label: str
-    figure: str
-    peer: str
-    bound: float
-    at_least: bool  # throughput: mybus/peer >= bound; RTT: mybus/peer <= bound
 
 
 TARGETS: Final = (
@@ -764,140 +579,7 @@ TARGETS: Final = (
 )
 
 
-def _rows(workloads: Sequence[Workload], modes: Sequence[PingMode]) -> list[tuple[str, str]]:
-    """(figure key, row label) in table order."""
-    rows = [
-        (wl.key, f"{wl.label}, msg/s" + (" (MB/s)" if wl.size >= 4096 else "")) for wl in workloads
-    ]
-    for mode in modes:
-        rows.append((f"{mode.key}.median", f"{mode.label}: median, us"))
-        rows.append((f"{mode.key}.p99", f"{mode.label}: p99, us"))
-    return rows
-
-
-def _medians(results: Results) -> dict[str, dict[str, float]]:
-    return {t: {k: statistics.median(v) for k, v in figs.items()} for t, figs in results.items()}
-
-
-def _cell(key: str, value: float | None, sizes: dict[str, int]) -> str:
-    if value is None:
-        return "n/a"
-    if "." in key:  # an RTT figure, in microseconds
-        return f"{value:,.1f}"
-    size = sizes.get(key, 0)
-    if size >= 4096:
-        return f"{value:,.0f} ({value * size / _MB:,.0f})"
-    return f"{value:,.0f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _ratio(results: Results, key: str, peer: str) -> float | None:
-    """mybus / peer for figure ``key``: the median of the per-rep ratios.
-
-    Rep by rep the two were measured one right after the other, so a ratio within a rep
-    cancels most of the background load that drifts from one rep to the next.
-    """
-    mine = results.get(TRANSPORTS["mybus"], {}).get(key)
-    theirs = results.get(peer, {}).get(key)
-    if not mine or not theirs:
-        return None
-    return statistics.median(m / t for m, t in zip(mine, theirs, strict=True) if t)
-
-
-def _report(
-    results: Results, names: Sequence[str], workloads: Sequence[Workload], modes: Sequence[PingMode]
-) -> str:
-    med = _medians(results)
-    sizes = {wl.key: wl.size for wl in workloads}
-    rows = _rows(workloads, modes)
-    figures = [
-        [label, *(_cell(key, med.get(n, {}).get(key), sizes) for n in names)] for key, label in rows
-    ]
-    out = ["## Figures (median over reps)", "", _table(["workload", *names], figures), ""]
-    mine = results.get(TRANSPORTS["mybus"], {})
-    peers = [n for n in names if n != TRANSPORTS["mybus"]]
-    if mine and peers:
-        ratios = [
-            [
-                f"{label} ({'lower' if '.' in key else 'higher'} is better)",
-                *(_fmt_ratio(_ratio(results, key, p)) for p in peers),
-            ]
-            for key, label in rows
-        ]
-        header = ["workload", *(f"mybus / {p}" for p in peers)]
-        out += [
-            "## Ratios: mybus / peer (median over reps of each rep's ratio)",
-            "",
-            _table(header, ratios),
-            "",
-        ]
-    spread = [
-        [label, *(_fmt_ratio(_spread(results.get(n, {}).get(key))) for n in names)]
-        for key, label in rows
-    ]
-    out += ["## Noise: max / min over reps", "", _table(["workload", *names], spread), ""]
-    return "\n".join([*out, "## Targets (ratios as above)", "", *_targets(results)])
-
-
-def _spread(values: Sequence[float] | None) -> float | None:
-    if not values or min(values) <= 0:
-        return None
-    return max(values) / min(values)
-
-
-def _targets(results: Results) -> list[str]:
-    lines = []
-    for target in TARGETS:
-        value = _ratio(results, target.figure, target.peer)
-        if value is None:
-            lines.append(f"- n/a  {target.label}: not measured in this run")
-            continue
-        ok = value >= target.bound if target.at_least else value <= target.bound
-        lines.append(f"- {'PASS' if ok else 'MISS'} {target.label}: {value:.2f}x")
-    return lines
-
-
-def _fmt_ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next(
-            (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
-        )
-    info: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "cpu": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_start": os.getloadavg(),
-        "cpu_pressure_start": _cpu_pressure(),
-    }
-    if zmq is not None:
-        info["pyzmq"] = zmq.pyzmq_version()
-        info["libzmq"] = zmq.zmq_version()
-    return info
-
-
-def _cpu_pressure() -> str:
-    """The kernel's CPU pressure line ("some avg10=..."): how often tasks waited for a CPU."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return " ".join(f.readline().split()[1:3])
-    except OSError:
-        return "n/a"
+REPORT: Final = Report(TRANSPORTS["mybus"], "mybus / peer", TARGETS)
 
 
 def _header(info: dict[str, Any], config: dict[str, Any]) -> str:
@@ -906,18 +588,15 @@ def _header(info: dict[str, Any], config: dict[str, Any]) -> str:
         if "pyzmq" in info
         else f"pyzmq not available ({_ZMQ_MISSING}): zmq skipped"
     )
-    counts = ", ".join(f"{k} {v:,}" for k, v in config["counts"].items())
     return "\n".join(
         [
-            "# mybus transport benchmark",
-            "",
-            f"- date: {info['date']}",
-            f"- machine: nproc {info['nproc']} (affinity {info['affinity']}), {info['cpu']}, "
-            f"{info['platform']}",
-            f"- python {info['python']}, {zmq_text}",
-            f"- load average at start: {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}; "
-            f"cpu pressure {info['cpu_pressure_start']}",
-            f"- reps: {config['reps']} (each figure is the median); counts per rep: {counts}",
+            *header(
+                "mybus transport benchmark",
+                info,
+                zmq_text,
+                config,
+                f"counts per rep: {counts(config['counts'])}",
+            ),
             f"- mybus: ring capacity {config['ring_capacity']:,} B (max record "
             f"{config['ring_capacity'] // 4:,} B), poll budget {_POLL_BUDGET}, receiver spin "
             f"{config['stream_spin'] * 1e6:g} us for streams; RTT back to back: both ends spin "
@@ -931,10 +610,7 @@ def _header(info: dict[str, Any], config: dict[str, Any]) -> str:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 3 quick)")
-    parser.add_argument("--quick", action="store_true", help="1/5 of the counts, 3 reps")
-    parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    parser = base_parser(__doc__)
     parser.add_argument(
         "--ring-capacity",
         type=int,
@@ -958,21 +634,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead of the table: cProfile mybus's sender and receiver loops "
         "on the 64 B and small-dict streams",
     )
-    args = parser.parse_args(argv)
-    if args.reps is None:
-        args.reps = 3 if args.quick else 5
-    if args.reps < 1:
-        parser.error(f"--reps must be >= 1, got {args.reps}")
-    chosen = [name.strip() for name in args.transports.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in TRANSPORTS]
-    if unknown:
-        parser.error(f"unknown transports {unknown}; choose from {list(TRANSPORTS)}")
-    args.transports = chosen
-    return args
+    return parse_args(parser, argv, "transports", list(TRANSPORTS))
 
 
 def _open(
-    stack: contextlib.ExitStack, cleanup: _Cleanup, keys: Sequence[str], capacity: int
+    stack: contextlib.ExitStack, cleanup: Cleanup, keys: Sequence[str], capacity: int
 ) -> list[Transport]:
     ctx = mp.get_context("spawn")
     opened: list[Transport] = []
@@ -984,15 +650,15 @@ def _open(
         elif key == "pipe":
             opened.append(_open_pipe(stack, cleanup, ctx))
         elif zmq is None:
-            _log(f"note: zmq skipped: {_ZMQ_MISSING}")
+            log(f"note: zmq skipped: {_ZMQ_MISSING}")
         else:
             opened.append(_open_zmq(stack, cleanup, ctx))
     for t in opened:
-        t.peer.expect("ready", _START_TIMEOUT)
+        t.peer.expect("ready", START_TIMEOUT)
     return opened
 
 
-def _profile(stack: contextlib.ExitStack, cleanup: _Cleanup, plan: Plan) -> None:
+def _profile(stack: contextlib.ExitStack, cleanup: Cleanup, plan: Plan) -> None:
     """Print cProfile's top functions of mybus's sender and receiver, 64 B and small dict."""
     (bus,) = _open(stack, cleanup, ["mybus"], plan.ring_capacity)
     for wl in plan.workloads[:2]:
@@ -1014,9 +680,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ring_capacity=args.ring_capacity,
         stream_spin=args.stream_spin,
     )
-    info = _machine()
+    info = machine()
+    if zmq is not None:
+        info["pyzmq"] = zmq.pyzmq_version()
+        info["libzmq"] = zmq.zmq_version()
     config = {**plan.config(), "quick": args.quick}
-    cleanup = _Cleanup()
+    cleanup = Cleanup()
     started = time.perf_counter()
     results: Results = {}
     names: list[str] = []
@@ -1031,11 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     if not args.profile:
         print(_header(info, config))
-        print(_report(results, names, plan.workloads, plan.modes))
-    print(
-        f"\nrun time {elapsed:.0f}s; load average at end "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; cpu pressure {_cpu_pressure()}"
-    )
+        print(REPORT.render(results, names, plan.workloads, plan.modes))
+    print(footer(elapsed))
     if args.json is not None:
         raw = {
             "machine": info,
@@ -1043,23 +709,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run_seconds": elapsed,
             "units": "throughput keys (b64, dict, b4k, b1m): messages/s; RTT keys: us",
             "reps": results,
-            "medians": _medians(results),
-            "ratios_mybus_over_peer": {
-                peer: {key: _ratio(results, key, peer) for key in results[peer]}
-                for peer in names
-                if peer != TRANSPORTS["mybus"]
-            },
+            "medians": medians(results),
+            "ratios_mybus_over_peer": ratios(results, names, TRANSPORTS["mybus"]),
             "cleanup_problems": cleanup.problems,
         }
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
-    if cleanup.problems:
-        print("cleanup FAILED:\n  " + "\n  ".join(cleanup.problems))
-        return 1
-    print(
+    return cleanup.report(
         f"cleanup: {len(cleanup.pids)} receiver processes stopped by pid; "
         "runtime and socket dirs removed, nothing left"
     )
-    return 0
 
 
 if __name__ == "__main__":
