@@ -68,6 +68,7 @@ _SOCKET_BUFFER: Final = 256 << 10
 _UNACKED_LIMIT: Final = 64 << 20  # stop framing for a link past this many unacked bytes
 _QUEUED_LIMIT: Final = 256 << 20  # stop draining local rings past this many queued bytes
 _FLUSH_ON_STOP: Final = 2.0
+_STALL_RETRY: Final = 0.001  # seconds between tries to deliver into a full ring
 _ACK_EVERY: Final = 32  # DATA frames received before an ack goes out on its own
 _ACK_DELAY: Final = 0.005  # or this long after the first of them, whichever comes first
 
@@ -255,7 +256,9 @@ class Gateway:
                     fut.set_result(None)
 
             loop.add_reader(ep.bell_fd, wake)
-            timer = loop.call_later(ep.sleep_bound(0.05 if self._stalled else 0.5), wake)
+            # Nobody rings us when a full ring drains: while deliveries wait, look again
+            # soon (a 1 MiB message through a busy actor's ring waits in ms, not 50 ms).
+            timer = loop.call_later(ep.sleep_bound(_STALL_RETRY if self._stalled else 0.5), wake)
             try:
                 await woke
             finally:
