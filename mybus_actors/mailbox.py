@@ -394,16 +394,15 @@ class Endpoint:
             if signal == _ring.FULL:
                 return -1
             done = total
+            if signal & _STATE == _WAITING and signal != ch.rung:
+                ch.rung = signal
+                self._ring_bell(ch)
         else:
             view = data if isinstance(data, bytes) else memoryview(data).cast("B")
-            done = ch.producer.offer_fragments(view, meta, sent)
-            if done == sent:
+            done, signal = self._stream(ch, view, meta, sent)
+            if signal == _ring.FULL:
                 return sent
-            signal = ch.producer.signal()
-        if signal & _STATE == _WAITING and signal != ch.rung:
-            ch.rung = signal
-            self._ring_bell(ch)
-        elif signal & _STATE == _ring.CLOSED:
+        if signal & _STATE == _ring.CLOSED:
             self._check_receiver(ch, pending=1 if done == total else 0)
         return done
 
@@ -532,25 +531,31 @@ class Endpoint:
                 time.sleep(pause)
                 pause = min(pause * 2, 1e-3)
 
+    def _stream(self, ch: _Outbound, view: Any, meta: int, sent: int) -> tuple[int, int]:
+        """Write the fragments that fit now: (bytes sent so far, FULL or the signal).
+
+        The consumer must drain while we stream, so a sleeping one is woken after each
+        stretch (once per sleep, as for a whole message).
+        """
+        done = ch.producer.offer_fragments(view, meta, sent)
+        if done == sent:
+            return sent, _ring.FULL
+        signal = ch.producer.signal()
+        if signal & _STATE == _WAITING and signal != ch.rung:
+            ch.rung = signal
+            self._ring_bell(ch)
+        return done, signal
+
     def _send_fragments(
         self, ch: _Outbound, data: Any, meta: int, timeout: float, block: bool
     ) -> int:
         view = data if isinstance(data, bytes) else memoryview(data).cast("B")
         total = len(view)
-        producer = ch.producer
         sent = 0
 
         def step() -> int:
             nonlocal sent
-            before = sent
-            sent = producer.offer_fragments(view, meta, sent)
-            if sent == before:
-                return _ring.FULL
-            signal = producer.signal()
-            # The consumer must drain while we stream: wake it after each stretch.
-            if signal & _STATE == _WAITING and sent < total and signal != ch.rung:
-                ch.rung = signal
-                self._ring_bell(ch)
+            sent, signal = self._stream(ch, view, meta, sent)
             return signal
 
         signal = step()

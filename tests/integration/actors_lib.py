@@ -11,8 +11,9 @@ Messages are tuples whose first item is a verb; anything else is echoed back.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
+
+from waiting import wait_for_file
 
 import mybus_actors as mb
 
@@ -21,16 +22,6 @@ HOLD_LIMIT = 30.0  # the longest any actor here waits for a release file
 
 class Boom(Exception):
     """What `Echo` raises on ("raise", text): importable, so it pickles by reference."""
-
-
-def wait_for_file(path: str, limit: float = HOLD_LIMIT) -> bool:
-    """Block this actor until ``path`` exists (True) or ``limit`` seconds pass (False)."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 class Echo(mb.Actor):

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from waiting import wait_for_file
+
 import mybus_actors as mb
 
 LIMIT = 30.0  # the longest any actor here waits on an ask of its own
@@ -130,16 +132,6 @@ class Sink(mb.Actor):
                 wait_for_file(path)
             case _:
                 self.log.append(message)
-
-
-def wait_for_file(path: str, limit: float = LIMIT) -> bool:
-    """Keep this actor busy until ``path`` exists (True) or ``limit`` seconds pass."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 class BigThenSmall(mb.Actor):

@@ -34,6 +34,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import actors_lib as lib  # noqa: E402
+import waiting  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,15 +88,7 @@ def actors(runtime_dir: Path) -> Iterator[Actors]:
 
 
 def receive_until(client: mb.Client, predicate: Any, timeout: float = WAIT) -> Any:
-    """The first message that satisfies ``predicate``; others are skipped (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"{client.address}: no matching message within {timeout}s")
-        message = client.receive(timeout=remaining)
-        if predicate(message):
-            return message
+    return waiting.receive_until(client, predicate, timeout)
 
 
 # -- 1. every method -------------------------------------------------------------------

@@ -38,6 +38,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import gateway_lib as lib  # noqa: E402
+import waiting  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -164,17 +165,7 @@ def cluster(runtime_dir: Path, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def receive_until(client: mb.Client, predicate: Any, timeout: float = WAIT) -> Any:
-    """The first message that satisfies ``predicate``; others are skipped (bounded)."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"{client.address}: nothing matching within {timeout}s: {seen}")
-        message = client.receive(timeout=remaining)
-        if predicate(message):
-            return message
-        seen.append(message)
+    return waiting.receive_until(client, predicate, timeout)
 
 
 def two_nodes(cluster: Cluster, *extra: str) -> tuple[lib.GatewayProc, lib.GatewayProc]:
