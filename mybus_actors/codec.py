@@ -45,6 +45,7 @@ __all__ = [
     "decode_message",
     "encode",
     "peek",
+    "sender_bytes",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -333,3 +334,22 @@ def peek(meta: int, body: Buffer) -> tuple[int, str | None, int]:
     """
     kind, _, sender, correlation_id, _ = _parse(meta, body)
     return kind, sender, correlation_id
+
+
+def sender_bytes(meta: int, body: Buffer) -> bytes | None:
+    """The sender address of a record as raw ASCII bytes, or None when it names none.
+
+    The gateway's per-message check of who a remote record claims to come from: no
+    object beyond the bytes, nothing of the payload touched.
+
+    Raises:
+        SerializationError: the prefix runs past the end of the body.
+    """
+    if not meta & _HAS_SENDER:
+        return None
+    pos = 8 if meta & _HAS_CORRELATION else 0
+    size = len(body)
+    end = pos + 1 + body[pos] if pos < size else size + 1
+    if end > size:
+        raise SerializationError(f"record of {size} bytes is too short for its sender")
+    return bytes(body[pos + 1 : end])

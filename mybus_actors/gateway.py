@@ -10,6 +10,11 @@ This module is the shell: it moves bytes between sockets, rings and the pure cor
 and fragments, `timers.ActivityTable` for the route table). It never unpickles what it
 relays: local senders hand it ready wire items (`routing.send_to_node`), and to bounce
 an undeliverable message it reads only the envelope header (`codec.peek`).
+
+What a peer sends is checked before any of it reaches a ring: every frame's MAC (in
+`wire`), then every message's claimed sender (it must be on the peer's own node) and its
+target (never ``gateway``; a ``_`` name only for an answer to an ask, or a client's
+mailbox). A refused message goes back to its sender as an error, undecoded.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class GatewayConfig:
     heartbeat: float = 1.0
     unreachable_grace: float = 10.0
     channel_idle: float = 30.0
+    tls_verify_name: bool = True
 
 
 class _Conn:
@@ -146,6 +152,9 @@ class _Link:
         self.down_since: float | None = None
         self.unreachable = False
         self.watchers: set[tuple[str, str]] = set()  # (local watcher name, remote address)
+        self.sender_prefix = node.encode("ascii") + b"/"  # what its messages must claim
+        self.refused = 0  # messages refused (a foreign sender, a reserved target)
+        self.refusals_logged: set[str] = set()  # kinds of refusal already logged
 
     def demand(self) -> bool:
         """Something needs this link up: traffic to send or acknowledge, or a watch."""
@@ -180,10 +189,7 @@ class Gateway:
         try:
             self.endpoint.bind(GATEWAY)
             host, port = self.config.listen
-            # TLS is started per connection in _accept, so a failed handshake is ours to log.
-            self._server = await asyncio.start_server(
-                self._accept, host, port, reuse_address=True
-            )
+            self._server = await self._start_server(host, port)
             self.bound_port = self._server.sockets[0].getsockname()[1]
             _log.info(
                 "gateway of node %s listening on %s:%d%s",
@@ -216,6 +222,25 @@ class Gateway:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _start_server(self, host: str, port: int) -> asyncio.Server:
+        """Listen; with TLS, each connection starts TLS in `_accept`, so that a failed
+        handshake is ours to log (asyncio's own TLS server drops it silently)."""
+        loop = asyncio.get_running_loop()
+        tls = self.config.server_ssl is not None
+
+        class Protocol(asyncio.StreamReaderProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                # A TLS client speaks first: read nothing until start_tls takes over,
+                # or its hello would land in the stream reader and the handshake hang.
+                if tls and isinstance(transport, asyncio.ReadTransport):
+                    transport.pause_reading()
+                super().connection_made(transport)
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            return Protocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
+
+        return await loop.create_server(factory, host, port, reuse_address=True)
 
     async def _flush_links(self) -> None:
         """Give connected links a moment to send what is queued and hear it acked."""
@@ -341,6 +366,35 @@ class Gateway:
             self._paused = False
             ep.resume(GATEWAY)
 
+    # -- from other nodes ----------------------------------------------------------
+
+    def _from_remote(self, link: _Link, msg: Message) -> None:
+        """Deliver what a peer sent, unless it speaks for another node or addresses what
+        no remote may: that goes back to its sender as an error, never decoded."""
+        try:
+            origin = codec.sender_bytes(msg.meta, msg.payload)
+        except SerializationError:
+            origin = None
+        if origin is None or not origin.startswith(link.sender_prefix):
+            claimed = "none" if origin is None else repr(origin.decode("ascii", "replace"))
+            self._refuse(link, msg, "foreign sender", f"its sender ({claimed}) is not on node"
+                         f" {link.node!r}")  # fmt: skip
+        elif not _remote_may_address(msg.to, msg.meta & 7, origin, link.sender_prefix):
+            self._refuse(link, msg, "reserved target", f"{msg.to!r} takes nothing from other"
+                         f" nodes of this kind")  # fmt: skip
+        else:
+            self._deliver_local(msg)
+
+    def _refuse(self, link: _Link, msg: Message, kind: str, detail: str) -> None:
+        link.refused += 1
+        if kind not in link.refusals_logged:
+            link.refusals_logged.add(kind)
+            _log.warning(
+                "refusing a message from node %s for %r: %s (logged once per link;"
+                " counted in mybus ls)", link.node, msg.to, detail,
+            )  # fmt: skip
+        self._bounce(msg, f"refused by node {self.node!r}: {detail}", node=link.node)
+
     # -- to local actors -----------------------------------------------------------
 
     def _deliver_local(self, msg: Message) -> None:
@@ -380,8 +434,13 @@ class Gateway:
             if not queue:
                 del self._stalled[to]
 
-    def _bounce(self, msg: Message, reason: str) -> None:
-        """Tell the sender its message could not be delivered (never a silent drop)."""
+    def _bounce(self, msg: Message, reason: str, *, node: str | None = None) -> None:
+        """Tell the sender its message could not be delivered (never a silent drop).
+
+        ``node``: where the sender is, whatever the message claims (a peer's message goes
+        back to that peer). The notice comes from this node's gateway, which a remote
+        node's client mailboxes take as they take one from their own.
+        """
         self.bounced += 1
         try:
             kind, origin, corr = codec.peek(msg.meta, msg.payload)
@@ -391,7 +450,7 @@ class Gateway:
         if origin is None:
             _log.warning("undeliverable message for %s with no sender: %s", msg.to, reason)
             return
-        here = format_address(self.node, msg.to)
+        here = format_address(self.node, GATEWAY)
         if kind == Kind.ASK:
             meta, body = codec.encode(
                 error_reply(ActorNotFound(reason)),
@@ -407,9 +466,10 @@ class Gateway:
             _log.warning("undeliverable %s from %s: %s", Kind(kind).name, origin, reason)
             return
         try:
-            node, name = parse_address(origin, self.node)
+            claimed, name = parse_address(origin, self.node)
         except InvalidAddress:
             return
+        node = claimed if node is None else node
         if node == self.node:
             self._deliver_local(Message(name, meta, bytes(body)))
         else:
@@ -522,7 +582,7 @@ class Gateway:
             reason = f"protocol error: {exc}"
             if link is None:
                 _log.warning("rejected peer %s: %s", label, exc)
-            conn.close()
+            conn.close(reason)
         except TimeoutError:
             reason = "handshake timed out"
             if link is None:
@@ -534,7 +594,7 @@ class Gateway:
         finally:
             conn.close()
             if link is not None and link.conn is conn:
-                self._link_down(link, reason)
+                self._link_down(link, reason, conn.label)
 
     async def _handshake(self, conn: _Conn) -> _Link | None:
         proto = conn.proto
@@ -546,11 +606,31 @@ class Gateway:
                 continue
             conn.send(proto.data_to_send())
             if isinstance(event, wire.Authenticated):
+                self._check_certificate(conn, event.peer_node)
                 if not conn.initiator:
                     conn.initiator = event.peer_node
                 return self._link_up(conn, event)
             if isinstance(event, wire.ConnectionClosed):
                 return None
+
+    def _check_certificate(self, conn: _Conn, node: str) -> None:
+        """Over TLS, the peer's certificate must name the node it proved to be (its
+        subject alternative names hold the node name or the host we know it by).
+
+        Raises:
+            RemoteProtocolError: it names neither.
+        """
+        if self.config.server_ssl is None or not self.config.tls_verify_name:
+            return
+        cert = conn.writer.get_extra_info("peercert")
+        names = certificate_names(cert) if isinstance(cert, dict) else set()
+        host = self.config.peers.get(node, (node, 0))[0]
+        if node not in names and host not in names:
+            raise RemoteProtocolError(
+                f"its certificate names {sorted(names) or 'nothing'}, not node {node!r}"
+                f"{f' or its host {host!r}' if host != node else ''}"
+                " (--tls-no-verify-name relaxes this)"
+            )
 
     def _link_up(self, conn: _Conn, auth: wire.Authenticated) -> _Link | None:
         link = self._link(auth.peer_node)
@@ -571,6 +651,8 @@ class Gateway:
                 _log.info("node %s restarted: its link numbering starts over", link.node)
             link.inbox.reset()
             link.peer_incarnation = auth.peer_incarnation
+        # A new connection: the peer sends its large messages again from the first chunk.
+        link.inbox.connection_lost()
         link.conn = conn
         link.down_since = None
         link.unreachable = False
@@ -590,14 +672,19 @@ class Gateway:
         if link.node in self._routes:
             self._routes.touch(link.node, time.monotonic())
 
-    def _link_down(self, link: _Link, reason: str) -> None:
+    def _link_down(self, link: _Link, reason: str, label: str = "") -> None:
         link.conn = None
+        link.inbox.connection_lost()
         if link.writer_task is not None:
             link.writer_task.cancel()
             link.writer_task = None
         with contextlib.suppress(KeyError):
             self._routes.pop(link.node)
-        _log.info("link down: %s (%s)", link.node, reason)
+        # One line per connection lost; a refused frame (tampering, a broken peer) is
+        # worth a warning, naming where it came from.
+        level = logging.WARNING if reason.startswith("protocol error") else logging.INFO
+        at = f" at {label}" if label else ""
+        _log.log(level, "link down: %s%s (%s)", link.node, at, reason)
         if link.demand() and not self._stopping.is_set():
             link.down_since = time.monotonic()
             self._ensure_connecting(link)
@@ -614,7 +701,7 @@ class Gateway:
             if isinstance(event, wire.Data):
                 self._touch(link)
                 for msg in link.inbox.accept(event.seq, event.items) or ():
-                    self._deliver_local(msg)
+                    self._from_remote(link, msg)
                 self._ack_later(link, event.seq)
             elif isinstance(event, wire.Ack):
                 link.outbox.ack(event.seq)
@@ -679,9 +766,9 @@ class Gateway:
                 if link.ack_now or sent_data:
                     self._send_ack(conn, link)
                 await conn.writer.drain()
-                if not (link.ack_now or link.outbox.pending()) or (
-                    link.outbox.unacked_bytes >= _UNACKED_LIMIT and not link.ack_now
-                ):
+                # Everything that could go has gone: what is still queued waits for an
+                # ack or for room, and whatever brings either sets `wake`.
+                if not link.ack_now:
                     await link.wake.wait()
         except (ConnectionError, OSError, LocalProtocolError, RuntimeError) as exc:
             conn.close()
@@ -719,7 +806,7 @@ class Gateway:
                     "link to %s: no word for %.1fs, closing", link.node, now - conn.last_rx
                 )
                 conn.close()
-                self._link_down(link, "heartbeat lost")
+                self._link_down(link, "heartbeat lost", conn.label)
             elif now - conn.last_tx > beat:
                 with contextlib.suppress(LocalProtocolError):
                     conn.send(conn.proto.send_ping(int(now * 1000)))
@@ -743,6 +830,33 @@ class Gateway:
             meta, body = codec.encode(("terminated", address, "node unreachable"), kind=Kind.SYSTEM)
             self._deliver_local(Message(watcher, meta, bytes(body)))
         link.watchers.clear()
+
+
+def _remote_may_address(to: str, kind: int, origin: bytes, peer: bytes) -> bool:
+    """Whether a message from another node may be delivered to ``to`` here.
+
+    ``gateway`` takes nothing; the runtime's own ``_`` names take only answers to asks,
+    except a client's mailbox (``_client-...``), which takes what an actor's does: tells,
+    and the peer gateway's dead-letter notices.
+    """
+    if to == GATEWAY:
+        return False
+    if not to.startswith("_"):
+        return True
+    if kind in (Kind.REPLY, Kind.ERROR_REPLY):
+        return True
+    if to.startswith("_client-"):
+        return kind == Kind.USER or (kind == Kind.SYSTEM and origin == peer + b"gateway")
+    return False
+
+
+def certificate_names(cert: dict[str, Any]) -> set[str]:
+    """The DNS names and IP addresses a certificate's subject alternative names hold."""
+    return {
+        str(value)
+        for kind, value in cert.get("subjectAltName", ())
+        if kind in ("DNS", "IP Address")
+    }
 
 
 def _set_nodelay(writer: asyncio.StreamWriter) -> None:
@@ -811,8 +925,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="this gateway's certificate (PEM) for TLS")
     p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     p.add_argument(
-        "--tls-ca", type=Path, help="CA bundle to verify peers; given, certificates are mutual"
-    )
+        "--tls-ca", type=Path,
+        help="CA bundle to verify peers' certificates, both ways (default: the system's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tls-no-verify-name", action="store_true",
+        help="accept a peer whose certificate does not name its node (not recommended)",
+    )  # fmt: skip
     p.add_argument(
         "--route-idle", type=float, default=60.0, metavar="SECONDS",
         help="close a link idle this long; it reopens on the next message (default 60)",
@@ -841,11 +960,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _secret(args: argparse.Namespace) -> bytes | None:
+_MAKE_SECRET: Final = 'python -c "import secrets; print(secrets.token_hex(32))"'
+
+
+def _secret(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bytes:
+    """The shared secret, or exit saying what is wrong with it and how to make one."""
     if args.secret_file is not None:
-        return args.secret_file.read_bytes().strip() or None
-    env = os.environ.get("MYBUS_SECRET", "")
-    return env.encode() if env else None
+        path: Path = args.secret_file
+        try:
+            raw, mode = path.read_bytes(), path.stat().st_mode
+        except OSError as exc:
+            parser.exit(2, f"mybus-gateway: cannot read --secret-file {path}: {exc}\n")
+        if mode & 0o077:
+            _log.warning(
+                "secret file %s has mode %04o: group or others can read it (chmod 600 %s)",
+                path, mode & 0o777, path,
+            )  # fmt: skip
+        where = f"--secret-file {path}"
+    else:
+        raw = os.environ.get("MYBUS_SECRET", "").encode()
+        where = "MYBUS_SECRET"
+    how = (
+        "Set MYBUS_SECRET or pass --secret-file FILE, the same secret on every gateway;"
+        f" make one with: {_MAKE_SECRET}"
+    )
+    if not raw:
+        parser.exit(2, f"mybus-gateway: no shared secret. {how}\n")
+    secret = raw.strip()
+    if len(secret) < wire.MIN_SECRET:
+        what = "holds only whitespace" if not secret else f"is {len(secret)} bytes long"
+        parser.exit(
+            2,
+            f"mybus-gateway: the secret in {where} {what}; it needs at least"
+            f" {wire.MIN_SECRET} bytes. {how}\n",
+        )
+    return secret
 
 
 def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
@@ -857,15 +1006,17 @@ def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContex
     server.load_cert_chain(args.tls_cert, args.tls_key)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_cert_chain(args.tls_cert, args.tls_key)
-    # Peers are dialled by address; who they are is proven by the certificate chain and
-    # by the shared secret's handshake, not by a host name.
+    # Both sides verify the other's chain; the name is checked by the gateway once the
+    # handshake has proven which node the peer is (its certificate must name that node),
+    # since a peer is dialled by an address that may not be its name.
     client.check_hostname = False
+    server.verify_mode = ssl.CERT_REQUIRED
     if args.tls_ca is not None:
-        server.verify_mode = ssl.CERT_REQUIRED
         server.load_verify_locations(args.tls_ca)
         client.load_verify_locations(args.tls_ca)
     else:
-        client.load_default_certs()
+        server.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        client.load_default_certs(ssl.Purpose.SERVER_AUTH)
     return server, client
 
 
@@ -878,12 +1029,11 @@ def build_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         format="%(asctime)s mybus-gateway %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    secret = _secret(args)
-    if not secret:
-        parser.exit(
-            2,
-            "mybus-gateway: no shared secret. Set MYBUS_SECRET or pass --secret-file FILE;"
-            " every gateway must use the same secret.\n",
+    secret = _secret(args, parser)
+    if args.tls_no_verify_name:
+        _log.warning(
+            "--tls-no-verify-name: a peer's certificate need not name its node; any holder"
+            " of a certificate our CA signed (and of the secret) may claim any node"
         )
     try:
         node = validate_name(args.node) if args.node else default_node()
@@ -909,6 +1059,7 @@ def build_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         heartbeat=args.heartbeat,
         unreachable_grace=args.unreachable_grace,
         channel_idle=args.channel_idle,
+        tls_verify_name=not args.tls_no_verify_name,
     )
 
 

@@ -9,8 +9,15 @@ hands it what the peer sends (`Inbox.accept`). The state outlives any one TCP co
 - `Inbox.accept` drops a frame whose number it has already accepted, so a resent frame
   is delivered once; a gap means frames were lost mid-connection and is refused.
 - A message above `large` bytes is cut into FIRST/MORE chunks; each frame carries the
-  queued small messages first and at most one chunk, so a 100 MiB message never holds
-  a 64 B one behind it for more than one chunk's time.
+  queued small messages first and at most one chunk (its last item), so a 100 MiB
+  message never holds a 64 B one behind it for more than one chunk's time.
+- A part of a large message never outlives the connection that carried it: the `Inbox`
+  drops what it holds when the connection closes (`Inbox.connection_lost`), and
+  `Outbox.resend` starts every large message not yet wholly acknowledged again from its
+  first chunk, under the same id. The inbox remembers the last large message it
+  completed, so one that arrived whole before its acknowledgement was lost is skipped.
+  Small messages for an actor wait while a large one for it is unacknowledged, so a
+  restart never lets them overtake it.
 """
 
 from __future__ import annotations
@@ -128,7 +135,7 @@ class Outbox:
         items: list[bytes] = []
         room = self.frame_bytes - DATA_OVERHEAD
         small = self._small
-        if not self._large:
+        if not self._large and not self._in_flight:
             while small and (not items or len(small[0][2]) <= room):
                 encoded = small.popleft()[2]
                 self._small_bytes -= len(encoded)
@@ -150,6 +157,13 @@ class Outbox:
         self.unacked_bytes += frame.size
         return frame
 
+    def _held_targets(self) -> dict[bytes, int]:
+        """Actors with a large message queued or unacknowledged: the order of the first."""
+        held: dict[bytes, int] = {}
+        for msg in sorted((*self._in_flight.values(), *self._large), key=lambda m: m.order):
+            held.setdefault(msg.to.encode("ascii"), msg.order)
+        return held
+
     def _large_waits(self) -> bool:
         """The next large message must wait: a small one for the same actor, queued
         before it, is still unframed (it would otherwise arrive after the large one)."""
@@ -160,9 +174,7 @@ class Outbox:
     def _take_around_large(self, items: list[bytes], room: int) -> int:
         """Frame small messages past queued large ones, but never past one for the same
         actor queued before them: order per (sender, receiver) holds end to end."""
-        held: dict[bytes, int] = {}
-        for msg in self._large:
-            held.setdefault(msg.to.encode("ascii"), msg.order)
+        held = self._held_targets()
         kept: deque[tuple[int, bytes, bytes]] = deque()
         stopped: set[bytes] = set()  # targets with a message kept back: keep the rest too
         small = self._small
@@ -225,7 +237,26 @@ class Outbox:
         return freed
 
     def resend(self) -> list[Frame]:
-        """Every unacked frame, oldest first: what a new connection replays."""
+        """Every unacked frame, oldest first: what a new connection replays.
+
+        The peer dropped its part of any large message when the old connection closed,
+        so every large message not wholly acknowledged goes back to the front of the
+        queue, to be sent again from its first chunk; its chunks come out of these
+        frames (a frame left empty is still sent: it keeps the numbering whole).
+        """
+        restart = sorted(self._in_flight.values(), key=lambda m: m.order)
+        if restart:
+            again = {m.msg_id for m in restart}
+            for msg in restart:
+                msg.offset = msg.unacked = 0
+            self._large = deque([*restart, *(m for m in self._large if m.msg_id not in again)])
+            self._in_flight.clear()
+            for seq, frame in self.unacked.items():
+                if frame.chunks_of:  # its chunk is its last item
+                    kept = frame.items[:-1]
+                    size = sum(map(len, kept))
+                    self.unacked_bytes -= frame.size - size
+                    self.unacked[seq] = Frame(seq, kept, size, ())
         return list(self.unacked.values())
 
     def give_up(self) -> list[Message]:
@@ -263,13 +294,15 @@ class Outbox:
 
 
 class _Partial:
-    __slots__ = ("buf", "meta", "to", "total")
+    __slots__ = ("buf", "meta", "skip", "skipped", "to", "total")
 
-    def __init__(self, to: str, meta: int, total: int) -> None:
+    def __init__(self, to: str, meta: int, total: int, *, skip: bool = False) -> None:
         self.to = to
         self.meta = meta
         self.total = total
         self.buf = bytearray()
+        self.skip = skip  # a resent message that arrived whole before: count, keep nothing
+        self.skipped = 0
 
 
 class Inbox:
@@ -277,11 +310,23 @@ class Inbox:
 
     def __init__(self) -> None:
         self.last_seq = 0
+        self.last_large = 0  # id of the last large message completed
         self._partial: dict[int, _Partial] = {}
+
+    @property
+    def partial_bytes(self) -> int:
+        """Bytes held for large messages not yet complete."""
+        return sum(len(p.buf) for p in self._partial.values())
 
     def reset(self) -> None:
         """The peer restarted (a new incarnation): its numbering starts over."""
         self.last_seq = 0
+        self.last_large = 0
+        self._partial.clear()
+
+    def connection_lost(self) -> None:
+        """The connection closed: drop every part of a large message (the peer sends
+        each again from its first chunk on the next connection)."""
         self._partial.clear()
 
     def accept(self, seq: int, items: tuple[Item, ...]) -> list[Message] | None:
@@ -306,7 +351,8 @@ class Inbox:
             elif isinstance(item, First):
                 if item.msg_id in self._partial or item.total > MAX_MESSAGE:
                     raise RemoteProtocolError(f"bad FIRST fragment for message {item.msg_id}")
-                part = _Partial(item.to, item.meta, item.total)
+                skip = item.msg_id <= self.last_large
+                part = _Partial(item.to, item.meta, item.total, skip=skip)
                 self._partial[item.msg_id] = part
                 self._append(item.msg_id, part, item.chunk, out)
             else:
@@ -318,9 +364,16 @@ class Inbox:
         return out
 
     def _append(self, msg_id: int, part: _Partial, chunk: bytes, out: list[Message]) -> None:
-        part.buf += chunk
-        if len(part.buf) > part.total:
+        if part.skip:
+            part.skipped += len(chunk)
+            got = part.skipped
+        else:
+            part.buf += chunk
+            got = len(part.buf)
+        if got > part.total:
             raise RemoteProtocolError(f"message {msg_id} is longer than announced")
-        if len(part.buf) == part.total:
+        if got == part.total:
             del self._partial[msg_id]
-            out.append(Message(part.to, part.meta, bytes(part.buf)))
+            if not part.skip:
+                self.last_large = max(self.last_large, msg_id)
+                out.append(Message(part.to, part.meta, bytes(part.buf)))

@@ -13,6 +13,12 @@ Guarantees:
   by direction, so a tag (or a whole HELLO) reflected back to us fails. Until then a frame
   that is not the next handshake frame is rejected from its 8-byte header, so an
   unauthenticated peer never makes us buffer more than one small HELLO or AUTH body.
+- Every frame after the handshake carries a frame number and a MAC (HMAC-SHA256, cut to
+  16 bytes) under a session key per direction, derived with HKDF-SHA256 from the secret,
+  both nonces, both node names and both incarnations. The MAC covers the header, the
+  number and the body, and is checked before the body is parsed: a frame injected,
+  altered, truncated, replayed, dropped or reordered by someone on the path without the
+  secret is a `RemoteProtocolError` that says which, and nothing of it is returned.
 - Every header is checked (magic, version, type, length against ``max_frame``) before its
   body is buffered. Parsing is linear in the input: one growing buffer with a read offset,
   compacted now and then, and each payload copied out once.
@@ -24,8 +30,11 @@ Guarantees:
 Not here: reassembling FIRST/MORE fragments (those of one message may straddle a reconnect,
 so the gateway does it and bounds ``First.total``), sequence numbers, resends and timeouts.
 
-Frame: ``b"MB"``, version (u8), type (u8), body length (u32); integers little-endian; a
-name is a u8 length and ASCII matching ``[A-Za-z0-9_.-]{1,64}``.
+Frame: ``b"MB"``, version (u8), type (u8), length (u32), then the body; integers
+little-endian; a name is a u8 length and ASCII matching ``[A-Za-z0-9_.-]{1,64}``. HELLO
+and AUTH (and a BYE before the handshake ends) are sent bare; every later frame is
+``header | number (u64) | body | MAC (16)``, its length counting all three. Numbers run
+from 0 per direction per connection, so a frame is valid on one connection at one place.
 """
 
 from __future__ import annotations
@@ -75,14 +84,19 @@ __all__ = [
     "item_size",
 ]
 
-VERSION: Final = 1
+VERSION: Final = 2
 MAGIC: Final = b"MB"
 HEADER_SIZE: Final = 8
 DEFAULT_MAX_FRAME: Final = 8 << 20
 MIN_MAX_FRAME: Final = 1024
 NONCE_SIZE: Final = 32
-AUTH_CONTEXT: Final = b"mybus-auth-v1"
-DATA_OVERHEAD: Final = HEADER_SIZE + 12  # header + seq + item count
+MIN_SECRET: Final = 16
+MAC_SIZE: Final = 16  # HMAC-SHA256 cut to 128 bits, as TLS and IPsec cut theirs
+SEALED_OVERHEAD: Final = 8 + MAC_SIZE  # a frame's number and MAC
+AUTH_CONTEXT: Final = b"mybus-auth-v2"
+FRAME_CONTEXT: Final = b"mybus-frames-v2"
+_HKDF_SALT: Final = b"mybus-hkdf-v2"
+DATA_OVERHEAD: Final = HEADER_SIZE + SEALED_OVERHEAD + 12  # + seq + item count
 
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
@@ -304,15 +318,42 @@ class _Reader:
             )
 
 
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) for one 32-byte key: extract, then one expand block."""
+    prk = hmac.digest(_HKDF_SALT, secret, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")
+
+
+def _party(node: str, incarnation: int, nonce: bytes) -> bytes:
+    return _str8(node) + _U64.pack(incarnation) + nonce
+
+
+class _Sealer:
+    """Numbers and MACs the frames of one direction of one connection."""
+
+    __slots__ = ("_mac", "next")
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self.next = 0
+
+    def tag(self, parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
+        mac = self._mac.copy()
+        for part in parts:
+            mac.update(part)
+        return mac.digest()[:MAC_SIZE]
+
+
 class Connection:
     """One side of a gateway link: feed it bytes, read events; call ``send_*``, write bytes.
 
     Both sides send `hello` first. On the peer's HELLO, `next_event` returns `Hello` and
     queues our AUTH (take it with `data_to_send`, or it goes in front of the next
     ``send_*`` output). On the peer's valid AUTH it returns `Authenticated` and the state is
-    OPEN: DATA, ACK, PING, PONG and BYE flow both ways. A BYE (received or sent), EOF or a
-    protocol error makes it CLOSED: bytes received after that are ignored and `next_event`
-    returns `ConnectionClosed` (or raises again, after an error).
+    OPEN: DATA, ACK, PING, PONG and BYE flow both ways, each numbered and MAC'd. A BYE
+    (received or sent), EOF or a protocol error makes it CLOSED: bytes received after that
+    are ignored and `next_event` returns `ConnectionClosed` (or raises again, after an
+    error).
 
     ``peer_node`` and ``peer_incarnation`` stay ``None`` until the peer has authenticated.
     """
@@ -334,8 +375,8 @@ class Connection:
         """
         if not _is_name(node):
             raise ValueError(f"invalid node name {node!r}")
-        if not isinstance(secret, bytes | bytearray) or not secret:
-            raise ValueError("secret must be non-empty bytes")
+        if not isinstance(secret, bytes | bytearray) or len(secret.strip()) < MIN_SECRET:
+            raise ValueError(f"secret must be bytes, at least {MIN_SECRET} of them not blank")
         if not _is_uint(incarnation, _U64_MAX):
             raise ValueError(f"incarnation {incarnation!r} is not a u64")
         if nonce is None:
@@ -359,6 +400,8 @@ class Connection:
         self._claimed: Hello | None = None
         self._peer_nonce = b""
         self._peer: Authenticated | None = None
+        self._tx: _Sealer | None = None  # set when OPEN
+        self._rx: _Sealer | None = None
 
     @property
     def state(self) -> State:
@@ -371,6 +414,11 @@ class Connection:
     @property
     def peer_incarnation(self) -> int | None:
         return self._peer.peer_incarnation if self._peer else None
+
+    @property
+    def frames_sent(self) -> int:
+        """Numbered (MAC'd) frames sent on this connection so far."""
+        return self._tx.next if self._tx else 0
 
     # --- sending -------------------------------------------------------------------
 
@@ -402,14 +450,10 @@ class Connection:
         _check_u64(seq, "seq")
         if len(items) > _U32_MAX:
             raise LocalProtocolError(f"too many items: {len(items)}")
-        parts: list[bytes] = [b"", _U64.pack(seq) + _U32.pack(len(items))]
+        parts: list[bytes] = [_SEQ_COUNT.pack(seq, len(items))]
         for item in items:
             parts.extend(_encode_item(item))
-        size = sum(map(len, parts))
-        if size > self._max_frame:
-            raise LocalProtocolError(f"DATA body of {size} bytes over max_frame {self._max_frame}")
-        parts[0] = _HEADER.pack(MAGIC, VERSION, FrameType.DATA, size)
-        return self._out(b"".join(parts))
+        return self._sealed(FrameType.DATA, parts)
 
     def send_encoded(self, seq: int, count: int, items: Sequence[bytes]) -> bytes:
         """A DATA frame of items already made by `encode_item` (a sender keeps those
@@ -420,11 +464,7 @@ class Connection:
         """
         self._require_open("send_encoded()")
         _check_u64(seq, "seq")
-        size = 12 + sum(map(len, items))
-        if size > self._max_frame:
-            raise LocalProtocolError(f"DATA body of {size} bytes over max_frame {self._max_frame}")
-        head = _HEADER.pack(MAGIC, VERSION, FrameType.DATA, size) + _SEQ_COUNT.pack(seq, count)
-        return self._out(b"".join((head, *items)))
+        return self._sealed(FrameType.DATA, (_SEQ_COUNT.pack(seq, count), *items))
 
     def send_ack(self, seq: int) -> bytes:
         """An ACK: every DATA with a seq up to ``seq`` arrived. Raises: as `send_data`."""
@@ -441,7 +481,9 @@ class Connection:
     def send_bye(self, reason: str) -> bytes:
         """A BYE, allowed in any state (even after an error, to tell the peer why).
 
-        ``reason`` is cut to what fits. The connection is CLOSED afterwards.
+        ``reason`` is cut to what fits. The connection is CLOSED afterwards. Once the
+        handshake is done the BYE is numbered and MAC'd like any frame; before, it goes
+        bare.
 
         Raises:
             LocalProtocolError: BYE already sent or ``reason`` not a str.
@@ -450,18 +492,41 @@ class Connection:
             raise LocalProtocolError("send_bye() called twice")
         if not isinstance(reason, str):
             raise LocalProtocolError(f"reason must be a str, got {reason!r}")
-        # Before OPEN the peer takes no body over _HANDSHAKE_MAX_BODY.
-        open_ = self._state is State.OPEN
-        limit = min(0xFFFF, self._max_frame - 2) if open_ else _HANDSHAKE_MAX_BODY - 2
+        # Once the session has keys, even after the peer broke the protocol, the BYE is
+        # numbered and MAC'd (the peer takes nothing else); before, the peer takes no
+        # body over _HANDSHAKE_MAX_BODY.
+        sealed = self._tx is not None
+        limit = (
+            min(0xFFFF, self._max_frame - 2 - SEALED_OVERHEAD)
+            if sealed
+            else _HANDSHAKE_MAX_BODY - 2
+        )
         raw = reason.encode("utf-8", "replace")[:limit]
         self._bye_sent = True
+        body = _U16.pack(len(raw)) + raw
+        frame = self._sealed(FrameType.BYE, (body,)) if sealed else _frame(FrameType.BYE, body)
         self._state = State.CLOSED
-        return self._out(_frame(FrameType.BYE, _U16.pack(len(raw)) + raw))
+        return self._out(frame)
 
     def _u64_frame(self, ftype: FrameType, value: int, field: str) -> bytes:
         self._require_open(f"send_{ftype.name.lower()}()")
         _check_u64(value, field)
-        return self._out(_frame(ftype, _U64.pack(value)))
+        return self._sealed(ftype, (_U64.pack(value),))
+
+    def _sealed(self, ftype: FrameType, parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
+        """``parts`` as the body of the next numbered frame, header in front, MAC behind."""
+        tx = self._tx
+        assert tx is not None  # _require_open came first
+        size = sum(map(len, parts)) + SEALED_OVERHEAD
+        if size > self._max_frame:
+            raise LocalProtocolError(
+                f"{ftype.name} body of {size - SEALED_OVERHEAD} bytes over max_frame"
+                f" {self._max_frame}"
+            )
+        head = _HEADER.pack(MAGIC, VERSION, ftype, size) + _U64.pack(tx.next)
+        tx.next += 1
+        tag = tx.tag((head, *parts))
+        return self._out(b"".join((head, *parts, tag)))
 
     def _require_open(self, what: str) -> None:
         if self._state is not State.OPEN:
@@ -476,30 +541,23 @@ class Connection:
         body = _str8(self._node) + _U16.pack(VERSION) + _U64.pack(self._incarnation)
         return _frame(FrameType.HELLO, body + self._nonce)
 
-    def _tag(
-        self,
-        receiver_nonce: bytes,
-        sender_nonce: bytes,
-        sender: Hello | tuple[str, int],
-        receiver: Hello | tuple[str, int],
-    ) -> bytes:
-        # Node names and incarnations both signed: a man in the middle can change neither.
-        s_node, s_inc = (sender.node, sender.incarnation) if isinstance(sender, Hello) else sender
-        r_node, r_inc = (
-            (receiver.node, receiver.incarnation) if isinstance(receiver, Hello) else receiver
-        )
-        msg = b"".join(
-            (
-                AUTH_CONTEXT,
-                receiver_nonce,
-                sender_nonce,
-                _str8(s_node),
-                _U64.pack(s_inc),
-                _str8(r_node),
-                _U64.pack(r_inc),
-            )
-        )
-        return hmac.new(self._secret, msg, hashlib.sha256).digest()
+    def _transcript(self, sender: Hello | None) -> tuple[bytes, bytes]:
+        """(ours, the peer's): who each side is in this session, nonce included."""
+        claimed = self._claimed if sender is None else sender
+        assert claimed is not None
+        ours = _party(self._node, self._incarnation, self._nonce)
+        return ours, _party(claimed.node, claimed.incarnation, self._peer_nonce)
+
+    def _tag(self, sender: bytes, receiver: bytes) -> bytes:
+        # Node names, incarnations and nonces of both, in direction order: a man in the
+        # middle can change none of them, and a tag reflected back to its maker fails.
+        key = _hkdf(self._secret, AUTH_CONTEXT)
+        return hmac.digest(key, AUTH_CONTEXT + sender + receiver, "sha256")
+
+    def _open_session(self) -> None:
+        ours, theirs = self._transcript(None)
+        self._tx = _Sealer(_hkdf(self._secret, FRAME_CONTEXT + ours + theirs))
+        self._rx = _Sealer(_hkdf(self._secret, FRAME_CONTEXT + theirs + ours))
 
     # --- receiving -----------------------------------------------------------------
 
@@ -566,23 +624,47 @@ class Connection:
         end = start + length
         mv = memoryview(self._buf)
         try:
+            if self._rx is not None:
+                self._unseal(ftype, mv, start, end)
+                start, end = start + 8, end - MAC_SIZE
             event = self._parse(ftype, _Reader(mv, start, end, ftype.name))
         finally:
             mv.release()
-        self._pos = end
-        if end == len(self._buf):
+        self._pos = self._pos + HEADER_SIZE + length
+        if self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
-        elif end >= _COMPACT_AT and 2 * end >= len(self._buf):
-            del self._buf[:end]
+        elif self._pos >= _COMPACT_AT and 2 * self._pos >= len(self._buf):
+            del self._buf[: self._pos]
             self._pos = 0
         return event
+
+    def _unseal(self, ftype: FrameType, mv: memoryview, start: int, end: int) -> None:
+        """Check a numbered frame's MAC, then its number; raise naming what was wrong."""
+        rx = self._rx
+        assert rx is not None
+        number: int = _U64.unpack_from(mv, start)[0]
+        tag = rx.tag((mv[start - HEADER_SIZE : end - MAC_SIZE],))
+        if not hmac.compare_digest(tag, mv[end - MAC_SIZE : end]):
+            raise RemoteProtocolError(
+                f"bad MAC on a {ftype.name} frame (number {number}, {end - start} bytes):"
+                " altered, truncated or injected on the way"
+            )
+        if number != rx.next:
+            what = "replayed" if number < rx.next else "frames dropped or reordered before it"
+            raise RemoteProtocolError(
+                f"{ftype.name} frame number {number} where {rx.next} was due: {what}"
+            )
+        rx.next += 1
 
     def _check_header(self, magic: bytes, version: int, type_byte: int, length: int) -> FrameType:
         if magic != MAGIC:
             raise RemoteProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}")
         if version != VERSION:
-            raise RemoteProtocolError(f"unsupported protocol version {version}, expected {VERSION}")
+            raise RemoteProtocolError(
+                f"peer speaks wire version {version}, this gateway speaks {VERSION}:"
+                " run the same mybus_actors release on both gateways"
+            )
         if type_byte not in _FRAME_TYPES:
             raise RemoteProtocolError(f"unknown frame type {type_byte}")
         ftype = FrameType(type_byte)
@@ -599,6 +681,13 @@ class Connection:
         elif ftype in (FrameType.HELLO, FrameType.AUTH):
             raise RemoteProtocolError(f"{ftype.name} frame after the handshake")
         low, high = _BODY_BOUNDS[ftype]
+        if self._rx is not None:  # a numbered frame: its number and MAC come on top
+            body = length - SEALED_OVERHEAD
+            if not low <= body <= high:
+                raise RemoteProtocolError(
+                    f"{ftype.name} frame body of {body} bytes, expected {low}..{high}"
+                )
+            return ftype
         if self._state is State.HANDSHAKE:
             high = min(high, _HANDSHAKE_MAX_BODY)
         if not low <= length <= high:
@@ -643,8 +732,8 @@ class Connection:
         if not self._hello_sent:  # our AUTH is useless to the peer without our HELLO
             self._hello_sent = True
             self._pending += self._hello_frame()
-        tag = self._tag(nonce, self._nonce, (self._node, self._incarnation), self._claimed)
-        self._pending += _frame(FrameType.AUTH, tag)
+        ours, theirs = self._transcript(self._claimed)
+        self._pending += _frame(FrameType.AUTH, self._tag(ours, theirs))
         return self._claimed
 
     def _on_auth(self, r: _Reader) -> Authenticated:
@@ -652,15 +741,14 @@ class Connection:
         r.done()
         claimed = self._claimed
         assert claimed is not None  # the header check let AUTH through only after HELLO
-        expected = self._tag(
-            self._nonce, self._peer_nonce, claimed, (self._node, self._incarnation)
-        )
-        if not hmac.compare_digest(tag, expected):
+        ours, theirs = self._transcript(claimed)
+        if not hmac.compare_digest(tag, self._tag(theirs, ours)):
             raise RemoteProtocolError(
                 f"bad signature in AUTH from {claimed.node!r} (wrong secret or reflected tag)"
             )
         self._peer = Authenticated(claimed.node, claimed.incarnation)
         self._state = State.OPEN
+        self._open_session()
         return self._peer
 
 

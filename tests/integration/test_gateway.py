@@ -372,16 +372,16 @@ def test_wrong_secret_and_garbage_are_refused_and_traffic_goes_on(cluster: Clust
         # random bytes (never starting with the magic)
         (b"\x00" + os.urandom(200), r"bad magic"),
         # a valid HELLO header, then a body whose node-name length runs past its end
-        (header.pack(b"MB", 1, 1, 44) + bytes([200]) + os.urandom(43), r"HELLO frame truncated"),
+        (header.pack(b"MB", 2, 1, 44) + bytes([200]) + os.urandom(43), r"HELLO frame truncated"),
         # a HELLO announcing 4 GiB
-        (header.pack(b"MB", 1, 1, 0xFFFF_FFF0), r"HELLO frame length \d+ over max_frame"),
+        (header.pack(b"MB", 2, 1, 0xFFFF_FFF0), r"HELLO frame length \d+ over max_frame"),
         # a DATA frame before any handshake
-        (header.pack(b"MB", 1, 3, 1 << 20) + bytes(64), r"DATA frame during the handshake"),
+        (header.pack(b"MB", 2, 3, 1 << 20) + bytes(64), r"DATA frame during the handshake"),
     ]
     for data, why in attempts:
         before = beta.log.count(r"rejected peer")
         got = _refused(beta.port, data)
-        assert got[:4] == b"MB\x01\x01", got[:16]  # beta's HELLO, and nothing else it owes
+        assert got[:4] == b"MB\x02\x01", got[:16]  # beta's HELLO, and nothing else it owes
         beta.log.wait_for(r"rejected peer 127\.0\.0\.1:\d+: .*" + why, WAIT)
         assert beta.log.count(r"rejected peer") > before
         traffic_goes_on(f"after {why}")

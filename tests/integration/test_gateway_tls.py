@@ -1,7 +1,9 @@
 """Gateways over TLS with mutual certificates: real openssl-made certificates, real
 gateway processes on loopback, each node with its own runtime directory and port.
 
-A peer whose certificate the CA did not sign is refused; a legitimate one talks.
+A peer whose certificate the CA did not sign is refused; so is one whose certificate
+names another node (unless the receiving gateway runs with --tls-no-verify-name), and a
+client that shows no certificate at all; a legitimate one talks.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,20 +41,23 @@ def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_pki(where: Path, ca: str, names: list[str]) -> None:
-    """A CA (``ca``.crt/.key) and, for each name, a key and a certificate it signed."""
+def make_pki(where: Path, ca: str, names: dict[str, str]) -> None:
+    """A CA (``ca``.crt/.key) and, for each file name, a key and a certificate it signed
+    whose subject alternative name is the DNS name given."""
     openssl(
         "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
         "-subj", f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=where,
     )  # fmt: skip
-    for name in names:
+    for name, dns in names.items():
         openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={dns}",
+            "-addext", f"subjectAltName=DNS:{dns}",
             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=where,
         )  # fmt: skip
         openssl(
             "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "1", "-out", f"{name}.crt", cwd=where,
+            "-CAcreateserial", "-days", "1", "-copy_extensions", "copyall",
+            "-out", f"{name}.crt", cwd=where,
         )  # fmt: skip
 
 
@@ -68,7 +74,7 @@ class Gateway:
         ]  # fmt: skip
         for peer, peer_port in peers.items():
             cmd += ["--peer", f"{peer}=127.0.0.1:{peer_port}"]
-        env = dict(os.environ, MYBUS_SECRET="tls-test-secret")
+        env = dict(os.environ, MYBUS_SECRET="tls-test-secret-of-the-cluster")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stderr=log, stdout=log)
         self.wait_log("listening on")
@@ -94,11 +100,13 @@ class Gateway:
             return -9
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Path:
-    make_pki(tmp_path, "ca", ["alpha", "beta"])
-    make_pki(tmp_path, "rogue-ca", ["mallory"])  # a certificate our CA never signed
-    return tmp_path
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("pki")
+    # "impostor" is signed by our CA, but for node gamma: alpha must not use it.
+    make_pki(where, "ca", {"alpha": "alpha", "beta": "beta", "impostor": "gamma"})
+    make_pki(where, "rogue-ca", {"mallory": "mallory"})  # a certificate our CA never signed
+    return where
 
 
 @pytest.fixture
@@ -111,10 +119,10 @@ def shm_root(runtime_dir: Path) -> Iterator[Path]:
     assert not leftovers, f"files left behind: {leftovers}"
 
 
-def tls_args(pki: Path, name: str, ca: str = "ca") -> list[str]:
+def tls_args(pki: Path, name: str, ca: str = "ca", *, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         "--tls-cert", str(pki / f"{name}.crt"), "--tls-key", str(pki / f"{name}.key"),
-        "--tls-ca", str(pki / f"{ca}.crt"),
+        "--tls-ca", str(pki / f"{ca}.crt"), *extra,
     ]  # fmt: skip
 
 
@@ -153,6 +161,62 @@ def test_mutual_tls_link_carries_asks_and_refuses_a_foreign_certificate(
         for g in gateways:
             Registry(g.dir).reclaim()
     assert codes == [0] * len(gateways)
+
+
+@pytest.mark.parametrize("relaxed", [False, True], ids=["names-checked", "tls-no-verify-name"])
+def test_a_certificate_for_another_node_is_refused_unless_names_are_not_checked(
+    pki: Path, shm_root: Path, relaxed: bool
+) -> None:
+    pa, pb = free_port(), free_port()
+    gateways: list[Gateway] = []
+    ref = None
+    try:
+        # alpha shows a certificate our CA signed, but for node gamma.
+        alpha = Gateway("alpha", shm_root, pa, {"beta": pb}, tls_args(pki, "impostor",
+                        extra=("--tls-no-verify-name",)))  # fmt: skip
+        gateways.append(alpha)
+        assert "--tls-no-verify-name: a peer's certificate need not name its node" in alpha.log()
+        flags = ("--tls-no-verify-name",) if relaxed else ()
+        beta = Gateway("beta", shm_root, pb, {"alpha": pa}, tls_args(pki, "beta", extra=flags))
+        gateways.append(beta)
+        ref = mb.spawn(_Echo, "echo", node="beta", runtime_dir=beta.dir)
+        with mb.connect(node="alpha", runtime_dir=alpha.dir) as me:
+            if relaxed:
+                assert me.ask("beta/echo", "in", timeout=WAIT) == "in"
+            else:
+                with pytest.raises((mb.ActorNotFound, mb.AskTimeout)):
+                    me.ask("beta/echo", "let me in", timeout=3)
+                beta.wait_log("certificate names ['gamma'], not node 'alpha'")
+                assert "link up: alpha" not in beta.log()
+    finally:
+        if ref is not None:
+            ref.stop()
+        close_clients()
+        codes = [g.stop() for g in gateways]
+        for g in gateways:
+            Registry(g.dir).reclaim()
+    assert codes == [0] * len(gateways)
+
+
+def test_a_client_without_a_certificate_is_refused(pki: Path, shm_root: Path) -> None:
+    pb = free_port()
+    beta = Gateway("beta", shm_root, pb, {}, tls_args(pki, "beta"))
+    try:
+        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        context.check_hostname = False
+        with socket.create_connection(("127.0.0.1", pb), timeout=WAIT) as raw:
+            # TLS 1.3 reports a refused client certificate on the first read, not during
+            # the handshake: either way nothing of beta's protocol reaches us.
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with context.wrap_socket(raw, server_hostname="beta") as tls:
+                    tls.settimeout(WAIT)
+                    assert tls.recv(64) == b""  # if it did not raise: beta hung up
+                    raise ConnectionError("closed without a word")
+        beta.wait_log("TLS handshake failed")
+    finally:
+        code = beta.stop()
+        Registry(beta.dir).reclaim()
+    assert code == 0
 
 
 class _Echo(mb.Actor):
