@@ -16,7 +16,12 @@ Guarantees:
 - Records are 8-byte aligned; a padding record covers the end of the buffer where the
   next record would not fit. A message longer than ``max_record`` is streamed as
   fragments (FIRST carries the total length, then MIDDLE..., LAST), so any size passes
-  while the consumer drains.
+  while the consumer drains. Each MIDDLE and LAST names its message (the position just
+  after its FIRST) and its offset in it: a reader that starts in the middle of a message
+  (the gateway's successor, adopting a ring) knows where it stands.
+- Reading is not releasing: a `Reader` reads records at its own position and advances
+  the head (frees the space) only when told, up to a position it has read. What it has
+  read and not released is still there for a successor, who starts at the head.
 - "Full" is a return value (``False`` / no progress), never an exception: waiting is the
   caller's business.
 
@@ -30,12 +35,16 @@ Layout (word = 8 bytes)::
 
 Record header word: bits 0-31 payload length, bits 32-39 record type, bits 40-63 the
 caller's ``meta`` (opaque here; the codec puts the envelope's kind and tag in it).
+Fragment payloads begin with: FIRST, the total length (u64); MIDDLE and LAST, the end
+position of their FIRST record and their offset in the message (u64 each).
 """
 
 from __future__ import annotations
 
+import struct
 import threading
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -45,29 +54,36 @@ from mybus_actors.errors import RingCorrupted
 __all__ = [
     "CLOSED",
     "DEFAULT_CAPACITY",
+    "FIRST",
     "FULL",
     "HEADER_SIZE",
+    "LAST",
     "MAX_META",
+    "MIDDLE",
+    "PAD",
     "RUNNING",
     "STATE_MASK",
     "WAITING",
+    "WHOLE",
     "Consumer",
     "Producer",
+    "Reader",
+    "Record",
     "RingStats",
     "buffer_size",
     "init_ring",
 ]
 
 MAGIC: Final = 0x3130474E_49525542  # b"BURING01", little-endian
-VERSION: Final = 1
+VERSION: Final = 2
 HEADER_SIZE: Final = 256
 DEFAULT_CAPACITY: Final = 1 << 21
-MIN_CAPACITY: Final = 64
+MIN_CAPACITY: Final = 128  # room for fragments of at least 8 bytes of data
 MAX_CAPACITY: Final = 1 << 31
 MAX_META: Final = (1 << 24) - 1
-# A FIRST fragment carries the 8-byte total, then data: with max_record 8 it would carry
-# no data and offer_fragments would never make progress.
-MIN_MAX_RECORD: Final = 16
+# A MIDDLE fragment carries 16 bytes of identity, then data: with max_record 16 it would
+# carry no data and offer_fragments would never make progress.
+MIN_MAX_RECORD: Final = 24
 
 # Word indices into the buffer viewed as unsigned 64-bit words.
 _MAGIC, _VERSION, _CAPACITY, _MAX_RECORD = 0, 1, 2, 3
@@ -92,6 +108,12 @@ PAD: Final = 5
 
 _LEN_MASK: Final = 0xFFFFFFFF
 _FIRST_PREFIX: Final = 8  # a FIRST fragment's payload begins with the total length
+_NEXT_PREFIX: Final = 16  # a MIDDLE or LAST one with its FIRST's end and its offset
+_U64: Final = struct.Struct("<Q")
+_U64X2: Final = struct.Struct("<QQ")
+
+Record = tuple[int, int, bytes]
+"""What a `Reader` returns per record: (end position, header word, payload)."""
 
 
 def buffer_size(capacity: int) -> int:
@@ -219,9 +241,11 @@ class Producer(_RingView):
         w = self._words
         self._tail: int = w[_TAIL]
         self._head_cache: int = w[_HEAD]
+        self._frag_sent = 0
         self._msgs: int = w[_MSGS_W]
         self._bytes: int = w[_BYTES_W]
         self._full: int = w[_FULL]
+        self._first_end = 0  # the end of the FIRST record of the message being streamed
         # A full fence between publishing the tail and reading the consumer's signal:
         # an uncontended lock's acquire and release are lock-prefixed instructions.
         lock = threading.Lock()
@@ -413,56 +437,67 @@ class Producer(_RingView):
         total = len(data)
         if total == 0:
             raise ValueError("an empty message needs no fragments: use offer()")
+        tail = self._put_fragments(data, meta, sent, all_or_nothing=False)
+        if tail == self._tail:
+            return sent
+        done = self._frag_sent
+        self._publish(tail, 1 if done == total else 0, done - sent)
+        return done
+
+    def offer_message(self, data: Any, meta: int = 0) -> bool:
+        """Write a whole message, as one record or as fragments, all or nothing, and
+        publish it at once: a reader never sees part of it, whoever dies when.
+
+        Returns:
+            True when written, False when the ring has no room for all of it now.
+        """
+        if len(data) <= self.max_record:
+            return self.write(data, meta) != FULL
+        tail = self._put_fragments(data, meta, 0, all_or_nothing=True)
+        if tail == self._tail:
+            self._note_full()
+            return False
+        self._publish(tail, 1, len(data))
+        return True
+
+    def _put_fragments(self, data: Any, meta: int, sent: int, *, all_or_nothing: bool) -> int:
+        """Write fragments of ``data`` from ``sent`` on without publishing; return the new
+        tail (the old one when nothing, or not everything asked for, fits)."""
+        total = len(data)
         view = memoryview(data)
         tail = self._tail
-        start_sent = sent
         chunk_max = self.max_record
         try:
             while sent < total:
                 if sent == 0:
                     chunk = min(total, chunk_max - _FIRST_PREFIX)
-                    record = total.to_bytes(8, "little") + view[:chunk]
+                    record = _U64.pack(total) + view[:chunk]
                     new_tail = self._put(tail, record, len(record), FIRST, meta)
+                    self._first_end = new_tail
                 else:
-                    chunk = min(total - sent, chunk_max)
+                    chunk = min(total - sent, chunk_max - _NEXT_PREFIX)
                     rtype = LAST if sent + chunk == total else MIDDLE
-                    new_tail = self._put(tail, view[sent : sent + chunk], chunk, rtype, 0)
+                    record = _U64X2.pack(self._first_end, sent) + view[sent : sent + chunk]
+                    new_tail = self._put(tail, record, len(record), rtype, 0)
                 if new_tail < 0:
+                    if all_or_nothing:
+                        return self._tail
                     self._note_full()
                     break
                 tail = new_tail
                 sent += chunk
         finally:
             view.release()
-        if tail != self._tail:
-            done = 1 if sent == total else 0
-            self._publish(tail, done, sent - start_sent)
-        return sent
+        self._frag_sent = sent
+        return tail
 
 
-class Consumer(_RingView):
-    """The reading end. One thread of one process at a time."""
+class _ConsumerSide(_RingView):
+    """What every reading end shares: the signal word, and what the producer told."""
 
     def __init__(self, buf: Any) -> None:
         super().__init__(buf)
-        w = self._words
-        self._head: int = w[_HEAD]
-        self._msgs: int = w[_MSGS_R]
-        self._bytes: int = w[_BYTES_R]
-        self._frag: bytearray | None = None
-        self._frag_meta = 0
-        self._frag_len = 0  # the announced total of the message being reassembled
-        self._sleeps = w[_SIGNAL] >> 2
-
-    @property
-    def pending(self) -> bool:
-        """Something is published and not yet read."""
-        return self._words[_TAIL] != self._head
-
-    @property
-    def partial(self) -> bool:
-        """A fragmented message is half received (its producer has not finished)."""
-        return self._frag is not None
+        self._sleeps = self._words[_SIGNAL] >> 2
 
     @property
     def producer_closed(self) -> bool:
@@ -490,6 +525,31 @@ class Consumer(_RingView):
     def close(self) -> None:
         """Tell the producer that nothing more will be read (after the last poll)."""
         self._words[_SIGNAL] = CLOSED
+
+
+class Consumer(_ConsumerSide):
+    """The reading end that releases what it reads. One thread of one process at a time."""
+
+    def __init__(self, buf: Any) -> None:
+        super().__init__(buf)
+        w = self._words
+        self._head: int = w[_HEAD]
+        self._msgs: int = w[_MSGS_R]
+        self._bytes: int = w[_BYTES_R]
+        self._frag: bytearray | None = None
+        self._frag_meta = 0
+        self._frag_len = 0  # the announced total of the message being reassembled
+        self._frag_first = 0  # the end of its FIRST record, which the others name
+
+    @property
+    def pending(self) -> bool:
+        """Something is published and not yet read."""
+        return self._words[_TAIL] != self._head
+
+    @property
+    def partial(self) -> bool:
+        """A fragmented message is half received (its producer has not finished)."""
+        return self._frag is not None
 
     def discard_partial(self) -> None:
         """Forget a half-received fragmented message (its producer died)."""
@@ -530,7 +590,7 @@ class Consumer(_RingView):
             elif rtype == PAD and n == self.capacity - off - 8:
                 head += n + 8
             elif FIRST <= rtype <= LAST and size <= self.capacity - off:
-                done = self._fragment(rtype, h >> 40, mv[s : s + n])
+                done = self._fragment(rtype, h >> 40, mv[s : s + n], head + size)
                 if done is not None:
                     append(done)
                     nbytes += len(done[1])
@@ -548,11 +608,13 @@ class Consumer(_RingView):
         words[_HEAD] = head  # frees the space: the producer may now overwrite it
         return out
 
-    def _fragment(self, rtype: int, meta: int, chunk: memoryview) -> tuple[int, bytes] | None:
+    def _fragment(
+        self, rtype: int, meta: int, chunk: memoryview, end: int
+    ) -> tuple[int, bytes] | None:
         if rtype == FIRST:
             if self._frag is not None or len(chunk) < _FIRST_PREFIX:
                 raise RingCorrupted("FIRST fragment inside another message")
-            total = int.from_bytes(chunk[:_FIRST_PREFIX], "little")
+            total = _U64.unpack_from(chunk)[0]
             body = chunk[_FIRST_PREFIX:]
             if total > MAX_MESSAGE or len(body) > total:
                 raise RingCorrupted(f"fragmented message claims {total} bytes")
@@ -561,13 +623,23 @@ class Consumer(_RingView):
             self._frag = bytearray(body)
             self._frag_len = total
             self._frag_meta = meta
+            self._frag_first = end
             if len(body) == total:
                 return self._finish()
             return None
         frag = self._frag
-        if frag is None or len(frag) + len(chunk) > self._frag_len:
-            raise RingCorrupted("fragment without a FIRST, or longer than announced")
-        frag += chunk
+        if frag is None or len(chunk) < _NEXT_PREFIX:
+            raise RingCorrupted("fragment without a FIRST")
+        first, offset = _U64X2.unpack_from(chunk)
+        body = chunk[_NEXT_PREFIX:]
+        if first != self._frag_first or offset != len(frag):
+            raise RingCorrupted(
+                f"fragment of message {first} at {offset}, expected {self._frag_first}"
+                f" at {len(frag)}"
+            )
+        if len(frag) + len(body) > self._frag_len:
+            raise RingCorrupted("fragment longer than announced")
+        frag += body
         if rtype == LAST:
             if len(frag) != self._frag_len:
                 raise RingCorrupted("LAST fragment before the announced length")
@@ -579,6 +651,142 @@ class Consumer(_RingView):
         done = (self._frag_meta, bytes(self._frag))
         self._frag = None
         return done
+
+
+class Reader(_ConsumerSide):
+    """A reading end that frees space only when told: the gateway's outbox.
+
+    `peek` reads records one by one (fragments too, not reassembled) from its own
+    position and returns them with their end positions; `release_to` advances the head to
+    such a position; `rewind` goes back to the head. What was read and not released is
+    still in the ring: a successor (a new Reader on the same buffer) starts at the head
+    and reads it again. One thread of one process at a time.
+    """
+
+    def __init__(self, buf: Any) -> None:
+        super().__init__(buf)
+        w = self._words
+        self._head: int = w[_HEAD]
+        self._read = self._head
+        self._msgs: int = w[_MSGS_R]
+        self._bytes: int = w[_BYTES_R]
+        # Per record read and not released: (end, 1 if it ends a message else 0, bytes).
+        self._unreleased: deque[tuple[int, int, int]] = deque()
+
+    @property
+    def head(self) -> int:
+        """The released position: everything before it is freed."""
+        return self._head
+
+    @property
+    def position(self) -> int:
+        """Where the next `peek` reads."""
+        return self._read
+
+    @property
+    def tail(self) -> int:
+        return int(self._words[_TAIL])
+
+    @property
+    def pending(self) -> bool:
+        """Something is published and not yet read."""
+        return self._words[_TAIL] != self._read
+
+    @property
+    def unreleased(self) -> bool:
+        """Something is published and not yet released (read or not)."""
+        return self._words[_TAIL] != self._head
+
+    def peek(self, budget: int = 64, max_bytes: int = 1 << 20) -> list[Record]:
+        """Read up to ``budget`` records (at least one if any, else as many as fit in
+        ``max_bytes`` of payload) from the read position, releasing nothing.
+
+        Returns:
+            (end position, header word, payload) per record, in ring order; padding
+            is skipped.
+
+        Raises:
+            RingCorrupted: a record header no producer of this layout writes.
+        """
+        out: list[Record] = []
+        for record in self._records(self._read, self.tail, budget, max_bytes):
+            out.append(record)
+            end, h, payload = record
+            rtype = (h >> 32) & 0xFF
+            self._unreleased.append((end, 1 if rtype in (WHOLE, LAST) else 0, len(payload)))
+            self._read = end
+        return out
+
+    def records(self, start: int | None = None, end: int | None = None) -> list[Record]:
+        """The records from ``start`` (default: the head) up to ``end`` (default: the
+        read position), read again without moving anything."""
+        start = self._head if start is None else start
+        stop = self._read if end is None else end
+        return list(self._records(start, stop, 1 << 62, 1 << 62))
+
+    def release_to(self, pos: int) -> int:
+        """Free everything up to ``pos``, the end of a record already read.
+
+        Returns:
+            How many records that released (0 when ``pos`` is not past the head).
+
+        Raises:
+            ValueError: ``pos`` is past what was read, or not the end of a record.
+        """
+        if pos - self._head <= 0:
+            return 0
+        if pos - self._read > 0:
+            raise ValueError(f"cannot release up to {pos}: only read up to {self._read}")
+        done = msgs = nbytes = 0
+        unreleased = self._unreleased
+        while unreleased and unreleased[0][0] - pos <= 0:
+            end, whole, size = unreleased.popleft()
+            done += 1
+            msgs += whole
+            nbytes += size
+            if end == pos:
+                break
+        else:
+            if not unreleased or unreleased[0][0] != pos:
+                raise ValueError(f"{pos} is not the end of a record read")
+        self._head = pos
+        self._msgs += msgs
+        self._bytes += nbytes
+        words = self._words
+        words[_MSGS_R] = self._msgs
+        words[_BYTES_R] = self._bytes
+        words[_HEAD] = pos  # frees the space
+        return done
+
+    def rewind(self) -> None:
+        """Read again from the head (what was read and not released comes again)."""
+        self._read = self._head
+        self._unreleased.clear()
+
+    def _records(self, pos: int, tail: int, budget: int, max_bytes: int) -> Iterator[Record]:
+        words = self._words
+        mv = self._mv
+        mask = self._mask
+        cap = self.capacity
+        taken = 0
+        while pos != tail and budget > 0:
+            off = pos & mask
+            h = words[(HEADER_SIZE + off) >> 3]
+            n = h & _LEN_MASK
+            rtype = (h >> 32) & 0xFF
+            size = (n + 15) & ~7
+            if rtype == PAD and n == cap - off - 8:
+                pos += n + 8
+                continue
+            if not WHOLE <= rtype <= LAST or size > cap - off or pos + size - tail > 0:
+                raise RingCorrupted(f"bad record header {h:#018x} at position {pos}")
+            if taken and taken + n > max_bytes:
+                return
+            s = HEADER_SIZE + off + 8
+            pos += size
+            taken += n
+            budget -= 1
+            yield pos, h, mv[s : s + n].tobytes()
 
 
 MAX_MESSAGE: Final = 1 << 40  # a sanity bound on a fragmented message's claimed length
