@@ -61,8 +61,8 @@ def _ls(registry: Registry) -> int:
     return 0
 
 
-def _clean(registry: Registry) -> int:
-    reclaimed = registry.reclaim()
+def _clean(registry: Registry, outboxes: bool) -> int:
+    reclaimed = registry.reclaim(outboxes=outboxes)
     for e in reclaimed:
         print(f"reclaimed {e.name} (pid {e.pid} is gone)")
     print(f"{len(reclaimed)} stale entr{'y' if len(reclaimed) == 1 else 'ies'} reclaimed")
@@ -76,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--node", help="default: MYBUS_NODE, else the host name")
         p.add_argument("--runtime-dir", help="default: MYBUS_RUNTIME_DIR, else /dev/shm/...")
+        if name == "clean":
+            p.add_argument(
+                "--outboxes", action="store_true",
+                help="also give up the messages queued for other nodes by senders that are"
+                " gone, when no gateway runs (they are kept for the next gateway otherwise)",
+            )  # fmt: skip
     sub.add_parser("demo", help="run the demo: actors in several processes")
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
@@ -86,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     registry = Registry(resolve_runtime_dir(args.runtime_dir, args.node))
-    code = _ls(registry) if args.command == "ls" else _clean(registry)
+    code = _ls(registry) if args.command == "ls" else _clean(registry, args.outboxes)
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.flush()
     sys.exit(code)

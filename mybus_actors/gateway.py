@@ -1,164 +1,57 @@
 """`mybus-gateway`: relays actor messages between nodes over TCP (optionally TLS).
 
-One gateway per node registers as the actor ``gateway``. Local actors hand it records
-for other nodes through their ordinary rings (`routing.send_to_node`); it relays them
-over one authenticated link per pair of gateways, and the peer gateway writes them into
-its rings to the target, the sender's address kept so replies find their way back.
+One gateway per node registers as the actor ``gateway``. A local actor's message for
+another node goes into a ring of the sender's own into the gateway, one per (sender,
+remote actor): the gateway's outbox (`outbox`). The gateway sends its records in runs
+and releases them only once the other node has them; the other node's gateway writes
+them into its rings to the targets, sender address kept, and acknowledges only what is
+in a ring (`deliveries`). Either gateway may die at any moment: what it had read is
+still in the rings, what it had delivered is known to the receivers (they drop a
+record they have seen), and its successor takes up the rings it finds.
 
-This module is the shell: it moves bytes between sockets, rings and the pure cores
-(`wire.Connection` for the protocol, `link.Outbox`/`link.Inbox` for numbering, resends
-and fragments, `timers.ActivityTable` for the route table). It never unpickles what it
-relays: local senders hand it ready wire items (`routing.send_to_node`), and to bounce
-an undeliverable message it reads only the envelope header (`codec.peek`).
-
-What a peer sends is checked before any of it reaches a ring: every frame's MAC (in
-`wire`), then every message's claimed sender (it must be on the peer's own node) and its
-target (never ``gateway``; a ``_`` name only for an answer to an ask, or a client's
-mailbox). A refused message goes back to its sender as an error, undecoded.
+This module wires the halves to the links (`peers`) and serves the local requests to
+the gateway itself (watching a remote actor). It never unpickles what it relays.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
-import os
 import random
 import signal
-import socket
-import ssl
 import sys
 import time
-import tomllib
-from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import attrs
-
-from mybus_actors import codec, wire
+from mybus_actors import codec
 from mybus_actors.address import format_address, parse_address
-from mybus_actors.asks import error_reply
 from mybus_actors.codec import Kind
+from mybus_actors.deadletter import Notice, lost_notice, notice_for
+from mybus_actors.deliveries import Deliveries
 from mybus_actors.errors import (
     ActorNotFound,
     InvalidAddress,
-    LocalProtocolError,
+    MailboxClosed,
     MyBusError,
     NameTaken,
-    RemoteProtocolError,
     SerializationError,
 )
-from mybus_actors.link import Inbox, Message, Outbox
+from mybus_actors.gateway_config import DEFAULT_PORT, GatewayConfig, build_config
+from mybus_actors.items import FIRST, WHOLE, Record, Run, StreamAck, record_type
 from mybus_actors.mailbox import Endpoint
-from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
-from mybus_actors.routing import FORWARD, GATEWAY, parse_forward
-from mybus_actors.timers import ActivityTable
+from mybus_actors.outbox import Outbox, OutStream
+from mybus_actors.peers import Link, Peers
+from mybus_actors.registry import Registry
+from mybus_actors.relayed import RELAYED, dead_letter_key, wrap
+from mybus_actors.routing import GATEWAY
 
 __all__ = ["DEFAULT_PORT", "Gateway", "GatewayConfig", "main"]
 
 _log = logging.getLogger("mybus_actors.gateway")
 
-DEFAULT_PORT: Final = 4096
-_READ_SIZE: Final = 256 << 10
-_HANDSHAKE_TIMEOUT: Final = 5.0
-_CONNECT_TIMEOUT: Final = 5.0
-_MAX_BACKOFF: Final = 2.0
-# Bytes written ahead of the socket: what a small message queued now waits behind. Kept
-# small so that a large message's chunks cannot hold small ones back for long.
-_WRITE_HIGH_WATER: Final = 128 << 10
-_SOCKET_BUFFER: Final = 256 << 10
-_UNACKED_LIMIT: Final = 64 << 20  # stop framing for a link past this many unacked bytes
-_QUEUED_LIMIT: Final = 256 << 20  # stop draining local rings past this many queued bytes
 _FLUSH_ON_STOP: Final = 2.0
-_STALL_RETRY: Final = 0.001  # seconds between tries to deliver into a full ring
-_ACK_EVERY: Final = 32  # DATA frames received before an ack goes out on its own
-_ACK_DELAY: Final = 0.005  # or this long after the first of them, whichever comes first
-
-
-@attrs.frozen
-class GatewayConfig:
-    """Everything a gateway needs; `main` builds it from the command line."""
-
-    node: str
-    runtime_dir: Path
-    secret: bytes
-    listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT)
-    peers: dict[str, tuple[str, int]] = attrs.field(factory=dict)
-    server_ssl: ssl.SSLContext | None = None
-    client_ssl: ssl.SSLContext | None = None
-    route_idle: float = 60.0
-    max_links: int = 64
-    heartbeat: float = 1.0
-    unreachable_grace: float = 10.0
-    channel_idle: float = 30.0
-    tls_verify_name: bool = True
-
-
-class _Conn:
-    """One TCP connection to a peer gateway, authenticated or not yet."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        proto: wire.Connection,
-        initiator: str,
-        label: str,
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.proto = proto
-        self.initiator = initiator  # the node that opened it: decides duplicate links
-        self.label = label
-        self.last_rx = time.monotonic()
-        self.last_tx = time.monotonic()
-        self.closed = False
-
-    def send(self, data: bytes) -> None:
-        if data and not self.closed:
-            self.writer.write(data)
-            self.last_tx = time.monotonic()
-
-    def close(self, reason: str | None = None) -> None:
-        if self.closed:
-            return
-        if reason is not None:
-            with contextlib.suppress(LocalProtocolError, OSError, RuntimeError):
-                self.writer.write(self.proto.send_bye(reason))
-        self.closed = True
-        with contextlib.suppress(OSError, RuntimeError):
-            self.writer.close()
-
-
-class _Link:
-    """Everything about one peer node; outlives its connections."""
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self.outbox = Outbox()
-        self.inbox = Inbox()
-        self.peer_incarnation: int | None = None
-        self.conn: _Conn | None = None
-        self.connecting: asyncio.Task[None] | None = None
-        self.writer_task: asyncio.Task[None] | None = None
-        self.wake = asyncio.Event()
-        self.ack_due: int | None = None  # the last DATA seq received, not yet acked
-        self.ack_now = False  # ack without waiting for data to carry it along
-        self.ack_frames = 0  # DATA frames received since our last ack
-        self.ack_timer: asyncio.TimerHandle | None = None
-        self.down_since: float | None = None
-        self.unreachable = False
-        self.watchers: set[tuple[str, str]] = set()  # (local watcher name, remote address)
-        self.sender_prefix = node.encode("ascii") + b"/"  # what its messages must claim
-        self.refused = 0  # messages refused (a foreign sender, a reserved target)
-        self.refusals_logged: set[str] = set()  # kinds of refusal already logged
-
-    def demand(self) -> bool:
-        """Something needs this link up: traffic to send or acknowledge, or a watch."""
-        return bool(self.outbox.pending() or self.outbox.unacked or self.watchers)
+_RETRY: Final = 0.001  # seconds between tries to deliver into a full ring
 
 
 class Gateway:
@@ -168,29 +61,50 @@ class Gateway:
         self.config = config
         self.node = config.node
         self.incarnation = random.getrandbits(63) + 1
-        self._links: dict[str, _Link] = {}
-        self._routes: ActivityTable[str, _Link] = ActivityTable(
-            idle=config.route_idle, capacity=config.max_links, now=time.monotonic()
-        )
-        self._stalled: dict[str, deque[list[Any]]] = {}  # [meta, payload, sent] per actor
         self._stopping = asyncio.Event()
-        self._server: asyncio.Server | None = None
+        self.peers = Peers(config, self.incarnation, self, self._stopping)
         self.endpoint: Endpoint | None = None
-        self.bound_port: int | None = None
-        self.bounced = 0
-        self._paused = False
+        self._outbox: Outbox | None = None
+        self._deliveries: Deliveries | None = None
+        self._local: list[tuple[str, int, bytes]] = []  # notices for local actors, waiting
+        self.dead_letters = 0
+
+    @property
+    def bound_port(self) -> int | None:
+        return self.peers.bound_port
+
+    @property
+    def outbox(self) -> Outbox:
+        assert self._outbox is not None, "the gateway is not running"
+        return self._outbox
+
+    @property
+    def deliveries(self) -> Deliveries:
+        assert self._deliveries is not None, "the gateway is not running"
+        return self._deliveries
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        """Serve until `stop`: register, listen, relay; then flush and unregister."""
+        """Serve until `stop`: register, adopt the rings, listen, relay; then flush."""
         registry = Registry(self.config.runtime_dir)
-        self.endpoint = Endpoint(registry, channel_idle=self.config.channel_idle, spin=0.0)
+        self._outbox = Outbox(registry.rings_dir, self._dead_letter)
+        self.endpoint = Endpoint(
+            registry,
+            channel_idle=self.config.channel_idle,
+            spin=0.0,
+            on_undelivered=self._salvaged,
+            on_stream_ring=self._stream_ring,
+        )
+        self._deliveries = Deliveries(
+            self.node, self.endpoint, registry.blobs_dir,
+            refused=self._refused, max_buffer=self.config.max_buffer,
+        )  # fmt: skip
         try:
             self.endpoint.bind(GATEWAY)
-            host, port = self.config.listen
-            self._server = await self._start_server(host, port)
-            self.bound_port = self._server.sockets[0].getsockname()[1]
+            self.outbox.scan()  # what gateways before us left in the rings
+            await self.peers.listen()
+            host, _ = self.config.listen
             _log.info(
                 "gateway of node %s listening on %s:%d%s",
                 self.node,
@@ -199,133 +113,110 @@ class Gateway:
                 " (TLS)" if self.config.server_ssl else "",
             )
             tasks = [
-                asyncio.create_task(self._pump_local(), name="pump"),
+                asyncio.create_task(self._pump(), name="pump"),
                 asyncio.create_task(self._maintain(), name="maintain"),
             ]
+            for node in self.outbox.nodes():
+                self.peers.wake(node)
             if ready is not None:
                 ready.set()
             await self._stopping.wait()
-            self._server.close()
-            await self._flush_links()
+            self.peers.close_server()
+            await self._flush()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            for link in self._links.values():
-                for pending in (link.connecting, link.writer_task):
-                    if pending is not None:
-                        pending.cancel()
-                if link.conn is not None:
-                    link.conn.close("gateway stopping")
+            self.peers.close()
+            self.outbox.maintain()  # rings drained and done with go; the others stay
+            self.outbox.close()
+            self.deliveries.close()
             self.endpoint.close()
             _log.info("gateway of node %s stopped", self.node)
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _start_server(self, host: str, port: int) -> asyncio.Server:
-        """Listen; with TLS, each connection starts TLS in `_accept`, so that a failed
-        handshake is ours to log (asyncio's own TLS server drops it silently)."""
-        loop = asyncio.get_running_loop()
-        tls = self.config.server_ssl is not None
-
-        class Protocol(asyncio.StreamReaderProtocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                # A TLS client speaks first: read nothing until start_tls takes over,
-                # or its hello would land in the stream reader and the handshake hang.
-                if tls and isinstance(transport, asyncio.ReadTransport):
-                    transport.pause_reading()
-                super().connection_made(transport)
-
-        def factory() -> asyncio.StreamReaderProtocol:
-            return Protocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
-
-        return await loop.create_server(factory, host, port, reuse_address=True)
-
-    async def _flush_links(self) -> None:
+    async def _flush(self) -> None:
         """Give connected links a moment to send what is queued and hear it acked."""
         deadline = time.monotonic() + _FLUSH_ON_STOP
         while time.monotonic() < deadline and any(
-            link.conn is not None and (link.outbox.pending() or link.outbox.unacked)
-            for link in self._links.values()
+            link.up and (self.outbox.unreleased(node) or self.deliveries.urgent(node))
+            for node, link in self.peers.links.items()
         ):
+            self.deliveries.retry()
             await asyncio.sleep(0.01)
 
-    # -- from local actors ---------------------------------------------------------
+    # -- the local side --------------------------------------------------------------
 
-    async def _pump_local(self) -> None:
-        """Drain the rings to ``gateway``; sleep on the doorbell when there is nothing."""
+    def _stream_ring(self, fname: str) -> None:
+        stream = self.outbox.adopt(fname)
+        if stream is not None:
+            self.peers.wake(stream.node)
+
+    async def _pump(self) -> None:
+        """Serve local requests, retry what waits, wake the links that have records to
+        send; sleep on the doorbell when there is nothing."""
         ep = self.endpoint
         assert ep is not None
         loop = asyncio.get_running_loop()
         while True:
             batches = ep.poll_batches(256)
+            for sender, _receiver, items in batches:
+                for meta, body in items:
+                    self._local_request(sender, meta, body)
+            self._retry()
+            up = [n for n, link in self.peers.links.items() if link.up]
+            for node in up:
+                if self.outbox.pending(node):
+                    self.peers.wake(node)
             if batches:
-                for sender, _receiver, items in batches:
-                    for meta, body in items:
-                        self._from_local(sender, meta, body)
-                self._retry_stalled()
-                self._apply_backpressure()
                 await asyncio.sleep(0)
                 continue
-            self._retry_stalled()
-            # No spin here: on two cores a gateway polling an empty mailbox steals the CPU
-            # from the very processes it waits for (measured: slower asks, no faster
-            # streams); a doorbell write is cheap now that it is a FIFO byte.
-            if not ep.prepare_sleep():
-                continue
-            woke = loop.create_future()
-
-            def wake(fut: asyncio.Future[None] = woke) -> None:
-                if not fut.done():
-                    fut.set_result(None)
-
-            loop.add_reader(ep.bell_fd, wake)
-            # Nobody rings us when a full ring drains: while deliveries wait, look again
-            # soon (a 1 MiB message through a busy actor's ring waits in ms, not 50 ms).
-            timer = loop.call_later(ep.sleep_bound(_STALL_RETRY if self._stalled else 0.5), wake)
+            # Streams whose link is up ring us when written to; the endpoint's own rings
+            # likewise. Both flags are set before the endpoint's fence and re-check.
+            for node in up:
+                self.outbox.set_waiting(node, True)
             try:
-                await woke
+                if not ep.prepare_sleep():
+                    continue
+                # A record written before the flags were seen: its writer takes it while
+                # we sleep (the writers wait for acks and sockets, not for us).
+                for node in up:
+                    if self.outbox.pending(node):
+                        self.peers.wake(node)
+                woke = loop.create_future()
+
+                def wake(fut: asyncio.Future[None] = woke) -> None:
+                    if not fut.done():
+                        fut.set_result(None)
+
+                loop.add_reader(ep.bell_fd, wake)
+                # Nobody rings us when a full ring drains: while deliveries wait, look
+                # again soon (a 1 MiB message through a busy actor's ring waits in ms).
+                busy = self.deliveries.waiting() or self._local
+                timer = loop.call_later(ep.sleep_bound(_RETRY if busy else 0.5), wake)
+                try:
+                    await woke
+                finally:
+                    timer.cancel()
+                    loop.remove_reader(ep.bell_fd)
+                    ep.finish_sleep()
             finally:
-                timer.cancel()
-                loop.remove_reader(ep.bell_fd)
-                ep.finish_sleep()
+                for node in up:
+                    self.outbox.set_waiting(node, False)
 
-    def _from_local(self, sender: str, meta: int, body: bytes) -> None:
-        if meta != FORWARD:
-            self._local_request(sender, meta, body)
-            return
-        try:
-            node, item = parse_forward(body)
-            link = self._links.get(node)
-            if link is not None and not link.unreachable and len(item) <= link.outbox.large:
-                # The common case, relayed as it came: no parsing, no re-encoding.
-                link.outbox.put_encoded(bytes(item))
-                link.wake.set()
-                if link.conn is None:
-                    self._ensure_connecting(link)
-                return
-            whole = wire.decode_item(item)
-            validate_name(node)
-            if not isinstance(whole, wire.Whole):  # routing.send_to_node writes only those
-                raise SerializationError(f"a {type(whole).__name__} item, not a WHOLE one")
-        except (SerializationError, RemoteProtocolError, InvalidAddress) as exc:
-            _log.warning("dropping a malformed record from local %r: %s", sender, exc)
-            return
-        self._route(node, Message(whole.to, whole.meta, whole.payload))
-
-    def _route(self, node: str, msg: Message) -> None:
-        if node == self.node:
-            self._deliver_local(msg)
-            return
-        link = self._link(node)
-        if link.unreachable:
-            self._bounce(msg, f"node {node!r} is unreachable")
-            self._ensure_connecting(link)
-            return
-        link.outbox.put(msg.to, msg.meta, msg.payload)
-        link.wake.set()
-        self._ensure_connecting(link)
+    def _retry(self) -> None:
+        deliveries = self.deliveries
+        if deliveries.retry():
+            for node in list(self.peers.links):
+                self.peers.ack_soon(node)
+        deliveries.send_notices()
+        self.outbox.retry_dead_letters()
+        if self._local:
+            owed, self._local = self._local, []
+            for name, meta, body in owed:
+                self._to_local(name, meta, body)
 
     def _local_request(self, sender: str, meta: int, body: bytes) -> None:
         """A system message to the gateway itself, from a local (trusted) runtime."""
@@ -340,439 +231,123 @@ class Gateway:
                 node, name = parse_address(address, self.node)
             except InvalidAddress:
                 return
-            link = self._link(node)
+            link = self.peers.link(node)
             if verb == "watch-remote":
                 link.watchers.add((sender, format_address(node, name)))
                 if link.unreachable:
                     self._notify_unreachable(link)
                 else:
-                    self._ensure_connecting(link)
+                    self.peers.ensure_connecting(link)
             elif verb == "unwatch-remote":
                 link.watchers.discard((sender, format_address(node, name)))
             return
         _log.warning("unexpected message to the gateway from %r: %r", sender, request)
 
-    def _apply_backpressure(self) -> None:
-        """Stop draining local rings while the links hold too much (senders then wait)."""
+    def _to_local(self, name: str, meta: int, body: bytes) -> bool:
+        """Write a notice into the ring to local ``name`` (what does not fit waits)."""
         ep = self.endpoint
         assert ep is not None
-        queued = sum(
-            link.outbox.queued_bytes + link.outbox.unacked_bytes for link in self._links.values()
-        )
-        if not self._paused and queued > _QUEUED_LIMIT:
-            self._paused = True
-            ep.pause(GATEWAY)
-        elif self._paused and queued < _QUEUED_LIMIT // 2:
-            self._paused = False
-            ep.resume(GATEWAY)
-
-    # -- from other nodes ----------------------------------------------------------
-
-    def _from_remote(self, link: _Link, msg: Message) -> None:
-        """Deliver what a peer sent, unless it speaks for another node or addresses what
-        no remote may: that goes back to its sender as an error, never decoded."""
         try:
-            origin = codec.sender_bytes(msg.meta, msg.payload)
-        except SerializationError:
-            origin = None
-        if origin is None or not origin.startswith(link.sender_prefix):
-            claimed = "none" if origin is None else repr(origin.decode("ascii", "replace"))
-            self._refuse(link, msg, "foreign sender", f"its sender ({claimed}) is not on node"
-                         f" {link.node!r}")  # fmt: skip
-        elif not _remote_may_address(msg.to, msg.meta & 7, origin, link.sender_prefix):
-            self._refuse(link, msg, "reserved target", f"{msg.to!r} takes nothing from other"
-                         f" nodes of this kind")  # fmt: skip
-        else:
-            self._deliver_local(msg)
+            if ep.offer(GATEWAY, name, body, meta):
+                return True
+        except (ActorNotFound, InvalidAddress, MailboxClosed) as exc:
+            _log.info("a notice for %r is dropped: %s", name, exc)
+            return True
+        self._local.append((name, meta, body))
+        return False
 
-    def _refuse(self, link: _Link, msg: Message, kind: str, detail: str) -> None:
+    def _dead_letter(self, stream: OutStream, record: Record, reason: str) -> bool:
+        """The notice for a record of ``stream`` that will not be delivered, to its local
+        sender, deduplicated by its position (a successor may make it again). True when
+        written or when there is nobody to tell."""
+        end, header, payload = record
+        rtype = record_type(header)
+        gateway = format_address(self.node, GATEWAY)
+        notice: Notice | None
+        if rtype == WHOLE:
+            notice = notice_for(header >> 40, payload, reason, here=self.node, gateway=gateway)
+        elif rtype == FIRST:
+            total = int.from_bytes(payload[:8], "little")
+            notice = notice_for(
+                header >> 40, payload[8:], reason, here=self.node, gateway=gateway, lost=total
+            )
+        else:
+            notice = lost_notice(stream.origin, self.node, reason, gateway=gateway)
+        if notice is None or notice.node != self.node:
+            return True
+        self.dead_letters += 1
+        key = dead_letter_key(stream.node, stream.target, stream.origin, stream.gen)
+        ep = self.endpoint
+        assert ep is not None
+        data = wrap(key, end, notice.body)
+        try:
+            return ep.offer(GATEWAY, notice.name, data, notice.meta | RELAYED)
+        except (ActorNotFound, InvalidAddress, MailboxClosed):
+            _log.info("a dead letter for %r is dropped: it is gone", notice.name)
+            return True
+
+    def _salvaged(self, sender: str, receiver: str, lost: list[tuple[int, bytes]]) -> None:
+        self.deliveries.salvaged(receiver, lost)
+
+    def _refused(self, peer: str, kind: str, detail: str) -> None:
+        link = self.peers.link(peer)
         link.refused += 1
         if kind not in link.refusals_logged:
             link.refusals_logged.add(kind)
             _log.warning(
-                "refusing a message from node %s for %r: %s (logged once per link;"
-                " counted in mybus ls)", link.node, msg.to, detail,
+                "refusing a message from node %s: %s (logged once per link; counted)",
+                peer, detail,
             )  # fmt: skip
-        self._bounce(msg, f"refused by node {self.node!r}: {detail}", node=link.node)
 
-    # -- to local actors -----------------------------------------------------------
+    def _notify_unreachable(self, link: Link) -> None:
+        for watcher, address in sorted(link.watchers):
+            meta, body = codec.encode(("terminated", address, "node unreachable"), kind=Kind.SYSTEM)
+            self._to_local(watcher, meta, bytes(body))
+        link.watchers.clear()
 
-    def _deliver_local(self, msg: Message) -> None:
-        """Write into the ring to ``msg.to``, keeping order behind anything stalled."""
-        queue = self._stalled.get(msg.to)
-        entry = [msg.meta, msg.payload, 0]
-        if queue is not None:
-            queue.append(entry)
-        elif not self._try_deliver(msg.to, entry):
-            self._stalled[msg.to] = deque([entry])
+    # -- what the links ask (the Relay protocol) -------------------------------------
 
-    def _try_deliver(self, to: str, entry: list[Any]) -> bool:
-        """Write what fits now, never waiting (this is the event loop); True when done.
+    def on_runs(self, node: str, runs: Sequence[Run]) -> None:
+        deliveries = self.deliveries
+        for run in runs:
+            deliveries.take(node, run)
+        deliveries.send_notices()
 
-        ``entry`` is [meta, payload, bytes sent]: a large message to a busy receiver goes
-        in as many calls as its ring needs, while other traffic keeps flowing.
-        """
-        ep = self.endpoint
-        assert ep is not None
-        meta, payload, sent = entry
-        try:
-            written = ep.send_some(GATEWAY, to, payload, meta, sent)
-        except (ActorNotFound, InvalidAddress) as exc:
-            self._bounce(Message(to, meta, payload), f"no actor {to!r} on node {self.node!r}")
-            _log.debug("bounced a message for %s: %s", to, exc)
-            return True
-        if written < 0:  # a short message and no room yet
-            return False
-        entry[2] = written
-        return bool(written == len(payload))
+    def on_entries(self, node: str, entries: Sequence[StreamAck]) -> None:
+        for entry in entries:
+            self.outbox.on_entry(node, entry)
 
-    def _retry_stalled(self) -> None:
-        for to in list(self._stalled):
-            queue = self._stalled[to]
-            while queue and self._try_deliver(to, queue[0]):
-                queue.popleft()
-            if not queue:
-                del self._stalled[to]
+    def runs_for(self, node: str, budget: int) -> list[Run]:
+        return self.outbox.next_runs(node, budget)
 
-    def _bounce(self, msg: Message, reason: str, *, node: str | None = None) -> None:
-        """Tell the sender its message could not be delivered (never a silent drop).
+    def acks_for(self, node: str) -> list[StreamAck]:
+        return self.deliveries.owed(node)
 
-        ``node``: where the sender is, whatever the message claims (a peer's message goes
-        back to that peer). The notice comes from this node's gateway, which a remote
-        node's client mailboxes take as they take one from their own.
-        """
-        self.bounced += 1
-        try:
-            kind, origin, corr = codec.peek(msg.meta, msg.payload)
-        except SerializationError:
-            origin = None
-            kind = corr = 0
-        if origin is None:
-            _log.warning("undeliverable message for %s with no sender: %s", msg.to, reason)
-            return
-        here = format_address(self.node, GATEWAY)
-        if kind == Kind.ASK:
-            meta, body = codec.encode(
-                error_reply(ActorNotFound(reason)),
-                kind=Kind.ERROR_REPLY,
-                sender=here,
-                correlation_id=corr,
-            )
-        elif kind == Kind.USER:
-            meta, body = codec.encode(
-                ("dead-raw", msg.meta, bytes(msg.payload), reason), kind=Kind.SYSTEM, sender=here
-            )
-        else:
-            _log.warning("undeliverable %s from %s: %s", Kind(kind).name, origin, reason)
-            return
-        try:
-            claimed, name = parse_address(origin, self.node)
-        except InvalidAddress:
-            return
-        node = claimed if node is None else node
-        if node == self.node:
-            self._deliver_local(Message(name, meta, bytes(body)))
-        else:
-            link = self._link(node)
-            if link.unreachable:
-                _log.warning("dropping a bounce for %s: its node is unreachable too", origin)
-                return
-            link.outbox.put(name, meta, bytes(body))
-            link.wake.set()
-            self._ensure_connecting(link)
+    def urgent(self, node: str) -> bool:
+        return self.deliveries.urgent(node)
 
-    # -- links ---------------------------------------------------------------------
+    def demand(self, node: str) -> bool:
+        return self.outbox.unreleased(node) or self.deliveries.urgent(node)
 
-    def _link(self, node: str) -> _Link:
-        link = self._links.get(node)
-        if link is None:
-            link = self._links[node] = _Link(node)
-        return link
+    def link_up(self, node: str) -> None:
+        self.outbox.resume(node)
+        self.outbox.rewind(node)
 
-    def _address_of(self, node: str) -> tuple[str, int]:
-        # A peer named nowhere is looked up as a DNS name at the default port.
-        return self.config.peers.get(node, (node, DEFAULT_PORT))
+    def link_down(self, node: str) -> None:
+        self.deliveries.connection_lost(node)
 
-    def _ensure_connecting(self, link: _Link) -> None:
-        if link.conn is None and link.connecting is None and not self._stopping.is_set():
-            link.connecting = asyncio.create_task(self._connect_loop(link))
-
-    async def _connect_loop(self, link: _Link) -> None:
-        delay = 0.02
-        try:
-            while link.conn is None and link.demand() and not self._stopping.is_set():
-                host, port = self._address_of(link.node)
-                try:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(
-                            host,
-                            port,
-                            ssl=self.config.client_ssl,
-                            server_hostname=host if self.config.client_ssl else None,
-                        ),
-                        _CONNECT_TIMEOUT,
-                    )
-                except (OSError, TimeoutError, ssl.SSLError) as exc:
-                    if link.down_since is None:
-                        link.down_since = time.monotonic()
-                        _log.warning(
-                            "link to %s: cannot connect to %s:%d: %s", link.node, host, port, exc
-                        )
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                    delay = min(delay * 2, _MAX_BACKOFF)
-                    continue
-                _set_nodelay(writer)
-                task = asyncio.create_task(
-                    self._serve(reader, writer, initiator=self.node, expect=link.node)
-                )
-                # Wait for the handshake's outcome, not the connection's whole life.
-                while link.conn is None and not task.done():
-                    await asyncio.sleep(0.005)
-                if link.conn is None:
-                    if link.down_since is None:
-                        link.down_since = time.monotonic()
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                    delay = min(delay * 2, _MAX_BACKOFF)
-        finally:
-            link.connecting = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _set_nodelay(writer)
-        # The server's own task: cancelled at shutdown, which is not worth a traceback.
-        with contextlib.suppress(asyncio.CancelledError):
-            if self.config.server_ssl is not None:
-                try:
-                    await asyncio.wait_for(
-                        writer.start_tls(self.config.server_ssl), _HANDSHAKE_TIMEOUT
-                    )
-                except (ssl.SSLError, OSError, TimeoutError) as exc:
-                    peer = writer.get_extra_info("peername")
-                    _log.warning("rejected peer %s: TLS handshake failed: %s", peer, exc)
-                    writer.close()
-                    return
-            await self._serve(reader, writer, initiator="", expect=None)
-
-    async def _serve(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        initiator: str,
-        expect: str | None,
-    ) -> None:
-        """Run one connection: handshake, then frames until it ends."""
-        peername = writer.get_extra_info("peername")
-        label = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-        proto = wire.Connection(
-            node=self.node,
-            secret=self.config.secret,
-            incarnation=self.incarnation,
-            expect_peer=expect,
+    def give_up(self, link: Link) -> None:
+        """A peer unreachable past the grace: return its messages, tell its watchers."""
+        reason = f"node {link.node!r} is unreachable"
+        count = self.outbox.give_up(link.node, reason)
+        self.deliveries.forget_waiting(link.node)
+        _log.warning(
+            "node %s unreachable for %ss: %d message(s) returned to their senders",
+            link.node,
+            self.config.unreachable_grace,
+            count,
         )
-        conn = _Conn(reader, writer, proto, initiator, label)
-        link: _Link | None = None
-        reason = "connection closed"
-        try:
-            conn.send(proto.hello())
-            link = await asyncio.wait_for(self._handshake(conn), _HANDSHAKE_TIMEOUT)
-            if link is None:
-                return
-            await self._read_frames(conn, link)
-        except RemoteProtocolError as exc:
-            reason = f"protocol error: {exc}"
-            if link is None:
-                _log.warning("rejected peer %s: %s", label, exc)
-            conn.close(reason)
-        except TimeoutError:
-            reason = "handshake timed out"
-            if link is None:
-                _log.warning("rejected peer %s: no handshake within %ss", label, _HANDSHAKE_TIMEOUT)
-        except (ConnectionError, OSError, ssl.SSLError) as exc:
-            reason = f"connection error: {exc}"
-            if link is None:
-                _log.warning("rejected peer %s: %s", label, exc)
-        finally:
-            conn.close()
-            if link is not None and link.conn is conn:
-                self._link_down(link, reason, conn.label)
-
-    async def _handshake(self, conn: _Conn) -> _Link | None:
-        proto = conn.proto
-        while True:
-            event = proto.next_event()
-            if event is wire.NEED_DATA:
-                data = await conn.reader.read(_READ_SIZE)
-                proto.receive_data(data)
-                continue
-            conn.send(proto.data_to_send())
-            if isinstance(event, wire.Authenticated):
-                self._check_certificate(conn, event.peer_node)
-                if not conn.initiator:
-                    conn.initiator = event.peer_node
-                return self._link_up(conn, event)
-            if isinstance(event, wire.ConnectionClosed):
-                return None
-
-    def _check_certificate(self, conn: _Conn, node: str) -> None:
-        """Over TLS, the peer's certificate must name the node it proved to be (its
-        subject alternative names hold the node name or the host we know it by).
-
-        Raises:
-            RemoteProtocolError: it names neither.
-        """
-        if self.config.server_ssl is None or not self.config.tls_verify_name:
-            return
-        cert = conn.writer.get_extra_info("peercert")
-        names = certificate_names(cert) if isinstance(cert, dict) else set()
-        host = self.config.peers.get(node, (node, 0))[0]
-        if node not in names and host not in names:
-            raise RemoteProtocolError(
-                f"its certificate names {sorted(names) or 'nothing'}, not node {node!r}"
-                f"{f' or its host {host!r}' if host != node else ''}"
-                " (--tls-no-verify-name relaxes this)"
-            )
-
-    def _link_up(self, conn: _Conn, auth: wire.Authenticated) -> _Link | None:
-        link = self._link(auth.peer_node)
-        old = link.conn
-        if old is not None and not old.closed:
-            # Both sides dialled at once: keep the connection the smaller node opened.
-            keep_new = conn.initiator == min(self.node, link.node)
-            if not keep_new and old.initiator == conn.initiator:
-                keep_new = True  # a reconnect from the same side: the newer one wins
-            if not keep_new:
-                conn.close("duplicate link")
-                return None
-            old.close("replaced by a newer connection")
-            if link.writer_task is not None:
-                link.writer_task.cancel()
-        if link.peer_incarnation != auth.peer_incarnation:
-            if link.peer_incarnation is not None:
-                _log.info("node %s restarted: its link numbering starts over", link.node)
-            link.inbox.reset()
-            link.peer_incarnation = auth.peer_incarnation
-        # A new connection: the peer sends its large messages again from the first chunk.
-        link.inbox.connection_lost()
-        link.conn = conn
-        link.down_since = None
-        link.unreachable = False
-        link.wake.set()
-        evicted = self._routes.put(link.node, link, time.monotonic())
-        for _node, other in evicted:
-            if other.conn is not None:
-                _log.info("link to %s closed: least active beyond --max-links", other.node)
-                other.conn.close("max links")
-        link.writer_task = asyncio.create_task(self._write_frames(conn, link))
-        side = "dialled" if conn.initiator == self.node else "accepted"
-        _log.info("link up: %s (%s, %s)", link.node, side, conn.label)
-        return link
-
-    def _touch(self, link: _Link) -> None:
-        """Traffic on the link (not heartbeats): it is active, so it stays open."""
-        if link.node in self._routes:
-            self._routes.touch(link.node, time.monotonic())
-
-    def _link_down(self, link: _Link, reason: str, label: str = "") -> None:
-        link.conn = None
-        link.inbox.connection_lost()
-        if link.writer_task is not None:
-            link.writer_task.cancel()
-            link.writer_task = None
-        with contextlib.suppress(KeyError):
-            self._routes.pop(link.node)
-        # One line per connection lost; a refused frame (tampering, a broken peer) is
-        # worth a warning, naming where it came from.
-        level = logging.WARNING if reason.startswith("protocol error") else logging.INFO
-        at = f" at {label}" if label else ""
-        _log.log(level, "link down: %s%s (%s)", link.node, at, reason)
-        if link.demand() and not self._stopping.is_set():
-            link.down_since = time.monotonic()
-            self._ensure_connecting(link)
-
-    async def _read_frames(self, conn: _Conn, link: _Link) -> None:
-        proto = conn.proto
-        while not conn.closed:
-            event = proto.next_event()
-            if event is wire.NEED_DATA:
-                data = await conn.reader.read(_READ_SIZE)
-                conn.last_rx = time.monotonic()
-                proto.receive_data(data)
-                continue
-            if isinstance(event, wire.Data):
-                self._touch(link)
-                for msg in link.inbox.accept(event.seq, event.items) or ():
-                    self._from_remote(link, msg)
-                self._ack_later(link, event.seq)
-            elif isinstance(event, wire.Ack):
-                link.outbox.ack(event.seq)
-                link.wake.set()
-            elif isinstance(event, wire.Ping):
-                conn.send(proto.send_pong(event.token))
-            elif isinstance(event, wire.Bye):
-                _log.info("link to %s: peer said goodbye (%s)", link.node, event.reason)
-            elif isinstance(event, wire.ConnectionClosed):
-                return
-
-    def _ack_later(self, link: _Link, seq: int) -> None:
-        """Acks are cumulative: send one per burst, not per frame. Each ack is a write and
-        a wake-up of the peer's loop; data we send anyway carries one along for free."""
-        link.ack_due = seq
-        link.ack_frames += 1
-        if link.ack_frames >= _ACK_EVERY:
-            link.ack_now = True
-            link.wake.set()
-        elif link.ack_timer is None:
-            link.ack_timer = asyncio.get_running_loop().call_later(
-                _ACK_DELAY, self._ack_due_now, link
-            )
-
-    @staticmethod
-    def _ack_due_now(link: _Link) -> None:
-        link.ack_timer = None
-        link.ack_now = True
-        link.wake.set()
-
-    @staticmethod
-    def _send_ack(conn: _Conn, link: _Link) -> None:
-        if link.ack_due is None:
-            return
-        conn.send(conn.proto.send_ack(link.ack_due))
-        link.ack_due = None
-        link.ack_now = False
-        link.ack_frames = 0
-        if link.ack_timer is not None:
-            link.ack_timer.cancel()
-            link.ack_timer = None
-
-    async def _write_frames(self, conn: _Conn, link: _Link) -> None:
-        """Replay what is unacked, then send frames and acks as they come."""
-        proto = conn.proto
-        try:
-            for old in link.outbox.resend():
-                conn.send(proto.send_encoded(old.seq, len(old.items), old.items))
-            while not conn.closed:
-                link.wake.clear()
-                sent_data = False
-                while link.outbox.unacked_bytes < _UNACKED_LIMIT:
-                    frame = link.outbox.next_frame()
-                    if frame is None:
-                        break
-                    conn.send(proto.send_encoded(frame.seq, len(frame.items), frame.items))
-                    sent_data = True
-                    self._touch(link)
-                    if conn.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                        self._send_ack(conn, link)
-                        await conn.writer.drain()
-                if link.ack_now or sent_data:
-                    self._send_ack(conn, link)
-                await conn.writer.drain()
-                # Everything that could go has gone: what is still queued waits for an
-                # ack or for room, and whatever brings either sets `wake`.
-                if not link.ack_now:
-                    await link.wake.wait()
-        except (ConnectionError, OSError, LocalProtocolError, RuntimeError) as exc:
-            conn.close()
-            _log.debug("writer for %s ended: %s", link.node, exc)
+        self._notify_unreachable(link)
 
     # -- periodic work -------------------------------------------------------------
 
@@ -780,287 +355,9 @@ class Gateway:
         period = min(self.config.heartbeat / 2, 0.25)
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
-            self._heartbeats(now)
-            for _node, link in self._routes.expire(now):
-                if link.conn is not None and not link.demand():
-                    _log.info("link to %s closed: idle for %ss", link.node, self.config.route_idle)
-                    link.conn.close("idle")
-                else:
-                    self._routes.put(link.node, link, now)
-            grace = self.config.unreachable_grace
-            for link in self._links.values():
-                down = link.down_since
-                idle_since = now - down if down is not None else 0.0
-                if link.conn is None and not link.unreachable and idle_since >= grace > 0:
-                    self._give_up(link)
-
-    def _heartbeats(self, now: float) -> None:
-        beat = self.config.heartbeat
-        for link in self._links.values():
-            conn = link.conn
-            if conn is None or conn.closed:
-                continue
-            if now - conn.last_rx > 3 * beat:
-                _log.warning(
-                    "link to %s: no word for %.1fs, closing", link.node, now - conn.last_rx
-                )
-                conn.close()
-                self._link_down(link, "heartbeat lost", conn.label)
-            elif now - conn.last_tx > beat:
-                with contextlib.suppress(LocalProtocolError):
-                    conn.send(conn.proto.send_ping(int(now * 1000)))
-
-    def _give_up(self, link: _Link) -> None:
-        """A peer unreachable past the grace: bounce its queue, tell its watchers."""
-        link.unreachable = True
-        lost = link.outbox.give_up()
-        _log.warning(
-            "node %s unreachable for %ss: %d message(s) returned to their senders",
-            link.node,
-            self.config.unreachable_grace,
-            len(lost),
-        )
-        for msg in lost:
-            self._bounce(msg, f"node {link.node!r} is unreachable")
-        self._notify_unreachable(link)
-
-    def _notify_unreachable(self, link: _Link) -> None:
-        for watcher, address in sorted(link.watchers):
-            meta, body = codec.encode(("terminated", address, "node unreachable"), kind=Kind.SYSTEM)
-            self._deliver_local(Message(watcher, meta, bytes(body)))
-        link.watchers.clear()
-
-
-def _remote_may_address(to: str, kind: int, origin: bytes, peer: bytes) -> bool:
-    """Whether a message from another node may be delivered to ``to`` here.
-
-    ``gateway`` takes nothing; the runtime's own ``_`` names take only answers to asks,
-    except a client's mailbox (``_client-...``), which takes what an actor's does: tells,
-    and the peer gateway's dead-letter notices.
-    """
-    if to == GATEWAY:
-        return False
-    if not to.startswith("_"):
-        return True
-    if kind in (Kind.REPLY, Kind.ERROR_REPLY):
-        return True
-    if to.startswith("_client-"):
-        return kind == Kind.USER or (kind == Kind.SYSTEM and origin == peer + b"gateway")
-    return False
-
-
-def certificate_names(cert: dict[str, Any]) -> set[str]:
-    """The DNS names and IP addresses a certificate's subject alternative names hold."""
-    return {
-        str(value)
-        for kind, value in cert.get("subjectAltName", ())
-        if kind in ("DNS", "IP Address")
-    }
-
-
-def _set_nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # The kernel's send buffer is a queue small messages wait in, too.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
-
-
-# -- the command ----------------------------------------------------------------------
-
-
-def _host_port(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(DEFAULT_PORT)
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{what} must be HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-def _peer(text: str) -> tuple[str, tuple[str, int]]:
-    name, sep, where = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--peer must be NODE=HOST:PORT, got {text!r}")
-    try:
-        validate_name(name)
-    except InvalidAddress as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return name, _host_port(where, f"--peer {name}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mybus-gateway",
-        description="Relay mybus_actors messages between this node and other nodes over TCP.",
-        epilog="The shared secret comes from --secret-file or the MYBUS_SECRET environment "
-        "variable, and must be the same on every gateway. SIGTERM or Ctrl-C stops "
-        "accepting, flushes what can be flushed, unregisters and exits 0.",
-    )
-    p.add_argument("--node", help="this node's name (default: MYBUS_NODE, else the host name)")
-    p.add_argument(
-        "--listen",
-        type=lambda t: _host_port(t, "--listen"),
-        default=("127.0.0.1", DEFAULT_PORT),
-        metavar="HOST:PORT",
-        help=f"where peers connect (default 127.0.0.1:{DEFAULT_PORT})",
-    )
-    p.add_argument(
-        "--peer",
-        type=_peer,
-        action="append",
-        default=[],
-        metavar="NODE=HOST:PORT",
-        help="a peer gateway's address (repeatable); a node named nowhere is looked up "
-        f"as a DNS name at port {DEFAULT_PORT}",
-    )
-    p.add_argument("--peers-file", type=Path, help='a TOML file: [peers] NODE = "HOST:PORT"')
-    p.add_argument(
-        "--runtime-dir", help="default: MYBUS_RUNTIME_DIR, else /dev/shm/mybus-<uid>/<node>"
-    )
-    p.add_argument("--secret-file", type=Path, help="a file holding the shared secret")
-    p.add_argument("--tls-cert", type=Path, help="this gateway's certificate (PEM) for TLS")
-    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
-    p.add_argument(
-        "--tls-ca", type=Path,
-        help="CA bundle to verify peers' certificates, both ways (default: the system's)",
-    )  # fmt: skip
-    p.add_argument(
-        "--tls-no-verify-name", action="store_true",
-        help="accept a peer whose certificate does not name its node (not recommended)",
-    )  # fmt: skip
-    p.add_argument(
-        "--route-idle", type=float, default=60.0, metavar="SECONDS",
-        help="close a link idle this long; it reopens on the next message (default 60)",
-    )  # fmt: skip
-    p.add_argument(
-        "--max-links", type=int, default=64,
-        help="open links at most; beyond it the least active closes first (default 64)",
-    )  # fmt: skip
-    p.add_argument(
-        "--heartbeat", type=float, default=1.0, metavar="SECONDS",
-        help="PING an idle link this often; 3 silent periods close it (default 1)",
-    )  # fmt: skip
-    p.add_argument(
-        "--unreachable-grace", type=float, default=10.0, metavar="SECONDS",
-        help="after this long unreachable, a node's queued messages go back to their "
-        "senders and its watchers get Terminated(reason='node unreachable') (default 10)",
-    )  # fmt: skip
-    p.add_argument(
-        "--channel-idle", type=float, default=30.0, metavar="SECONDS",
-        help="close the gateway's rings to local actors idle this long (default 30)",
-    )  # fmt: skip
-    p.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
-        help="default info: a line per link up/down and per rejected peer",
-    )  # fmt: skip
-    return p
-
-
-_MAKE_SECRET: Final = 'python -c "import secrets; print(secrets.token_hex(32))"'
-
-
-def _secret(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bytes:
-    """The shared secret, or exit saying what is wrong with it and how to make one."""
-    if args.secret_file is not None:
-        path: Path = args.secret_file
-        try:
-            raw, mode = path.read_bytes(), path.stat().st_mode
-        except OSError as exc:
-            parser.exit(2, f"mybus-gateway: cannot read --secret-file {path}: {exc}\n")
-        if mode & 0o077:
-            _log.warning(
-                "secret file %s has mode %04o: group or others can read it (chmod 600 %s)",
-                path, mode & 0o777, path,
-            )  # fmt: skip
-        where = f"--secret-file {path}"
-    else:
-        raw = os.environ.get("MYBUS_SECRET", "").encode()
-        where = "MYBUS_SECRET"
-    how = (
-        "Set MYBUS_SECRET or pass --secret-file FILE, the same secret on every gateway;"
-        f" make one with: {_MAKE_SECRET}"
-    )
-    if not raw:
-        parser.exit(2, f"mybus-gateway: no shared secret. {how}\n")
-    secret = raw.strip()
-    if len(secret) < wire.MIN_SECRET:
-        what = "holds only whitespace" if not secret else f"is {len(secret)} bytes long"
-        parser.exit(
-            2,
-            f"mybus-gateway: the secret in {where} {what}; it needs at least"
-            f" {wire.MIN_SECRET} bytes. {how}\n",
-        )
-    return secret
-
-
-def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-    if args.tls_cert is None and args.tls_key is None and args.tls_ca is None:
-        return None, None
-    if args.tls_cert is None or args.tls_key is None:
-        raise SystemExit("mybus-gateway: TLS needs both --tls-cert and --tls-key")
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(args.tls_cert, args.tls_key)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_cert_chain(args.tls_cert, args.tls_key)
-    # Both sides verify the other's chain; the name is checked by the gateway once the
-    # handshake has proven which node the peer is (its certificate must name that node),
-    # since a peer is dialled by an address that may not be its name.
-    client.check_hostname = False
-    server.verify_mode = ssl.CERT_REQUIRED
-    if args.tls_ca is not None:
-        server.load_verify_locations(args.tls_ca)
-        client.load_verify_locations(args.tls_ca)
-    else:
-        server.load_default_certs(ssl.Purpose.CLIENT_AUTH)
-        client.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    return server, client
-
-
-def build_config(argv: Sequence[str] | None = None) -> GatewayConfig:
-    """Parse the command line into a config; exit with a message on bad input."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s mybus-gateway %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    secret = _secret(args, parser)
-    if args.tls_no_verify_name:
-        _log.warning(
-            "--tls-no-verify-name: a peer's certificate need not name its node; any holder"
-            " of a certificate our CA signed (and of the secret) may claim any node"
-        )
-    try:
-        node = validate_name(args.node) if args.node else default_node()
-    except InvalidAddress as exc:
-        parser.exit(2, f"mybus-gateway: {exc}\n")
-    peers: dict[str, tuple[str, int]] = {}
-    if args.peers_file is not None:
-        table = tomllib.loads(args.peers_file.read_text()).get("peers", {})
-        for name, where in table.items():
-            peers[_peer(f"{name}={where}")[0]] = _host_port(str(where), f"peer {name}")
-    peers.update(dict(args.peer))
-    server_ssl, client_ssl = _tls(args)
-    return GatewayConfig(
-        node=node,
-        runtime_dir=resolve_runtime_dir(args.runtime_dir, node),
-        secret=secret,
-        listen=args.listen,
-        peers=peers,
-        server_ssl=server_ssl,
-        client_ssl=client_ssl,
-        route_idle=args.route_idle,
-        max_links=args.max_links,
-        heartbeat=args.heartbeat,
-        unreachable_grace=args.unreachable_grace,
-        channel_idle=args.channel_idle,
-        tls_verify_name=not args.tls_no_verify_name,
-    )
+            self.peers.maintain(time.monotonic())
+            self.outbox.maintain()
+            self.outbox.scan()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

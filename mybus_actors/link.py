@@ -1,379 +1,192 @@
-"""One gateway's state for the link to one peer gateway: numbering, acks, resends, fragments.
+"""What a gateway knows of one stream it receives: what is done, what it owes the sender.
 
-Pure: no sockets, no clock, no asyncio. The gateway feeds it what local actors send to
-the peer (`Outbox.put`), asks it for DATA frames to write (`Outbox.next_frame`), and
-hands it what the peer sends (`Inbox.accept`). The state outlives any one TCP connection:
+Pure: no sockets, rings, files or clocks. A stream is one ring on the sending node (see
+`items`); its records arrive in runs, maybe again after a reconnect or a restart of
+either gateway, maybe with a gap when this side dropped some for want of room. The
+gateway asks an `InStream` which records of a run are new (`admit`, `fresh`), tells it
+what became of each (`done`, `bounce`, `stall`), and reads back what to tell the sender:
+acknowledge up to `ack_due`, re-send what was bounced, rewind to `rewind_due`.
 
-- DATA frames are numbered per link; a frame stays in `Outbox.unacked` until the peer's
-  cumulative ACK covers it, and `Outbox.resend` replays those after a reconnect.
-- `Inbox.accept` drops a frame whose number it has already accepted, so a resent frame
-  is delivered once; a gap means frames were lost mid-connection and is refused.
-- A message above `large` bytes is cut into FIRST/MORE chunks; each frame carries the
-  queued small messages first and at most one chunk (its last item), so a 100 MiB
-  message never holds a 64 B one behind it for more than one chunk's time.
-- A part of a large message never outlives the connection that carried it: the `Inbox`
-  drops what it holds when the connection closes (`Inbox.connection_lost`), and
-  `Outbox.resend` starts every large message not yet wholly acknowledged again from its
-  first chunk, under the same id. The inbox remembers the last large message it
-  completed, so one that arrived whole before its acknowledgement was lost is skipped.
-  Small messages for an actor wait while a large one for it is unacknowledged, so a
-  restart never lets them overtake it.
+Guarantees:
+
+- A record is taken once: it is new only if it ends past `hwm`, the end of the last
+  record done, and `done` only moves forward.
+- Nothing is taken out of order: a run that begins beyond `hwm` is refused (a gap: this
+  side dropped records, or the peer skipped some), unless the sender's ring was released
+  up to that start, which means the sender gave the records in between up (it told
+  their senders; this side never saw them): then `hwm` jumps there.
+- A record that could not be delivered (no such actor, refused) counts as done, and is
+  bounced again each time the sender sends it again, until the sender's release shows
+  it saw the bounce; records that found the target full are dropped from that one on,
+  to be asked for again (`rewind_due`) once there is room.
+- A large message arrives as FIRST / MIDDLE / LAST records; `Large` follows the one in
+  progress, so a fragment that does not continue it is recognised.
+
+`hwm` is None until the first run: a receiver that restarted takes the stream from
+wherever the sender stands (the sender resends from its head, the last position this
+side acknowledged; the receiving runtime drops a record it already has).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from typing import Final, NamedTuple
+from typing import Final
+
+import attrs
 
 from mybus_actors.errors import RemoteProtocolError
-from mybus_actors.wire import DATA_OVERHEAD, First, Item, More, Whole, decode_item, encode_item
+from mybus_actors.items import FIRST, LAST, Record, fragment_identity, record_type
 
-__all__ = ["Frame", "Inbox", "Message", "Outbox"]
+__all__ = ["MAX_MESSAGE", "InStream", "Large"]
 
-DEFAULT_FRAME_BYTES: Final = 256 << 10
-DEFAULT_CHUNK: Final = 64 << 10
-DEFAULT_LARGE: Final = 256 << 10
-MAX_MESSAGE: Final = 1 << 34  # what a peer may announce for one reassembled message
+MAX_MESSAGE: Final = 1 << 40  # what a peer may announce for one large message
 
 
-class Message(NamedTuple):
-    """A whole message crossing the link: for actor ``to`` on the receiving node."""
+@attrs.define
+class Large:
+    """The large message being assembled: its FIRST's end, its total, its meta, and how
+    many of its bytes have arrived."""
 
-    to: str
+    first_end: int
+    total: int
     meta: int
-    payload: bytes | memoryview
+    received: int
 
 
-class _Large:
-    __slots__ = ("meta", "msg_id", "offset", "order", "payload", "to", "unacked")
+@attrs.define
+class InStream:
+    """The receiving side's state for one stream (one ring on the peer's node)."""
 
-    def __init__(
-        self, msg_id: int, to: str, meta: int, payload: bytes | memoryview, order: int
-    ) -> None:
-        self.msg_id = msg_id
-        self.order = order  # place in the queue among small messages too
-        self.to = to
-        self.meta = meta
-        self.payload = memoryview(payload)
-        self.offset = 0
-        self.unacked = 0  # chunks sent and not yet acknowledged
+    hwm: int | None = None
+    acked: int | None = None
+    rewind_from: int | None = None  # records from here on were dropped: ask again
+    rewind_sent: bool = False
+    bounced: dict[int, str] = attrs.field(factory=dict)  # record end -> reason
+    large: Large | None = None
+    skipping: int | None = None  # FIRST end of a large message whose rest is dropped
 
+    # -- a run arrives ------------------------------------------------------------------
 
-class Frame(NamedTuple):
-    """A DATA frame's contents, its items already encoded (`wire.encode_item`)."""
+    def admit(self, start: int, released: int) -> bool:
+        """Whether the records of a run that begins at ``start`` may be looked at now.
 
-    seq: int
-    items: tuple[bytes, ...]
-    size: int
-    chunks_of: tuple[int, ...]  # large messages it carries a chunk of
+        The sender's ``released`` position tells a gap it made (it gave records up) from
+        one this side made (it dropped records, and asked for them again).
+        """
+        for end in [e for e in self.bounced if e - released <= 0]:
+            del self.bounced[end]  # the sender released it: it has seen the bounce
+        if self.hwm is None:
+            self.hwm = start
+            return True
+        if self.rewind_from is not None:
+            if start - self.rewind_from > 0:
+                return False  # still what followed the records dropped: they come again
+            self.rewind_from = None
+            self.rewind_sent = False
+        if start - self.hwm > 0:
+            if released - start < 0:
+                self.rewind_from = self.hwm  # we lost some: ask for them
+                return False
+            # The sender released up to here without our word: it gave those up, and
+            # any large message they belonged to with them.
+            self.hwm = start
+            self.large = None
+            self.skipping = None
+        return True
 
+    def fresh(self, end: int) -> bool:
+        """Whether the record ending at ``end`` is new (not done before)."""
+        return self.hwm is not None and end - self.hwm > 0
 
-class Outbox:
-    """What we send on one link. Not thread-safe (the gateway's loop owns it).
+    def rebounce(self, end: int) -> str | None:
+        """The reason a record sent again was bounced, to tell the sender again."""
+        return self.bounced.get(end)
 
-    Items are encoded once, when queued: a resend after a reconnect sends the same bytes.
-    """
+    # -- what became of a record -----------------------------------------------------------
 
-    def __init__(
-        self,
-        *,
-        frame_bytes: int = DEFAULT_FRAME_BYTES,
-        chunk: int = DEFAULT_CHUNK,
-        large: int = DEFAULT_LARGE,
-    ) -> None:
-        if not 0 < chunk <= frame_bytes:
-            raise ValueError(f"chunk must be in (0, frame_bytes], got {chunk!r}")
-        self.frame_bytes = frame_bytes
-        self.chunk = chunk
-        self.large = large
-        self.next_seq = 1
-        self.unacked: OrderedDict[int, Frame] = OrderedDict()
-        self.unacked_bytes = 0
-        # (order, target, encoded WHOLE item): the target, so that a small message does
-        # not overtake a large one queued earlier for the same actor.
-        self._small: deque[tuple[int, bytes, bytes]] = deque()
-        self._order = 0
-        self._small_bytes = 0
-        self._large: deque[_Large] = deque()
-        self._next_msg_id = 1
-        # Large messages some of whose chunks are unacked: kept whole for give_up.
-        self._in_flight: dict[int, _Large] = {}
+    def done(self, end: int) -> None:
+        """The record is delivered (or safely held: a fragment written to its file)."""
+        assert self.hwm is not None and end - self.hwm > 0
+        self.hwm = end
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes waiting to be framed (not counting what is sent and unacked)."""
-        return self._small_bytes + sum(len(m.payload) - m.offset for m in self._large)
+    def bounce(self, end: int, reason: str) -> None:
+        """The record could not be delivered: done, and the sender is to be told."""
+        self.done(end)
+        self.bounced[end] = reason
 
-    def pending(self) -> bool:
-        """Something is waiting to be framed."""
-        return bool(self._small or self._large)
+    def stall(self) -> None:
+        """The target cannot take this record now: it and what follows are dropped, and
+        asked for again (`rewind_due`) when the caller sees room."""
+        if self.rewind_from is None:
+            self.rewind_from = self.hwm
+            self.rewind_sent = False
 
-    def put(self, to: str, meta: int, payload: bytes | memoryview) -> None:
-        """Queue a message for actor ``to`` on the peer's node.
+    # -- large messages ----------------------------------------------------------------
+
+    def fragment(self, record: Record) -> str:
+        """Where a fragment record stands: "first" (a new large message), "next" (it
+        continues the one in progress), "skip" (part of one being dropped), or "unknown"
+        (a MIDDLE or LAST of a message this side has no trace of, e.g. after a restart:
+        the caller looks for the file it may have left, and calls `resume`).
 
         Raises:
-            LocalProtocolError: ``to`` is not a valid name, or ``meta`` not a u32.
+            RemoteProtocolError: a fragment that contradicts the message in progress.
         """
-        if len(payload) > self.large:
-            self._order += 1
-            self._large.append(_Large(self._next_msg_id, to, meta, payload, self._order))
-            self._next_msg_id += 1
-            return
-        data = payload if isinstance(payload, bytes) else bytes(payload)
-        self.put_encoded(encode_item(Whole(to, meta, data)))
+        end, header, payload = record
+        first, value = fragment_identity(header, payload)
+        if record_type(header) == FIRST:
+            if value > MAX_MESSAGE or len(payload) - 8 > value:
+                raise RemoteProtocolError(f"large message at {end} claims {value} bytes")
+            if self.large is not None:
+                raise RemoteProtocolError(
+                    f"a large message begins at {end} inside the one begun at"
+                    f" {self.large.first_end}"
+                )
+            self.skipping = None
+            return "first"
+        if self.skipping is not None and first == self.skipping:
+            if record_type(header) == LAST:
+                self.skipping = None
+            return "skip"
+        large = self.large
+        if large is None or large.first_end != first:
+            return "unknown"
+        if value != large.received:
+            raise RemoteProtocolError(
+                f"fragment of message {first} at offset {value}, expected {large.received}"
+            )
+        if large.received + len(payload) - 16 > large.total:
+            raise RemoteProtocolError(f"message {first} is longer than announced")
+        return "next"
 
-    def put_encoded(self, item: bytes) -> None:
-        """Queue a WHOLE item already encoded (a relay passes on what it was given)."""
-        self._order += 1
-        self._small.append((self._order, item[2 : 2 + item[1]], item))
-        self._small_bytes += len(item)
+    def begin_large(self, end: int, total: int, meta: int, received: int) -> None:
+        self.large = Large(end, total, meta, received)
 
-    def next_frame(self) -> Frame | None:
-        """The next DATA frame, now counted as sent and unacked."""
-        if not self.pending():
+    def end_large(self) -> None:
+        self.large = None
+
+    def resume(self, first_end: int, total: int, meta: int, offset: int) -> None:
+        """Take up a large message this side started before it restarted."""
+        self.large = Large(first_end, total, meta, offset)
+
+    def skip(self, first_end: int, last: bool) -> None:
+        """Drop the rest of the large message that began at ``first_end``."""
+        self.large = None
+        self.skipping = None if last else first_end
+
+    # -- what to tell the sender -------------------------------------------------------
+
+    def ack_due(self) -> int | None:
+        """The position to acknowledge, if it moved since the last acknowledgement."""
+        if self.hwm is None or self.hwm == self.acked:
             return None
-        items: list[bytes] = []
-        room = self.frame_bytes - DATA_OVERHEAD
-        small = self._small
-        if not self._large and not self._in_flight:
-            while small and (not items or len(small[0][2]) <= room):
-                encoded = small.popleft()[2]
-                self._small_bytes -= len(encoded)
-                room -= len(encoded)
-                items.append(encoded)
-        else:
-            room = self._take_around_large(items, room)
-        chunks_of: tuple[int, ...] = ()
-        if self._large and not self._large_waits():
-            chunk = self._next_chunk(room)
-            if chunk is not None:
-                items.append(chunk[1])
-                chunks_of = (chunk[0],)
-        if not items:  # cannot happen (something queued can always go): never spin on it
+        return self.hwm
+
+    def acked_to(self, pos: int) -> None:
+        self.acked = pos
+
+    def rewind_due(self) -> int | None:
+        """Where the sender should send again from, once (call when there is room)."""
+        if self.rewind_from is None or self.rewind_sent:
             return None
-        frame = Frame(self.next_seq, tuple(items), sum(map(len, items)), chunks_of)
-        self.next_seq += 1
-        self.unacked[frame.seq] = frame
-        self.unacked_bytes += frame.size
-        return frame
-
-    def _held_targets(self) -> dict[bytes, int]:
-        """Actors with a large message queued or unacknowledged: the order of the first."""
-        held: dict[bytes, int] = {}
-        for msg in sorted((*self._in_flight.values(), *self._large), key=lambda m: m.order):
-            held.setdefault(msg.to.encode("ascii"), msg.order)
-        return held
-
-    def _large_waits(self) -> bool:
-        """The next large message must wait: a small one for the same actor, queued
-        before it, is still unframed (it would otherwise arrive after the large one)."""
-        head = self._large[0]
-        to = head.to.encode("ascii")
-        return any(order < head.order and t == to for order, t, _ in self._small)
-
-    def _take_around_large(self, items: list[bytes], room: int) -> int:
-        """Frame small messages past queued large ones, but never past one for the same
-        actor queued before them: order per (sender, receiver) holds end to end."""
-        held = self._held_targets()
-        kept: deque[tuple[int, bytes, bytes]] = deque()
-        stopped: set[bytes] = set()  # targets with a message kept back: keep the rest too
-        small = self._small
-        while small:
-            entry = small.popleft()
-            order, to, encoded = entry
-            first_large = held.get(to)
-            if items and len(encoded) > room:
-                kept.append(entry)
-                kept.extend(small)
-                small.clear()
-                break
-            if to in stopped or (first_large is not None and first_large < order):
-                stopped.add(to)
-                kept.append(entry)
-                continue
-            self._small_bytes -= len(encoded)
-            room -= len(encoded)
-            items.append(encoded)
-        self._small = kept
-        return room
-
-    def _next_chunk(self, room: int) -> tuple[int, bytes] | None:
-        """The head large message's next chunk as an item of at most ``room`` bytes."""
-        msg = self._large[0]
-        # The item's own fields count against the room too (see wire's FIRST and MORE).
-        overhead = 1 + 8 + 8 + 1 + len(msg.to) + 4 + 4 if msg.offset == 0 else 1 + 8 + 4
-        size = min(self.chunk, room - overhead, len(msg.payload) - msg.offset)
-        if size < 1:
-            return None
-        chunk = bytes(msg.payload[msg.offset : msg.offset + size])
-        item: Item
-        if msg.offset == 0:
-            item = First(msg.msg_id, len(msg.payload), msg.to, msg.meta, chunk)
-            self._in_flight[msg.msg_id] = msg
-        else:
-            item = More(msg.msg_id, chunk)
-        msg.unacked += 1
-        msg.offset += size
-        if msg.offset >= len(msg.payload):
-            self._large.popleft()
-        return msg.msg_id, encode_item(item)
-
-    def ack(self, seq: int) -> int:
-        """The peer has every frame up to ``seq``; return how many frames that freed."""
-        freed = 0
-        while self.unacked:
-            first = next(iter(self.unacked))
-            if first > seq:
-                break
-            frame = self.unacked.pop(first)
-            self.unacked_bytes -= frame.size
-            freed += 1
-            for msg_id in frame.chunks_of:
-                msg = self._in_flight.get(msg_id)
-                if msg is not None:
-                    msg.unacked -= 1
-                    if msg.unacked == 0 and msg.offset >= len(msg.payload):
-                        del self._in_flight[msg_id]
-        return freed
-
-    def resend(self) -> list[Frame]:
-        """Every unacked frame, oldest first: what a new connection replays.
-
-        The peer dropped its part of any large message when the old connection closed,
-        so every large message not wholly acknowledged goes back to the front of the
-        queue, to be sent again from its first chunk; its chunks come out of these
-        frames (a frame left empty is still sent: it keeps the numbering whole).
-        """
-        restart = sorted(self._in_flight.values(), key=lambda m: m.order)
-        if restart:
-            again = {m.msg_id for m in restart}
-            for msg in restart:
-                msg.offset = msg.unacked = 0
-            self._large = deque([*restart, *(m for m in self._large if m.msg_id not in again)])
-            self._in_flight.clear()
-            for seq, frame in self.unacked.items():
-                if frame.chunks_of:  # its chunk is its last item
-                    kept = frame.items[:-1]
-                    size = sum(map(len, kept))
-                    self.unacked_bytes -= frame.size - size
-                    self.unacked[seq] = Frame(seq, kept, size, ())
-        return list(self.unacked.values())
-
-    def give_up(self) -> list[Message]:
-        """Empty the link: every message not known to be delivered, whole, in order.
-
-        For a peer unreachable past its grace: its senders get these back as dead
-        letters. (An unacked message may in fact have arrived; the ack was lost.)
-        """
-        out: list[Message] = []
-        seen_large: set[int] = set()
-        for frame in self.unacked.values():
-            for encoded in frame.items:
-                item = decode_item(encoded)
-                if isinstance(item, Whole):
-                    out.append(Message(item.to, item.meta, item.payload))
-            for msg_id in frame.chunks_of:
-                msg = self._in_flight.get(msg_id)
-                if msg is not None and msg_id not in seen_large:
-                    seen_large.add(msg_id)
-                    out.append(Message(msg.to, msg.meta, msg.payload))
-        for _, _, encoded in self._small:
-            item = decode_item(encoded)
-            if isinstance(item, Whole):
-                out.append(Message(item.to, item.meta, item.payload))
-        for msg in self._large:
-            if msg.msg_id not in seen_large:
-                out.append(Message(msg.to, msg.meta, msg.payload))
-        self.unacked.clear()
-        self.unacked_bytes = 0
-        self._small.clear()
-        self._small_bytes = 0
-        self._large.clear()
-        self._in_flight.clear()
-        return out
-
-
-class _Partial:
-    __slots__ = ("buf", "meta", "skip", "skipped", "to", "total")
-
-    def __init__(self, to: str, meta: int, total: int, *, skip: bool = False) -> None:
-        self.to = to
-        self.meta = meta
-        self.total = total
-        self.buf = bytearray()
-        self.skip = skip  # a resent message that arrived whole before: count, keep nothing
-        self.skipped = 0
-
-
-class Inbox:
-    """What we receive on one link: duplicates dropped, fragments reassembled."""
-
-    def __init__(self) -> None:
-        self.last_seq = 0
-        self.last_large = 0  # id of the last large message completed
-        self._partial: dict[int, _Partial] = {}
-
-    @property
-    def partial_bytes(self) -> int:
-        """Bytes held for large messages not yet complete."""
-        return sum(len(p.buf) for p in self._partial.values())
-
-    def reset(self) -> None:
-        """The peer restarted (a new incarnation): its numbering starts over."""
-        self.last_seq = 0
-        self.last_large = 0
-        self._partial.clear()
-
-    def connection_lost(self) -> None:
-        """The connection closed: drop every part of a large message (the peer sends
-        each again from its first chunk on the next connection)."""
-        self._partial.clear()
-
-    def accept(self, seq: int, items: tuple[Item, ...]) -> list[Message] | None:
-        """Take one DATA frame; None when it is a duplicate (already accepted).
-
-        Returns:
-            The messages it completed, in order.
-
-        Raises:
-            RemoteProtocolError: a gap in the numbering, or inconsistent fragments.
-        """
-        if seq <= self.last_seq:
-            return None
-        # A fresh inbox takes the peer's numbering from wherever it stands (its first
-        # frames may have gone to our previous incarnation); after that, no gaps.
-        if self.last_seq and seq != self.last_seq + 1:
-            raise RemoteProtocolError(f"DATA frame {seq} after {self.last_seq}: frames lost")
-        out: list[Message] = []
-        for item in items:
-            if isinstance(item, Whole):
-                out.append(Message(item.to, item.meta, item.payload))
-            elif isinstance(item, First):
-                if item.msg_id in self._partial or item.total > MAX_MESSAGE:
-                    raise RemoteProtocolError(f"bad FIRST fragment for message {item.msg_id}")
-                skip = item.msg_id <= self.last_large
-                part = _Partial(item.to, item.meta, item.total, skip=skip)
-                self._partial[item.msg_id] = part
-                self._append(item.msg_id, part, item.chunk, out)
-            else:
-                part_or_none = self._partial.get(item.msg_id)
-                if part_or_none is None:
-                    raise RemoteProtocolError(f"MORE fragment of unknown message {item.msg_id}")
-                self._append(item.msg_id, part_or_none, item.chunk, out)
-        self.last_seq = seq
-        return out
-
-    def _append(self, msg_id: int, part: _Partial, chunk: bytes, out: list[Message]) -> None:
-        if part.skip:
-            part.skipped += len(chunk)
-            got = part.skipped
-        else:
-            part.buf += chunk
-            got = len(part.buf)
-        if got > part.total:
-            raise RemoteProtocolError(f"message {msg_id} is longer than announced")
-        if got == part.total:
-            del self._partial[msg_id]
-            if not part.skip:
-                self.last_large = max(self.last_large, msg_id)
-                out.append(Message(part.to, part.meta, bytes(part.buf)))
+        self.rewind_sent = True
+        return self.rewind_from

@@ -22,6 +22,12 @@ Guarantees:
 - Rings idle for ``channel_idle`` are closed by the sender (when everything it wrote was
   read) and unlinked by the receiver, through activity tables; rings of a dead peer are
   drained and unlinked. What a dead receiver never read is counted as undelivered.
+- A ring into the gateway for another node (a *forward* ring, `registry.forward_name`,
+  one per sender and remote actor) is the gateway's outbox: it outlives its reader. A
+  sender never salvages it: when the gateway dies it keeps writing (until full: then
+  `MailboxFull`) and rings whichever gateway registers next. The gateway reads those
+  rings itself (`on_stream_ring`); records the gateway writes carry a relay prefix
+  (`relayed`), which the receiving endpoint strips, dropping what it has seen before.
 """
 
 from __future__ import annotations
@@ -39,16 +45,25 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from mybus_actors import ring as _ring
-from mybus_actors.errors import ActorNotFound, MailboxClosed, MailboxFull, RingCorrupted
+from mybus_actors.errors import (
+    ActorNotFound,
+    MailboxClosed,
+    MailboxFull,
+    RingCorrupted,
+    SerializationError,
+)
 from mybus_actors.registry import (
+    FORWARD_TO,
     Entry,
     Registry,
     is_alive,
+    parse_forward_name,
     parse_ring_filename,
     process_create_time,
     ring_filename,
     validate_name,
 )
+from mybus_actors.relayed import BLOB, RELAYED, Dedup, read_blob, unwrap
 from mybus_actors.timers import ActivityTable
 
 __all__ = ["Batch", "Delivery", "Endpoint"]
@@ -135,6 +150,7 @@ class _RingFile:
 class _Outbound:
     __slots__ = (
         "file",
+        "forward",
         "max_record",
         "next_check",
         "peer",
@@ -146,13 +162,16 @@ class _Outbound:
         "write",
     )
 
-    def __init__(self, file: _RingFile, producer: _ring.Producer, sender: str, peer: Entry):
+    def __init__(
+        self, file: _RingFile, producer: _ring.Producer, sender: str, to: str, peer: Entry
+    ):
         self.file = file
         self.producer = producer
         self.write = producer.write
         self.max_record = producer.max_record
         self.sender = sender
-        self.to = peer.name
+        self.to = to
+        self.forward = to != peer.name  # into the gateway, for another node
         self.peer = peer
         self.seen = -1  # messages written as of the last sweep: unchanged means idle
         self.next_check = 0.0  # when to re-check that the receiver's process lives
@@ -187,6 +206,8 @@ class Endpoint:
         on_undelivered: called with (sender, receiver, [(meta, payload), ...]) for the
             messages this endpoint published to a receiver that stopped or died
             without reading them (salvaged from the ring, so none vanishes unseen).
+        on_stream_ring: for the gateway: called with the file name of each forward ring
+            to a name bound here, which this endpoint does not read itself.
     """
 
     def __init__(
@@ -198,6 +219,7 @@ class Endpoint:
         spin: float = 200e-6,
         clock: Callable[[], float] = time.monotonic,
         on_undelivered: Callable[[str, str, list[tuple[int, bytes]]], None] | None = None,
+        on_stream_ring: Callable[[str], None] | None = None,
     ) -> None:
         _ring.buffer_size(ring_capacity)  # validates
         if channel_idle <= 0:
@@ -210,6 +232,8 @@ class Endpoint:
         self.spin = spin
         self._clock = clock
         self._on_undelivered = on_undelivered
+        self._on_stream_ring = on_stream_ring
+        self._relayed = Dedup()  # what the gateway delivered, per stream: duplicates go
         self._fence = _Fence()
         self.pid = os.getpid()
         ctime = process_create_time(self.pid)
@@ -363,6 +387,9 @@ class Endpoint:
             ch.next_check = self._clock() + _LIVENESS_EVERY
             if is_alive(ch.peer.pid, ch.peer.create_time):
                 return ch
+            if ch.forward:
+                self._regateway(ch)
+                return ch
             self._drop_outbound(ch, salvage=True)
         ch = self._open(sender, to)
         ch.next_check = self._clock() + _LIVENESS_EVERY
@@ -417,11 +444,23 @@ class Endpoint:
             # none, the lookup raises ActorNotFound.
             self.send(ch.sender, ch.to, data, meta, timeout=timeout, block=block)
 
+    def _regateway(self, ch: _Outbound) -> None:
+        """The gateway a forward ring was made for is gone: ring its successor, if one
+        registered (it adopts the ring, and what is in it), else go on writing."""
+        with contextlib.suppress(ActorNotFound):
+            peer = self.registry.lookup(FORWARD_TO)
+            if peer.pid != ch.peer.pid or peer.create_time != ch.peer.create_time:
+                self._forget_bell(ch.peer.doorbell)
+                ch.peer = peer
+                ch.rung = 0
+                with contextlib.suppress(ActorNotFound):
+                    self._announce(peer, ch.file.path.name)
+
     def _open(self, sender: str, to: str) -> _Outbound:
         self._check_open()
         if sender not in self._names:
             raise MailboxClosed(f"sender {sender!r} is not bound on this endpoint")
-        peer = self.registry.lookup(to)
+        peer = self.registry.lookup(FORWARD_TO if parse_forward_name(to) else to)
         for _ in range(100):
             gen = time.time_ns()
             path = self.registry.rings_dir / ring_filename(sender, to, gen)
@@ -434,7 +473,7 @@ class Endpoint:
             raise RuntimeError(f"could not create a ring file for {sender}->{to}")
         producer = _ring.Producer(file.map)
         producer.set_identity(self.pid, self._token)
-        ch = _Outbound(file, producer, sender, peer)
+        ch = _Outbound(file, producer, sender, to, peer)
         self._out[(sender, to)] = ch
         self._out_table.put((sender, to), ch, self._clock())
         try:
@@ -486,14 +525,22 @@ class Endpoint:
         except OSError:
             # Nobody reads that doorbell any more: the receiver is probably dead.
             self._forget_bell(ch.peer.doorbell)
-            self._check_receiver(ch, pending=1)
+            if ch.forward:
+                self._regateway(ch)  # the outbox waits for the next gateway
+            else:
+                self._check_receiver(ch, pending=1)
 
     def _check_receiver(self, ch: _Outbound, *, pending: int) -> None:
         """Raise ActorNotFound (dropping the ring) when the receiver is gone.
 
         The last ``pending`` unread messages belong to the caller's current send, which
-        reports them through the exception; the rest are salvaged as undelivered.
+        reports them through the exception; the rest are salvaged as undelivered. A
+        forward ring never is: its reader may die, the next gateway reads on.
         """
+        if ch.forward:
+            if not is_alive(ch.peer.pid, ch.peer.create_time):
+                self._regateway(ch)
+            return
         if ch.producer.consumer_closed or not is_alive(ch.peer.pid, ch.peer.create_time):
             self._drop_outbound(ch, salvage=True, keep_last=pending)
             raise ActorNotFound(f"actor {ch.to!r} stopped before reading its mailbox")
@@ -590,7 +637,7 @@ class Endpoint:
             with contextlib.suppress(KeyError):
                 self._out_table.pop(key)
         lost: list[tuple[int, bytes]] = []
-        if salvage and ch.producer.unread > 0:
+        if salvage and ch.producer.unread > 0 and not ch.forward:
             lost = _salvage(ch.file)
             if keep_last:
                 del lost[-keep_last:]
@@ -641,6 +688,8 @@ class Endpoint:
                     continue
                 if items:
                     ch.used = True
+                    if ch.sender == FORWARD_TO:
+                        items = self._unrelay(items)
                     out.append((ch.sender, ch.receiver, items))
                 elif len(self._in[ch.key]) > 1 and (
                     ch.consumer.producer_closed
@@ -652,6 +701,65 @@ class Endpoint:
         if not out:
             self.maintain()
         return out
+
+    def _unrelay(self, items: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """Strip the gateway's relay prefixes, drop what was delivered before, read blobs."""
+        out: list[tuple[int, bytes]] = []
+        for meta, payload in items:
+            if not meta & RELAYED:
+                out.append((meta, payload))
+                continue
+            try:
+                key, position, inner, rest = unwrap(meta, payload)
+                fresh = self._relayed.fresh(key, position)
+                if meta & BLOB:
+                    name = bytes(rest).decode("ascii")
+                    path = self.registry.blobs_dir / name
+                    if not fresh:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                        continue
+                    inner, data = read_blob(path)
+                    out.append((inner, data))
+                elif fresh:
+                    out.append((inner, rest.tobytes()))
+            except (SerializationError, UnicodeDecodeError) as exc:
+                # The gateway wrote it: a bug or a lost file, never silently.
+                _log.error("a record from the gateway could not be read: %s", exc)
+                self.undelivered += 1
+        return out
+
+    @property
+    def duplicates(self) -> int:
+        """Records from the gateway dropped because they had been delivered before."""
+        return self._relayed.duplicates
+
+    def offer(self, sender: str, to: str, data: Any, meta: int = 0) -> bool:
+        """Write one whole message now or not at all, never waiting; the gateway's way
+        into local rings (a reader never sees part of it, even if the gateway dies).
+
+        Returns:
+            True when written, False when the ring has no room for it now.
+
+        Raises:
+            ActorNotFound: no live receiver holds ``to``.
+            MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
+        """
+        ch = self._out.get((sender, to))
+        if ch is None or self._clock() >= ch.next_check:
+            ch = self._channel(sender, to, ch)
+        if not ch.producer.offer_message(data, meta):
+            if ch.producer.consumer_closed:
+                self._check_receiver(ch, pending=0)
+            return False
+        signal = ch.producer.signal()
+        if signal & _STATE == _WAITING and signal != ch.rung:
+            ch.rung = signal
+            self._ring_bell(ch)
+        elif signal & _STATE == _ring.CLOSED:
+            self._check_receiver(ch, pending=1)
+        self._sends += 1
+        return True
 
     def pending(self) -> bool:
         """Some inbound ring has unread records."""
@@ -746,7 +854,13 @@ class Endpoint:
 
     def _open_inbound(self, fname: str) -> None:
         parsed = parse_ring_filename(fname)
-        if parsed is None or fname in self._by_file or parsed[1] not in self._names:
+        if parsed is None or fname in self._by_file:
+            return
+        if parsed[1] not in self._names:
+            streams = self._on_stream_ring is not None and FORWARD_TO in self._names
+            if streams and parse_forward_name(parsed[1]) is not None:
+                assert self._on_stream_ring is not None
+                self._on_stream_ring(fname)
             return
         sender, receiver, _gen = parsed
         path = self.registry.rings_dir / fname
@@ -799,10 +913,13 @@ class Endpoint:
             names = os.listdir(self.registry.rings_dir)
         except FileNotFoundError:
             return
+        streams = self._on_stream_ring is not None and FORWARD_TO in self._names
         for fname in sorted(names):
             if fname not in self._by_file:
                 parsed = parse_ring_filename(fname)
-                if parsed is not None and parsed[1] in self._names:
+                if parsed is not None and (
+                    parsed[1] in self._names or (streams and parse_forward_name(parsed[1]))
+                ):
                     self._open_inbound(fname)
 
     # -- maintenance ---------------------------------------------------------------

@@ -35,6 +35,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from typing import Final
 
 import attrs
 import psutil
@@ -42,12 +43,16 @@ import psutil
 from mybus_actors.errors import ActorNotFound, InvalidAddress, NameTaken
 
 __all__ = [
+    "FORWARD_TO",
     "NAME_RE",
     "RESERVED_NAMES",
     "Entry",
     "Registry",
     "default_node",
+    "forward_name",
     "is_alive",
+    "is_forward_ring",
+    "parse_forward_name",
     "parse_ring_filename",
     "process_create_time",
     "resolve_runtime_dir",
@@ -147,12 +152,15 @@ def resolve_runtime_dir(
 def ring_filename(sender: str, receiver: str, gen: int) -> str:
     """Return the file name of the ring from `sender` to `receiver`: `<from>~<to>.<gen:x>`.
 
+    ``receiver`` is a name or a `forward_name`.
+
     Raises:
         InvalidAddress: a name is invalid.
         ValueError: `gen` is not a non-negative int.
     """
     validate_name(sender)
-    validate_name(receiver)
+    if parse_forward_name(receiver) is None:
+        validate_name(receiver)
     if isinstance(gen, bool) or not isinstance(gen, int) or gen < 0:
         raise ValueError(f"invalid ring generation {gen!r}: expected an int >= 0")
     return f"{sender}~{receiver}.{gen:x}"
@@ -161,9 +169,10 @@ def ring_filename(sender: str, receiver: str, gen: int) -> str:
 def parse_ring_filename(fname: str) -> tuple[str, str, int] | None:
     """Parse a ring file name into `(sender, receiver, gen)`.
 
-    The generation token is read as hexadecimal, as `ring_filename` writes it (a decimal
-    token of one digit reads the same). Anything else, such as a hidden temp file, gives
-    None.
+    The receiver is a name, or a forward name (`forward_name`) for a ring into the
+    gateway. The generation token is read as hexadecimal, as `ring_filename` writes it (a
+    decimal token of one digit reads the same). Anything else, such as a hidden temp
+    file, gives None.
     """
     if not isinstance(fname, str) or fname.count("~") != 1:
         return None
@@ -171,9 +180,44 @@ def parse_ring_filename(fname: str) -> tuple[str, str, int] | None:
     receiver, dot, token = rest.rpartition(".")
     if not dot or _GEN_RE.fullmatch(token) is None:
         return None
-    if NAME_RE.fullmatch(sender) is None or NAME_RE.fullmatch(receiver) is None:
+    if NAME_RE.fullmatch(sender) is None:
+        return None
+    if NAME_RE.fullmatch(receiver) is None and parse_forward_name(receiver) is None:
         return None
     return sender, receiver, int(token, 16)
+
+
+FORWARD_TO: Final = "gateway"
+_FORWARD_SEP: Final = "+"  # not a name character: a forward name is never an actor's
+
+
+def forward_name(node: str, name: str) -> str:
+    """The receiver part of a ring into this node's gateway for actor ``name`` on
+    ``node``: one such ring per (sender, remote actor), the gateway's outbox.
+
+    Raises:
+        InvalidAddress: ``node`` or ``name`` is invalid.
+    """
+    validate_name(node)
+    validate_name(name)
+    return f"{FORWARD_TO}{_FORWARD_SEP}{node}{_FORWARD_SEP}{name}"
+
+
+def parse_forward_name(receiver: str) -> tuple[str, str] | None:
+    """(node, name) of a forward name; None for anything else (an actor's name)."""
+    parts = receiver.split(_FORWARD_SEP)
+    if len(parts) != 3 or parts[0] != FORWARD_TO:
+        return None
+    if NAME_RE.fullmatch(parts[1]) is None or NAME_RE.fullmatch(parts[2]) is None:
+        return None
+    return parts[1], parts[2]
+
+
+def is_forward_ring(fname: str) -> bool:
+    """A ring into the gateway for another node: its outbox, which outlives both its
+    writer and its reader, and which only a gateway retires."""
+    parsed = parse_ring_filename(fname)
+    return parsed is not None and parse_forward_name(parsed[1]) is not None
 
 
 def _valid_name(_inst: object, _attr: object, value: str) -> None:
@@ -316,8 +360,8 @@ class Registry:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         """Open (creating if needed) the runtime directory `root`.
 
-        `root`, its parent when that is named `mybus-<uid>`, and the `actors/`, `bells/`
-        and `rings/` subdirectories are created with mode 0700 whatever the umask.
+        `root`, its parent when that is named `mybus-<uid>`, and the `actors/`, `bells/`,
+        `rings/` and `blobs/` subdirectories are created with mode 0700 whatever the umask.
 
         Raises:
             PermissionError: a runtime directory exists but belongs to another user.
@@ -332,7 +376,7 @@ class Registry:
         else:
             parent.mkdir(parents=True, exist_ok=True)
         _make_private_dir(self._root)
-        for sub in (self.actors_dir, self.bells_dir, self.rings_dir):
+        for sub in (self.actors_dir, self.bells_dir, self.rings_dir, self.blobs_dir):
             _make_private_dir(sub)
         self._gen_lock = threading.Lock()
         self._last_gen = 0
@@ -359,6 +403,11 @@ class Registry:
     def rings_dir(self) -> pathlib.Path:
         """`<root>/rings`: one ring file per (sender, receiver) pair."""
         return self._root / "rings"
+
+    @property
+    def blobs_dir(self) -> pathlib.Path:
+        """`<root>/blobs`: large messages a gateway assembles from another node."""
+        return self._root / "blobs"
 
     # ----------------------------------------------------------------- public API
 
@@ -488,12 +537,15 @@ class Registry:
                     live.append(held)
         return sorted(live, key=lambda e: e.name)
 
-    def reclaim(self) -> builtins.list[Entry]:
+    def reclaim(self, *, outboxes: bool = False) -> builtins.list[Entry]:
         """Remove what dead processes left behind.
 
         That is: every stale entry with its rings; abandoned unreadable entries and temp
         files; every doorbell whose process (pid and create time) is dead; and every ring
-        file neither of whose ends has a live entry.
+        file neither of whose ends has a live entry. Rings into the gateway for other
+        nodes are outboxes, kept for the next gateway to send; with ``outboxes`` (an
+        operator's decision: those messages are given up) they go too when no gateway
+        is live and their writer is not, and so do the gateway's blob files.
 
         Returns:
             The stale entries reclaimed.
@@ -519,10 +571,19 @@ class Registry:
         for fname in self._listdir(self.bells_dir):
             if self._bell_is_dead(fname):
                 _unlink(self.bells_dir / fname)
+        drop_outboxes = outboxes and FORWARD_TO not in live
         for fname in rings:
             parsed = parse_ring_filename(fname)
-            if parsed is not None and parsed[0] not in live and parsed[1] not in live:
+            if parsed is None:
+                continue
+            if is_forward_ring(fname):  # an outbox: the next gateway sends what is in it
+                if drop_outboxes and parsed[0] not in live:
+                    _unlink(self.rings_dir / fname)
+            elif parsed[0] not in live and parsed[1] not in live:
                 _unlink(self.rings_dir / fname)
+        if drop_outboxes:
+            for fname in self._listdir(self.blobs_dir):
+                _unlink(self.blobs_dir / fname)
         return reclaimed
 
     def remove_rings_of(self, name: str, *, keep_to_live: bool = False) -> int:
@@ -542,7 +603,7 @@ class Registry:
         count = 0
         for fname in self._listdir(self.rings_dir):
             parsed = parse_ring_filename(fname)
-            if parsed is None or name not in parsed[:2]:
+            if parsed is None or name not in parsed[:2] or is_forward_ring(fname):
                 continue
             if keep_to_live and parsed[1] != name and self._is_live(parsed[1]):
                 continue
@@ -647,7 +708,8 @@ class Registry:
         describes; return whether this call deleted it.
 
         Rings go first, while the entry still keeps the name from a new registrant whose
-        fresh rings would otherwise be deleted with the old ones.
+        fresh rings would otherwise be deleted with the old ones. Rings into the gateway
+        for other nodes stay (`is_forward_ring`): they outlive writer and reader.
         """
         path = self.actors_dir / name
         with self._entries_locked():

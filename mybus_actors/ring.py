@@ -763,6 +763,21 @@ class Reader(_ConsumerSide):
         self._read = self._head
         self._unreleased.clear()
 
+    def rewind_to(self, pos: int) -> None:
+        """Read again from ``pos``, the end of a record read and not released (the head
+        when ``pos`` is before it; nothing when it is past the read position)."""
+        if pos - self._head <= 0:
+            self.rewind()
+            return
+        if pos - self._read >= 0:
+            return
+        unreleased = self._unreleased
+        while unreleased and unreleased[-1][0] - pos > 0:
+            unreleased.pop()
+        if not unreleased or unreleased[-1][0] != pos:
+            raise ValueError(f"{pos} is not the end of a record read")
+        self._read = pos
+
     def _records(self, pos: int, tail: int, budget: int, max_bytes: int) -> Iterator[Record]:
         words = self._words
         mv = self._mv

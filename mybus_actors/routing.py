@@ -1,27 +1,28 @@
 """How a message for another node leaves this process: through the local gateway.
 
-A runtime or a client writes the encoded record, laid out as the wire's WHOLE item for
-its target and prefixed by the target's node, into its ordinary ring to the actor
-``gateway`` of this node, which relays the item as it is: the gateway neither parses
-nor re-encodes what it forwards, and never unpickles it. The record names its sender
-with a full "node/name" address (the sender knows its node), so replies find their way.
+A runtime or a client writes the encoded record, its sender named in full ("node/name",
+so replies find their way back), into a ring of its own to this node's gateway: one
+ring per (sender, remote actor), a *forward* ring (`registry.forward_name`), which is the
+gateway's outbox. The gateway relays the records as they are (it never parses the
+payload, never unpickles it) and frees them from the ring only once the other node has
+them; the ring outlives the gateway, so one that dies loses nothing and its successor
+sends what it finds.
 
-Knows the gateway's name and this record layout; not TCP or actors.
+Knows the gateway's name and the forward ring naming; not TCP or actors.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from mybus_actors import wire
-from mybus_actors.codec import Buffer, Kind
-from mybus_actors.errors import ActorNotFound, LocalProtocolError, SerializationError
+from mybus_actors.codec import Buffer
+from mybus_actors.errors import ActorNotFound
 from mybus_actors.mailbox import Endpoint
+from mybus_actors.registry import FORWARD_TO, forward_name
 
-__all__ = ["FORWARD", "GATEWAY", "parse_forward", "send_to_node"]
+__all__ = ["GATEWAY", "send_to_node"]
 
-GATEWAY: Final = "gateway"
-FORWARD: Final = int(Kind.FORWARD)
+GATEWAY: Final = FORWARD_TO
 
 
 def send_to_node(
@@ -36,40 +37,21 @@ def send_to_node(
     timeout: float,
     block: bool,
 ) -> None:
-    """Hand an encoded record for ``node/name`` to this node's gateway.
+    """Write an encoded record for ``node/name`` into the sender's ring to the gateway.
 
     ``body`` must name its sender as a full address (``codec.encode(..., sender=...)``).
 
     Raises:
         ActorNotFound: no gateway runs on this node (the message names both nodes).
-        MailboxFull: the gateway's mailbox stayed full for ``timeout``.
+        MailboxFull: the ring stayed full for ``timeout`` (the other node, or the
+            gateway, does not keep up, or no gateway runs right now).
     """
     try:
-        head = wire.whole_head(name, meta, len(body))
-    except LocalProtocolError as exc:  # names are validated before: a bug if reached
-        raise SerializationError(f"cannot forward to {node}/{name}: {exc}") from exc
-    record = b"".join((bytes((len(node),)), node.encode("ascii"), head, body))
-    try:
-        endpoint.send(sender, GATEWAY, record, FORWARD, timeout=timeout, block=block)
+        endpoint.send(
+            sender, forward_name(node, name), body, meta, timeout=timeout, block=block
+        )
     except ActorNotFound as exc:
         raise ActorNotFound(
             f"node {node!r} is not reachable: no gateway runs on node {here!r}"
             " (start one with mybus-gateway)"
         ) from exc
-
-
-def parse_forward(body: bytes) -> tuple[str, memoryview]:
-    """Split a FORWARD record into (target node, the wire item to relay).
-
-    Raises:
-        SerializationError: too short, or a node name that is not ASCII.
-    """
-    view = memoryview(body)
-    if len(view) < 2 or len(view) < 1 + view[0]:
-        raise SerializationError("FORWARD record too short for its node name")
-    end = 1 + view[0]
-    try:
-        node = str(view[1:end], "ascii")
-    except UnicodeDecodeError as exc:
-        raise SerializationError("FORWARD record's node name is not ASCII") from exc
-    return node, view[end:]

@@ -28,8 +28,8 @@ Guarantees:
 - Misuse of the API raises `LocalProtocolError` (bad arguments to ``send_*`` included);
   bad constructor arguments raise ``ValueError``.
 
-Not here: reassembling FIRST/MORE fragments (those of one message may straddle a reconnect,
-so the gateway does it and bounds ``First.total``), sequence numbers, resends and timeouts.
+Not here: what DATA and ACK bodies hold (runs of ring records and stream acks, in
+`items`), streams, resends and timeouts.
 
 Frame: ``b"MB"``, version (u8), type (u8), length (u32), then the body; integers
 little-endian; a name is a u8 length and ASCII matching ``[A-Za-z0-9_.-]{1,64}``. HELLO
@@ -53,16 +53,27 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mybus_actors.errors import LocalProtocolError, RemoteProtocolError
+from mybus_actors.items import (
+    BodyReader,
+    Run,
+    StreamAck,
+    encode_acks,
+    encode_runs,
+    read_acks,
+    read_runs,
+)
 
 __all__ = [
     "CLOSED",
-    "DATA_OVERHEAD",
     "DEFAULT_MAX_FRAME",
     "HANDSHAKE",
     "HEADER_SIZE",
+    "MAC_SIZE",
     "MAGIC",
+    "MIN_SECRET",
     "NEED_DATA",
     "OPEN",
+    "SEALED_OVERHEAD",
     "VERSION",
     "Ack",
     "Authenticated",
@@ -71,19 +82,12 @@ __all__ = [
     "ConnectionClosed",
     "Data",
     "Event",
-    "First",
     "FrameType",
     "Hello",
-    "Item",
-    "ItemKind",
-    "More",
     "NeedDataType",
     "Ping",
     "Pong",
     "State",
-    "Whole",
-    "encode_item",
-    "item_size",
 ]
 
 VERSION: Final = 2
@@ -99,7 +103,7 @@ AUTH_CONTEXT: Final = b"mybus-auth-v2"
 FRAME_CONTEXT: Final = b"mybus-frames-v2"
 _HKDF_SALT: Final = b"mybus-hkdf-v2"
 _NONCE_PAD: Final = bytes(4)  # a GCM nonce is 12 bytes: 4 zero bytes, the frame number
-DATA_OVERHEAD: Final = HEADER_SIZE + SEALED_OVERHEAD + 12  # + seq + item count
+DATA_OVERHEAD: Final = HEADER_SIZE + SEALED_OVERHEAD + 4  # + run count
 
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
@@ -121,18 +125,12 @@ class FrameType(enum.IntEnum):
     BYE = 7
 
 
-class ItemKind(enum.IntEnum):
-    WHOLE = 0
-    FIRST = 1
-    MORE = 2
-
-
 # Allowed body lengths, checked from the header (max_frame applies on top).
 _BODY_BOUNDS: Final = {
     FrameType.HELLO: (1 + 1 + 2 + 8 + NONCE_SIZE, 1 + 64 + 2 + 8 + NONCE_SIZE),
     FrameType.AUTH: (32, 32),
-    FrameType.DATA: (12, _U32_MAX),
-    FrameType.ACK: (8, 8),
+    FrameType.DATA: (4, _U32_MAX),
+    FrameType.ACK: (4, _U32_MAX),
     FrameType.PING: (8, 8),
     FrameType.PONG: (8, 8),
     FrameType.BYE: (2, 2 + 0xFFFF),
@@ -167,31 +165,6 @@ NEED_DATA: Final = NeedDataType.NEED_DATA
 
 
 @attrs.frozen
-class Whole:
-    to: str
-    meta: int
-    payload: bytes
-
-
-@attrs.frozen
-class First:
-    msg_id: int
-    total: int
-    to: str
-    meta: int
-    chunk: bytes
-
-
-@attrs.frozen
-class More:
-    msg_id: int
-    chunk: bytes
-
-
-Item: TypeAlias = Whole | First | More
-
-
-@attrs.frozen
 class Hello:
     """The peer's claim (not yet proven: wait for `Authenticated`)."""
 
@@ -208,13 +181,12 @@ class Authenticated:
 
 @attrs.frozen
 class Data:
-    seq: int
-    items: tuple[Item, ...]
+    runs: tuple[Run, ...]
 
 
 @attrs.frozen
 class Ack:
-    seq: int
+    entries: tuple[StreamAck, ...]
 
 
 @attrs.frozen
@@ -238,8 +210,7 @@ class ConnectionClosed:
 
 
 Event: TypeAlias = Hello | Authenticated | Data | Ack | Ping | Pong | Bye | ConnectionClosed
-_SIMPLE_EVENTS: Final[dict[FrameType, type[Ack | Ping | Pong]]] = {
-    FrameType.ACK: Ack,
+_SIMPLE_EVENTS: Final[dict[FrameType, type[Ping | Pong]]] = {
     FrameType.PING: Ping,
     FrameType.PONG: Pong,
 }
@@ -260,65 +231,6 @@ def _str8(name: str) -> bytes:
 
 def _frame(ftype: FrameType, body: bytes) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, ftype, len(body)) + body
-
-
-def item_size(item: Item) -> int:
-    """Bytes ``item`` takes in a DATA body (a frame holds `DATA_OVERHEAD` more)."""
-    if isinstance(item, Whole):
-        return 1 + 1 + len(item.to) + 8 + len(item.payload)
-    if isinstance(item, First):
-        return 1 + 16 + 1 + len(item.to) + 8 + len(item.chunk)
-    return 1 + 8 + 4 + len(item.chunk)
-
-
-class _Reader:
-    """Reads the fields of one frame body; running short is the peer's fault."""
-
-    __slots__ = ("_end", "_mv", "_pos", "_what")
-
-    def __init__(self, mv: memoryview, start: int, end: int, what: str) -> None:
-        self._mv, self._pos, self._end, self._what = mv, start, end, what
-
-    def _take(self, n: int, field: str) -> int:
-        pos = self._pos
-        if n > self._end - pos:
-            raise RemoteProtocolError(
-                f"{self._what} frame truncated: {field} needs {n} bytes, "
-                f"{self._end - pos} left in the body"
-            )
-        self._pos = pos + n
-        return pos
-
-    def u8(self, field: str) -> int:
-        return self._mv[self._take(1, field)]
-
-    def u16(self, field: str) -> int:
-        value: int = _U16.unpack_from(self._mv, self._take(2, field))[0]
-        return value
-
-    def u32(self, field: str) -> int:
-        value: int = _U32.unpack_from(self._mv, self._take(4, field))[0]
-        return value
-
-    def u64(self, field: str) -> int:
-        value: int = _U64.unpack_from(self._mv, self._take(8, field))[0]
-        return value
-
-    def raw(self, n: int, field: str) -> bytes:
-        pos = self._take(n, field)
-        return bytes(self._mv[pos : pos + n])
-
-    def name(self, field: str) -> str:
-        raw = self.raw(self.u8(f"{field} length"), field)
-        if _NAME_RE.fullmatch(raw) is None:
-            raise RemoteProtocolError(f"{self._what} frame has an invalid {field} {raw[:70]!r}")
-        return raw.decode("ascii")
-
-    def done(self, what: str = "") -> None:
-        if self._pos != self._end:
-            raise RemoteProtocolError(
-                f"{self._what} frame has {self._end - self._pos} trailing bytes{what}"
-            )
 
 
 def _hkdf(secret: bytes, info: bytes) -> bytes:
@@ -454,35 +366,19 @@ class Connection:
         self._pending.clear()
         return out
 
-    def send_data(self, seq: int, items: Sequence[Item]) -> bytes:
-        """A DATA frame of ``items``, numbered ``seq`` (both sides share one max_frame).
+    def send_data(self, runs: Sequence[Run]) -> bytes:
+        """A DATA frame of ``runs`` of ring records (both sides share one max_frame).
 
         Raises:
-            LocalProtocolError: not OPEN, a bad seq, item or field, or a body over max_frame.
+            LocalProtocolError: not OPEN, a bad field, or a body over max_frame.
         """
         self._require_open("send_data()")
-        _check_u64(seq, "seq")
-        if len(items) > _U32_MAX:
-            raise LocalProtocolError(f"too many items: {len(items)}")
-        parts: list[bytes] = [_SEQ_COUNT.pack(seq, len(items))]
-        for item in items:
-            parts.extend(_encode_item(item))
-        return self._sealed(FrameType.DATA, parts)
+        return self._sealed(FrameType.DATA, encode_runs(runs))
 
-    def send_encoded(self, seq: int, count: int, items: Sequence[bytes]) -> bytes:
-        """A DATA frame of items already made by `encode_item` (a sender keeps those
-        bytes for resending, so each item is encoded once however often it is sent).
-
-        Raises:
-            LocalProtocolError: not OPEN, a bad seq, or a body over max_frame.
-        """
-        self._require_open("send_encoded()")
-        _check_u64(seq, "seq")
-        return self._sealed(FrameType.DATA, (_SEQ_COUNT.pack(seq, count), *items))
-
-    def send_ack(self, seq: int) -> bytes:
-        """An ACK: every DATA with a seq up to ``seq`` arrived. Raises: as `send_data`."""
-        return self._u64_frame(FrameType.ACK, seq, "seq")
+    def send_ack(self, entries: Sequence[StreamAck]) -> bytes:
+        """An ACK frame: what became of the peer's streams. Raises: as `send_data`."""
+        self._require_open("send_ack()")
+        return self._sealed(FrameType.ACK, encode_acks(entries))
 
     def send_ping(self, token: int) -> bytes:
         """A PING the peer answers with a PONG of the same token. Raises: as `send_data`."""
@@ -649,7 +545,7 @@ class Connection:
             if self._rx is not None:
                 self._unseal(ftype, mv, start, end)
                 start, end = start + 8, end - MAC_SIZE
-            event = self._parse(ftype, _Reader(mv, start, end, ftype.name))
+            event = self._parse(ftype, BodyReader(mv, start, end, ftype.name))
         finally:
             mv.release()
         self._pos = self._pos + HEADER_SIZE + length
@@ -716,13 +612,16 @@ class Connection:
             raise RemoteProtocolError(f"{ftype.name} frame length {length}, expected {low}..{high}")
         return ftype
 
-    def _parse(self, ftype: FrameType, r: _Reader) -> Event:
+    def _parse(self, ftype: FrameType, r: BodyReader) -> Event:
         if ftype is FrameType.DATA:
-            seq, count = r.u64("seq"), r.u32("item count")
-            items = tuple(_read_item(r) for _ in range(count))
-            r.done(f" after its {count} items")
-            return Data(seq, items)
-        if ftype in (FrameType.ACK, FrameType.PING, FrameType.PONG):
+            runs = tuple(read_runs(r))
+            r.done(f" after its {len(runs)} runs")
+            return Data(runs)
+        if ftype is FrameType.ACK:
+            entries = tuple(read_acks(r))
+            r.done(f" after its {len(entries)} entries")
+            return Ack(entries)
+        if ftype in (FrameType.PING, FrameType.PONG):
             value = r.u64("value")
             r.done()
             return _SIMPLE_EVENTS[ftype](value)
@@ -737,7 +636,7 @@ class Connection:
         self._state = State.CLOSED
         return Bye(reason)
 
-    def _on_hello(self, r: _Reader) -> Hello:
+    def _on_hello(self, r: BodyReader) -> Hello:
         node, version = r.name("node"), r.u16("version")
         incarnation, nonce = r.u64("incarnation"), r.raw(NONCE_SIZE, "nonce")
         r.done()
@@ -758,7 +657,7 @@ class Connection:
         self._pending += _frame(FrameType.AUTH, self._tag(ours, theirs))
         return self._claimed
 
-    def _on_auth(self, r: _Reader) -> Authenticated:
+    def _on_auth(self, r: BodyReader) -> Authenticated:
         tag = r.raw(32, "tag")
         r.done()
         claimed = self._claimed
@@ -774,126 +673,6 @@ class Connection:
         return self._peer
 
 
-def _read_item(r: _Reader) -> Item:
-    # The common case, a well-formed WHOLE item, in one pass; anything else (or
-    # anything short) takes the field-by-field path below, which names the fault.
-    mv, pos, end = r._mv, r._pos, r._end
-    if end - pos > 10 and mv[pos] == ItemKind.WHOLE:
-        name_end = pos + 2 + mv[pos + 1]
-        if name_end + 8 <= end:
-            raw = bytes(mv[pos + 2 : name_end])
-            to = _NAMES.get(raw)
-            if to is None and _NAME_RE.fullmatch(raw) is not None:
-                to = _remember_name(raw)
-            if to is not None:
-                meta, length = _META_LEN.unpack_from(mv, name_end)
-                start = name_end + 8
-                if length <= end - start:
-                    r._pos = start + length
-                    return Whole(to, meta, bytes(mv[start : start + length]))
-    kind = r.u8("item kind")
-    if kind == ItemKind.WHOLE:
-        to, meta = r.name("WHOLE target"), r.u32("WHOLE meta")
-        return Whole(to, meta, r.raw(r.u32("WHOLE length"), "WHOLE payload"))
-    if kind == ItemKind.FIRST:
-        msg_id, total = r.u64("FIRST message id"), r.u64("FIRST total")
-        to, meta = r.name("FIRST target"), r.u32("FIRST meta")
-        size = r.u32("FIRST chunk length")
-        if size > total:
-            raise RemoteProtocolError(f"DATA FIRST chunk of {size} bytes over its total {total}")
-        return First(msg_id, total, to, meta, r.raw(size, "FIRST chunk"))
-    if kind == ItemKind.MORE:
-        msg_id = r.u64("MORE message id")
-        return More(msg_id, r.raw(r.u32("MORE chunk length"), "MORE chunk"))
-    raise RemoteProtocolError(f"DATA frame has an item of unknown kind {kind}")
-
-
-_NAMES: dict[bytes, str] = {}  # target names already validated: a few, seen again and again
-_HEADS: dict[str, bytes] = {}  # the same, the other way: a WHOLE item's kind and name
-_META_LEN: Final = struct.Struct("<II")
-_SEQ_COUNT: Final = struct.Struct("<QI")
-
-
-def _remember_name(raw: bytes) -> str:
-    if len(_NAMES) > 4096:
-        _NAMES.clear()
-    name = _NAMES[raw] = raw.decode("ascii")
-    return name
-
-
 def _check_u64(value: object, field: str) -> None:
     if not _is_uint(value, _U64_MAX):
         raise LocalProtocolError(f"{field} {value!r} is not a u64")
-
-
-def _check_item_fields(to: object, meta: object, data: object, what: str) -> bytes:
-    if not _is_name(to):
-        raise LocalProtocolError(f"{what}.to {to!r} is not a valid actor name")
-    if not _is_uint(meta, _U32_MAX):
-        raise LocalProtocolError(f"{what}.meta {meta!r} is not a u32")
-    if not isinstance(data, bytes | bytearray) or len(data) > _U32_MAX:
-        raise LocalProtocolError(f"{what} payload must be bytes of at most 4 GiB")
-    return _str8(to)
-
-
-def whole_head(to: str, meta: int, length: int) -> bytes:
-    """The bytes of a WHOLE item before its payload: with them, a sender can lay an item
-    out in one buffer (header, then payload) that a relay passes on as it is.
-
-    Raises:
-        LocalProtocolError: a bad name, or meta or length not a u32.
-    """
-    head = _HEADS.get(to)
-    if head is None:
-        if not _is_name(to):
-            raise LocalProtocolError(f"Whole.to {to!r} is not a valid actor name")
-        if len(_HEADS) > 4096:
-            _HEADS.clear()
-        head = _HEADS[to] = bytes((ItemKind.WHOLE,)) + _str8(to)
-    if not (_is_uint(meta, _U32_MAX) and _is_uint(length, _U32_MAX)):
-        raise LocalProtocolError(f"Whole meta {meta!r} or length {length!r} is not a u32")
-    return head + _META_LEN.pack(meta, length)
-
-
-def decode_item(data: bytes | memoryview) -> Item:
-    """Read back one encoded item (all of ``data``).
-
-    Raises:
-        RemoteProtocolError: not exactly one well-formed item.
-    """
-    view = memoryview(data)
-    r = _Reader(view, 0, len(view), "item")
-    item = _read_item(r)
-    r.done()
-    return item
-
-
-def encode_item(item: Item) -> bytes:
-    """One item as it stands in a DATA body, for `Connection.send_encoded`.
-
-    Raises:
-        LocalProtocolError: a bad field.
-    """
-    return b"".join(_encode_item(item))
-
-
-def _encode_item(item: object) -> tuple[bytes, bytes]:
-    if isinstance(item, Whole):
-        to = _check_item_fields(item.to, item.meta, item.payload, "Whole")
-        head = bytes((ItemKind.WHOLE,)) + to + _U32.pack(item.meta) + _U32.pack(len(item.payload))
-        return head, item.payload
-    if isinstance(item, First):
-        to = _check_item_fields(item.to, item.meta, item.chunk, "First")
-        _check_u64(item.msg_id, "First.msg_id")
-        _check_u64(item.total, "First.total")
-        if len(item.chunk) > item.total:
-            raise LocalProtocolError(f"First chunk of {len(item.chunk)} bytes over total")
-        head = bytes((ItemKind.FIRST,)) + _U64.pack(item.msg_id) + _U64.pack(item.total) + to
-        return head + _U32.pack(item.meta) + _U32.pack(len(item.chunk)), item.chunk
-    if isinstance(item, More):
-        _check_u64(item.msg_id, "More.msg_id")
-        if not isinstance(item.chunk, bytes | bytearray) or len(item.chunk) > _U32_MAX:
-            raise LocalProtocolError("More chunk must be bytes of at most 4 GiB")
-        head = bytes((ItemKind.MORE,)) + _U64.pack(item.msg_id) + _U32.pack(len(item.chunk))
-        return head, item.chunk
-    raise LocalProtocolError(f"not a Whole, First or More item: {item!r}")

@@ -185,6 +185,28 @@ def pattern(size: int) -> bytes:
 # -- processes -------------------------------------------------------------------------
 
 
+def wait_released(runtime_dir: Path, timeout: float = 10.0) -> None:
+    """Until every ring into the gateway for another node is released (the other node
+    acknowledged all of it): what a test waits for before it cuts a link for good."""
+    from mybus_actors import ring
+    from mybus_actors.registry import is_forward_ring
+
+    deadline = time.monotonic() + timeout
+    while True:
+        unreleased = []
+        for path in (runtime_dir / "rings").iterdir():
+            if is_forward_ring(path.name):
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    reader = ring.Reader(bytearray(path.read_bytes()))
+                    if reader.unreleased:
+                        unreleased.append(path.name)
+        if not unreleased:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not acknowledged within {timeout}s: {unreleased}")
+        time.sleep(0.005)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the kernel's pick for port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -341,14 +363,20 @@ class _Pair:
 
 
 class CuttingProxy:
-    """A TCP forwarder to ``target`` that cuts every connection every ``period`` seconds.
+    """A TCP forwarder to ``target`` that cuts every connection every ``period`` seconds,
+    and (with ``every_bytes``) each time that many more bytes went towards the target:
+    cuts that land while traffic flows, however fast it flows.
 
     Threads: one accepts, two per connection copy bytes, one cuts. `close` stops them all.
     """
 
-    def __init__(self, target: tuple[str, int], period: float) -> None:
+    def __init__(
+        self, target: tuple[str, int], period: float, every_bytes: int | None = None
+    ) -> None:
         self.target = target
         self.period = period
+        self.every_bytes = every_bytes
+        self.forwarded = 0  # bytes towards the target, over all connections
         self.accepted = 0
         self.cuts = 0
         self._lock = threading.Lock()
@@ -387,17 +415,25 @@ class CuttingProxy:
                 self.accepted += 1
                 self._pairs.add(pair)
                 for src, dst in ((client, upstream), (upstream, client)):
-                    t = threading.Thread(target=self._copy, args=(pair, src, dst), daemon=True)
+                    args = (pair, src, dst, src is client)
+                    t = threading.Thread(target=self._copy, args=args, daemon=True)
                     t.start()
                     self._copiers.append(t)
 
-    def _copy(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
+    def _copy(self, pair: _Pair, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while True:
                 data = src.recv(256 << 10)
                 if not data:
                     break
                 dst.sendall(data)
+                if upstream and self.every_bytes:
+                    with self._lock:
+                        before = self.forwarded
+                        self.forwarded += len(data)
+                        crossed = before // self.every_bytes != self.forwarded // self.every_bytes
+                    if crossed:
+                        self.cut()
         except OSError:
             pass
         finally:

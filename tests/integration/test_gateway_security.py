@@ -34,8 +34,9 @@ if str(HERE) not in sys.path:
 import gateway_lib as lib  # noqa: E402
 from test_gateway import LOCAL, SECRET, WAIT, Cluster, receive_until  # noqa: E402
 
-from mybus_actors import codec, wire  # noqa: E402
+from mybus_actors import codec, items, wire  # noqa: E402
 from mybus_actors.codec import Kind  # noqa: E402
+from mybus_actors.items import Control, Run  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -178,8 +179,10 @@ class TamperingProxy:
 def forged_data(number: int, marker: str) -> bytes:
     """A well-formed DATA frame for the collector carrying a pickle, its MAC a guess."""
     meta, body = codec.encode(Marker(marker), sender="alpha/s0")
-    items = wire.encode_item(wire.Whole("collector", meta, bytes(body)))
-    payload = struct.pack("<QI", 1 << 40, 1) + items
+    data = bytes(body)
+    record = (1 << 40, len(data) | items.WHOLE << 32 | meta << 40, data)
+    run = Run("s0", "collector", 1, (1 << 40) - 8 - (len(data) + 7) // 8 * 8, 0, (record,))
+    payload = b"".join(items.encode_runs([run]))
     size = 8 + len(payload) + wire.MAC_SIZE
     head = HEADER.pack(b"MB", wire.VERSION, wire.FrameType.DATA, size)
     return head + struct.pack("<Q", number) + payload + os.urandom(wire.MAC_SIZE)
@@ -250,7 +253,7 @@ def test_a_tampered_frame_is_refused_and_the_stream_around_it_arrives_once_in_or
         assert not os.path.exists(marker), "the injected pickle was decoded"
         for gw in (alpha, beta):
             assert "Traceback" not in gw.log.text()
-        print("\n".join(l for l in (alpha.log.text()+"\n"+beta.log.text()).splitlines() if "link" in l))
+        lib.wait_released(cluster.dir("alpha"))  # beta's last acknowledgement came
     finally:
         proxy.close()
 
@@ -259,15 +262,20 @@ def test_a_tampered_frame_is_refused_and_the_stream_around_it_arrives_once_in_or
 
 
 class RawPeer:
-    """A peer gateway written by hand on `wire.Connection`: it says what it likes."""
+    """A peer gateway written by hand on `wire.Connection`: it says what it likes.
+
+    Each message it sends goes as a stream of its own (one ring per sender and target
+    on a real node); what the gateway answers comes as ACK entries and DATA runs.
+    """
 
     def __init__(self, node: str, port: int, secret: bytes = SECRET.encode()) -> None:
         self.sock = socket.create_connection((LOCAL, port), timeout=WAIT)
         self.conn = wire.Connection(node=node, secret=secret, incarnation=7)
-        self.seq = 0
         self.sock.sendall(self.conn.hello())
         while not isinstance(self._next(), wire.Authenticated):
             pass
+        self.entries: list[items.StreamAck] = []
+        self.runs: list[Run] = []
 
     def _next(self) -> wire.Event:
         deadline = time.monotonic() + WAIT
@@ -280,22 +288,36 @@ class RawPeer:
             assert time.monotonic() < deadline, "the gateway said nothing"
             self.conn.receive_data(self.sock.recv(1 << 16))
 
-    def send(self, *items: wire.Item) -> None:
-        self.seq += 1
-        self.sock.sendall(self.conn.send_data(self.seq, items))
+    def send(self, *messages: tuple[str, str, int, bytes]) -> None:
+        """(origin, target, meta, body) each, as the first record of a stream."""
+        runs = []
+        for gen, (origin, target, meta, body) in enumerate(messages, 1):
+            end = 8 + (len(body) + 7) // 8 * 8
+            runs.append(
+                Run(origin, target, gen, 0, 0, ((end, len(body) | 1 << 32 | meta << 40, body),))
+            )
+        self.sock.sendall(self.conn.send_data(runs))
 
-    def messages(self, count: int) -> list[tuple[str, int, bytes]]:
-        """The next ``count`` messages the gateway sends us: (to, meta, payload)."""
-        got: list[tuple[str, int, bytes]] = []
-        while len(got) < count:
+    def collect(self, bounced: int, answers: int) -> None:
+        """Read until ``bounced`` BOUNCED entries and ``answers`` records came."""
+        while (
+            sum(e.kind is Control.BOUNCED for e in self.entries) < bounced
+            or sum(len(r.records) for r in self.runs) < answers
+        ):
             event = self._next()
-            if isinstance(event, wire.Data):
-                got += [(i.to, i.meta, i.payload) for i in event.items if isinstance(i, wire.Whole)]
-                self.sock.sendall(self.conn.send_ack(event.seq))
+            if isinstance(event, wire.Ack):
+                self.entries.extend(event.entries)
+            elif isinstance(event, wire.Data):
+                self.runs.extend(event.runs)
+                done = [
+                    items.StreamAck(Control.DONE, r.origin, r.target, r.gen, r.records[-1][0])
+                    for r in event.runs
+                    if r.records
+                ]
+                self.sock.sendall(self.conn.send_ack(done))  # so beta may release them
             elif isinstance(event, wire.Ping):
                 self.sock.sendall(self.conn.send_pong(event.token))
             assert not isinstance(event, wire.Bye | wire.ConnectionClosed), event
-        return got
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -303,9 +325,11 @@ class RawPeer:
         self.sock.close()
 
 
-def item(to: str, message: Any, *, kind: int, sender: str, corr: int = 0) -> wire.Whole:
+def message(
+    origin: str, to: str, message: Any, *, kind: int, sender: str, corr: int = 0
+) -> tuple[str, str, int, bytes]:
     meta, body = codec.encode(message, kind=kind, sender=sender, correlation_id=corr)
-    return wire.Whole(to, meta, bytes(body))
+    return origin, to, meta, bytes(body)
 
 
 def test_a_peer_speaks_only_for_its_own_node_and_never_to_the_runtime(cluster: Cluster) -> None:
@@ -316,41 +340,37 @@ def test_a_peer_speaks_only_for_its_own_node_and_never_to_the_runtime(cluster: C
     try:
         peer.send(
             # Claims to be one of beta's own actors, and another node's.
-            item("echo", ("whoami",), kind=Kind.ASK, sender="beta/admin", corr=1),
-            item("echo", "hello", kind=Kind.USER, sender="alpha/x"),
+            message("admin", "echo", ("whoami",), kind=Kind.ASK, sender="beta/admin", corr=1),
+            message("x", "echo", "hello", kind=Kind.USER, sender="alpha/x"),
             # Addresses the gateway and a reply mailbox (with a pickle that would run).
-            item("gateway", ("watch-remote", "beta/echo"), kind=Kind.SYSTEM, sender="mallory/x"),
-            item("gateway", ("whoami",), kind=Kind.ASK, sender="mallory/x", corr=2),
-            item("_reply-1-0", Marker(marker), kind=Kind.USER, sender="mallory/x"),
-            item("_reply-1-0", ("whoami",), kind=Kind.ASK, sender="mallory/x", corr=3),
+            message("x", "gateway", ("watch-remote", "beta/echo"), kind=Kind.SYSTEM,
+                    sender="mallory/x"),
+            message("x", "gateway", ("whoami",), kind=Kind.ASK, sender="mallory/x", corr=2),
+            message("x", "_reply-1-0", Marker(marker), kind=Kind.USER, sender="mallory/x"),
+            message("x", "_reply-1-0", ("whoami",), kind=Kind.ASK, sender="mallory/x", corr=3),
             # And one message that is fine.
-            item("echo", ("whoami",), kind=Kind.ASK, sender="mallory/me", corr=4),
-        )
-        got = peer.messages(6)  # the SYSTEM one is refused with no answer: it is no ask
-        by_corr: dict[int, tuple[str, Any]] = {}
-        tells: list[tuple[str, Any]] = []
-        for to, meta, payload in got:
-            kind, origin, corr, message = codec.decode_fields(meta, payload)
-            if kind == Kind.SYSTEM:
-                assert origin == "beta/gateway" and message[0] == "dead-raw"
-                tells.append((to, message[3]))
-            else:
-                by_corr[corr] = (to, message)
+            message("me", "echo", ("whoami",), kind=Kind.ASK, sender="mallory/me", corr=4),
+        )  # fmt: skip
+        peer.collect(bounced=6, answers=1)
+        bounced = [e for e in peer.entries if e.kind is Control.BOUNCED]
+        # Every refused one comes back to the peer that sent it, undelivered, saying why.
+        assert sorted(e.gen for e in bounced) == [1, 2, 3, 4, 5, 6]
+        assert all("refused by node 'beta'" in e.reason for e in bounced), bounced
+        assert "not on node 'mallory'" in next(e.reason for e in bounced if e.gen == 1)
+        assert "'gateway' takes nothing" in next(e.reason for e in bounced if e.gen == 3)
         # The one good ask was answered by echo, which saw who really asked.
-        assert by_corr[4][0] == "me" and by_corr[4][1]["sender"] == "mallory/me"
-        # The others came back as errors, to the sender's name on the peer's own node.
-        for corr, to in ((1, "admin"), (2, "x"), (3, "x")):
-            answer_to, error = by_corr[corr]
-            assert answer_to == to and error[0] == "ActorNotFound", error
-            assert "refused by node 'beta'" in error[1]
-        assert sorted(to for to, _ in tells) == ["x", "x"]
-        assert all("refused by node 'beta'" in why for _, why in tells)
+        (answer,) = [r for r in peer.runs if r.target == "me"]
+        (_, header, payload) = answer.records[0]
+        kind, origin, corr, reply = codec.decode_fields(header >> 40, payload)
+        assert (kind, origin, corr) == (Kind.REPLY, "beta/echo", 4)
+        assert reply["sender"] == "mallory/me"
         assert not os.path.exists(marker), "a payload to a reply mailbox was decoded"
         # Logged once per link and kind of refusal, not once per message.
         log = cluster.gateways["beta"].log
-        log.wait_for(r"refusing a message from node mallory .*not on node 'mallory'", WAIT)
-        log.wait_for(r"refusing a message from node mallory for '(gateway|_reply-1-0)'", WAIT)
+        log.wait_for(r"refusing a message from node mallory: .*not on node 'mallory'", WAIT)
+        log.wait_for(r"refusing a message from node mallory: '(gateway|_reply-1-0)' takes", WAIT)
         assert log.count(r"refusing a message from node mallory") == 2
+        lib.wait_released(cluster.dir("beta"))
     finally:
         peer.close()
     assert beta.alive()

@@ -1,0 +1,137 @@
+"""What a gateway adds to a record it writes into a local ring: where it came from.
+
+A gateway writes remote messages (and dead letters it makes for local senders) into its
+rings to local actors with a *relay prefix*: the identity of the stream the message came
+by and the message's position in it. The receiving endpoint strips the prefix and drops
+a message whose position it has already seen on that stream: after a gateway restarts,
+its successor may deliver again what it delivered before it died (the acknowledgement
+that would have stopped the resend died with it), and the receiver, which outlives the
+gateway, is where that knowledge survives.
+
+A large message comes as a *blob*: the gateway assembles it in a file under ``blobs/``
+(so the part received survives the gateway's death, and a restarted gateway goes on
+where its predecessor stopped) and delivers a short record naming the file; the
+receiving endpoint reads the file and unlinks it.
+
+Knows the prefix layout, blob files and the dedup table; not rings, sockets or actors.
+
+Prefix: key length u8, key (ASCII), position u64; then the payload, or, with `BLOB`,
+the blob's file name (u8 length, ASCII). Blob file: total u64, meta u32, 4 zero bytes,
+then the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections import OrderedDict
+from pathlib import Path
+from typing import Final
+
+from mybus_actors.errors import SerializationError
+
+__all__ = [
+    "BLOB",
+    "BLOB_HEADER",
+    "INNER_META",
+    "RELAYED",
+    "Dedup",
+    "blob_name",
+    "dead_letter_key",
+    "read_blob",
+    "stream_key",
+    "unwrap",
+    "wrap",
+]
+
+RELAYED: Final = 1 << 23  # meta bit: the payload begins with a relay prefix
+BLOB: Final = 1 << 22  # with RELAYED: what follows the prefix names a blob file
+INNER_META: Final = BLOB - 1  # the message's own meta bits
+BLOB_HEADER: Final = struct.Struct("<QI4x")
+_POS: Final = struct.Struct("<Q")
+_DEDUP_SIZE: Final = 1 << 16  # streams remembered per endpoint (least recently used go)
+
+
+def stream_key(node: str, origin: str, target: str, gen: int) -> bytes:
+    """The identity of a stream from ``origin`` on ``node`` to local ``target``."""
+    return f"{node}/{origin}>{target}.{gen:x}".encode("ascii")
+
+
+def dead_letter_key(node: str, target: str, origin: str, gen: int) -> bytes:
+    """The identity of the dead letters made for ``origin`` from its ring to
+    ``node/target`` (a stream of their own: they never mix with deliveries)."""
+    return f"dl/{node}/{target}<{origin}.{gen:x}".encode("ascii")
+
+
+def blob_name(node: str, origin: str, target: str, gen: int, first_end: int) -> str:
+    """The file a large message of a stream is assembled in (one per message)."""
+    return f"{node}@{origin}~{target}.{gen:x}.{first_end:x}"
+
+
+def wrap(key: bytes, position: int, body: bytes | memoryview) -> bytes:
+    """A relayed record's payload: the prefix, then ``body`` (the message, or for a
+    record whose meta has `BLOB`, the blob's file name); its meta gets `RELAYED`."""
+    return b"".join((bytes((len(key),)), key, _POS.pack(position), body))
+
+
+def unwrap(meta: int, data: bytes) -> tuple[bytes, int, int, memoryview]:
+    """(key, position, the message's meta, what follows the prefix) of a relayed record.
+
+    Raises:
+        SerializationError: a prefix that does not fit the record.
+    """
+    view = memoryview(data)
+    if not view:
+        raise SerializationError("relayed record without a prefix")
+    end = 1 + view[0] + 8
+    if end > len(view):
+        raise SerializationError("relayed record shorter than its prefix")
+    key = bytes(view[1 : end - 8])
+    position: int = _POS.unpack_from(view, end - 8)[0]
+    return key, position, meta & INNER_META, view[end:]
+
+
+def read_blob(path: Path) -> tuple[int, bytes]:
+    """(meta, message) of a complete blob file, which is then unlinked.
+
+    Raises:
+        SerializationError: the file is missing, short, or longer than it says.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(BLOB_HEADER.size)
+            if len(head) != BLOB_HEADER.size:
+                raise SerializationError(f"blob {path.name} has no header")
+            total, meta = BLOB_HEADER.unpack(head)
+            data = f.read(total + 1)
+    except OSError as exc:
+        raise SerializationError(f"cannot read blob {path.name}: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    if len(data) != total:
+        raise SerializationError(f"blob {path.name} holds {len(data)} of {total} bytes")
+    return int(meta), data
+
+
+class Dedup:
+    """Per stream key, the last position taken: a record at or before it is a duplicate."""
+
+    def __init__(self, size: int = _DEDUP_SIZE) -> None:
+        self._last: OrderedDict[bytes, int] = OrderedDict()
+        self._size = size
+        self.duplicates = 0
+
+    def fresh(self, key: bytes, position: int) -> bool:
+        """Whether a record at ``position`` on ``key`` is new; if so, it is taken."""
+        last = self._last.get(key)
+        if last is not None:
+            if position - last <= 0:
+                self.duplicates += 1
+                return False
+            self._last.move_to_end(key)
+        elif len(self._last) >= self._size:
+            self._last.popitem(last=False)
+        self._last[key] = position
+        return True
