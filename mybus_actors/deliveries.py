@@ -164,15 +164,17 @@ class Deliveries:
                 if reason is not None:
                     self._owe(peer, Control.BOUNCED, sid, end, reason)
                 continue
-            if stream.rewind_from is not None:
+            if stream.dropping:
                 break  # what was dropped comes again first
             if waiting:
                 if self.waiting_bytes + len(record[2]) > self.max_buffer:
                     stream.stall()
                     break
+                stream.take(end)
                 waiting.append(record)
                 self.waiting_bytes += len(record[2])
                 continue
+            stream.take(end)
             item = self._handle(sid, stream, record)
             if item is not None:
                 waiting = self._waiting[sid] = deque([item])
@@ -425,6 +427,7 @@ class Deliveries:
             self._drop_waiting(sid)
             stream = self._streams.get(sid)
             if stream is not None:
+                stream.forget_waiting()
                 stream.stall()
 
     # -- what to tell the peers ----------------------------------------------------------

@@ -128,10 +128,10 @@ class Gateway:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self.peers.close()
+            self.deliveries.close()
+            self.endpoint.close()  # closes the rings it wrote: its own outboxes too
             self.outbox.maintain()  # rings drained and done with go; the others stay
             self.outbox.close()
-            self.deliveries.close()
-            self.endpoint.close()
             _log.info("gateway of node %s stopped", self.node)
 
     def stop(self) -> None:

@@ -9,8 +9,9 @@ acknowledge up to `ack_due`, re-send what was bounced, rewind to `rewind_due`.
 
 Guarantees:
 
-- A record is taken once: it is new only if it ends past `hwm`, the end of the last
-  record done, and `done` only moves forward.
+- A record is taken once: it is new only if it ends past `taken`, the end of the last
+  record accepted (delivered, or waiting here for room: `hwm` is the end of the last
+  one done), and both only move forward.
 - Nothing is taken out of order: a run that begins beyond `hwm` is refused (a gap: this
   side dropped records, or the peer skipped some), unless the sender's ring was released
   up to that start, which means the sender gave the records in between up (it told
@@ -57,8 +58,9 @@ class InStream:
     """The receiving side's state for one stream (one ring on the peer's node)."""
 
     hwm: int | None = None
+    taken: int | None = None  # >= hwm: what is past hwm waits here, in order
     acked: int | None = None
-    rewind_from: int | None = None  # records from here on were dropped: ask again
+    dropping: bool = False  # records past hwm were dropped: take only their resend
     rewind_sent: bool = False
     bounced: dict[int, str] = attrs.field(factory=dict)  # record end -> reason
     large: Large | None = None
@@ -74,28 +76,33 @@ class InStream:
         """
         for end in [e for e in self.bounced if e - released <= 0]:
             del self.bounced[end]  # the sender released it: it has seen the bounce
-        if self.hwm is None:
-            self.hwm = start
+        if self.hwm is None or self.taken is None:
+            self.hwm = self.taken = start
             return True
-        if self.rewind_from is not None:
-            if start - self.rewind_from > 0:
+        if self.dropping:
+            if start - self.taken > 0:
                 return False  # still what followed the records dropped: they come again
-            self.rewind_from = None
+            self.dropping = False
             self.rewind_sent = False
-        if start - self.hwm > 0:
+        if start - self.taken > 0:
             if released - start < 0:
-                self.rewind_from = self.hwm  # we lost some: ask for them
+                self.stall()  # we lost some: ask for them
                 return False
             # The sender released up to here without our word: it gave those up, and
             # any large message they belonged to with them.
-            self.hwm = start
+            self.hwm = self.taken = start
             self.large = None
             self.skipping = None
         return True
 
     def fresh(self, end: int) -> bool:
-        """Whether the record ending at ``end`` is new (not done before)."""
-        return self.hwm is not None and end - self.hwm > 0
+        """Whether the record ending at ``end`` is new (not taken before)."""
+        return self.taken is not None and end - self.taken > 0
+
+    def take(self, end: int) -> None:
+        """The record is accepted: delivered now, or waiting here in order."""
+        assert self.taken is not None and end - self.taken > 0
+        self.taken = end
 
     def rebounce(self, end: int) -> str | None:
         """The reason a record sent again was bounced, to tell the sender again."""
@@ -107,6 +114,8 @@ class InStream:
         """The record is delivered (or safely held: a fragment written to its file)."""
         assert self.hwm is not None and end - self.hwm > 0
         self.hwm = end
+        if self.taken is None or end - self.taken > 0:
+            self.taken = end
 
     def bounce(self, end: int, reason: str) -> None:
         """The record could not be delivered: done, and the sender is to be told."""
@@ -114,10 +123,10 @@ class InStream:
         self.bounced[end] = reason
 
     def stall(self) -> None:
-        """The target cannot take this record now: it and what follows are dropped, and
-        asked for again (`rewind_due`) when the caller sees room."""
-        if self.rewind_from is None:
-            self.rewind_from = self.hwm
+        """This record and what follows are dropped (no room to hold them), to be asked
+        for again (`rewind_due`, from wherever `hwm` stands then) when there is room."""
+        if not self.dropping:
+            self.dropping = True
             self.rewind_sent = False
 
     # -- large messages ----------------------------------------------------------------
@@ -185,8 +194,13 @@ class InStream:
         self.acked = pos
 
     def rewind_due(self) -> int | None:
-        """Where the sender should send again from, once (call when there is room)."""
-        if self.rewind_from is None or self.rewind_sent:
+        """Where the sender should send again from, once (call when there is room): the
+        end of the last record taken (what was dropped came after it)."""
+        if not self.dropping or self.rewind_sent or self.taken is None:
             return None
         self.rewind_sent = True
-        return self.rewind_from
+        return self.taken
+
+    def forget_waiting(self) -> None:
+        """What waited here is gone (not delivered, never acknowledged): take it again."""
+        self.taken = self.hwm

@@ -78,6 +78,136 @@ class Numbered(mb.Actor):
                 raise ValueError(f"Numbered does not understand {message!r}")
 
 
+class Journaled(mb.Actor):
+    """Tells ``to`` (name, i) for i = 0, 1, ... (from where a journal of an earlier
+    incarnation stopped), appending each i that `tell` accepted to ``journal`` and each
+    dead letter's i to ``journal + ".dead"``: written with O_APPEND before the next tell,
+    so a SIGKILL never loses what was accepted. ("go", to, n, pace) starts it (pace:
+    seconds between tells, 0 for flat out); it sends in slices of 50 ms, so that "stop"
+    and dead letters get in between; a tell that raises MailboxFull is tried again 10 ms
+    later (and counted). "stats?" answers {"sent", "full", "next"}.
+    """
+
+    def __init__(self, journal: str, pad: int = 0) -> None:
+        self.journal = journal
+        self.pad = b"x" * pad
+        self.full = 0
+        self.sent = 0
+        self.to = ""
+        self.end = 0
+        self.pace = 0.0
+        with open(journal, "a+") as f:
+            f.seek(0)
+            done = [int(x) for x in f.read().split()]
+        # An incarnation killed inside a tell may have published its next number without
+        # writing it down: a successor skips that one, so no number is sent twice.
+        self.next = max(done) + 2 if done else 0
+        self.fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.dead_fd = os.open(journal + ".dead", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def on_dead_letter(self, message: Any, reason: str) -> None:
+        if isinstance(message, tuple) and len(message) >= 2:
+            os.write(self.dead_fd, f"{message[1]}\n".encode())
+
+    def receive(self, message: Any) -> None:
+        match message:
+            case ("go", to, n, pace):
+                self.to, self.end, self.pace = to, self.next + n, pace
+                self.reply("going")
+                self._slice()
+            case "more":
+                self._slice()
+            case "stats?":
+                self.reply({"sent": self.sent, "full": self.full, "next": self.next})
+            case _:
+                raise ValueError(f"Journaled does not understand {message!r}")
+
+    def _slice(self) -> None:
+        until = time.monotonic() + 0.05
+        while self.next < self.end and time.monotonic() < until:
+            message = (self.name, self.next, self.pad) if self.pad else (self.name, self.next)
+            try:
+                self.tell(self.to, message, timeout=0.2)
+            except mb.MailboxFull:
+                self.full += 1
+                self.send_after(0.01, "more")
+                return
+            os.write(self.fd, f"{self.next}\n".encode())
+            self.next += 1
+            self.sent += 1
+            if self.pace:
+                self.send_after(self.pace, "more")
+                return
+        if self.next < self.end:
+            self.send_after(0.0, "more")
+
+    def on_stop(self) -> None:
+        os.close(self.fd)
+        os.close(self.dead_fd)
+
+
+def tally_journal(path: str) -> dict[str, list[int]]:
+    """What a `Tally` with a journal got, per sender address, in arrival order."""
+    got: dict[str, list[int]] = {}
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
+        for line in f:
+            sender, i = line.split()
+            got.setdefault(sender, []).append(int(i))
+    return got
+
+
+def until(check: Any, timeout: float, what: str) -> Any:
+    """Poll ``check()`` until it returns something true (returned), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout}s: {what} (last: {value!r})")
+        time.sleep(0.02)
+
+
+def journal(path: str) -> tuple[list[int], list[int]]:
+    """(accepted, dead-lettered) numbers a `Journaled` sender wrote (all incarnations)."""
+
+    def read(p: str) -> list[int]:
+        try:
+            with open(p) as f:
+                return [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return []
+
+    return read(path), read(path + ".dead")
+
+
+class Tally(mb.Actor):
+    """Keeps what arrives as (producer, i) per sender address, in order; reads one
+    message per ``delay`` seconds (a slow receiver when > 0). "report" answers them."""
+
+    def __init__(self, delay: float = 0.0, journal: str | None = None) -> None:
+        self.delay = delay
+        self.got: dict[str, list[int]] = {}
+        self.fd = (
+            None if journal is None
+            else os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        )  # fmt: skip
+
+    def receive(self, message: Any) -> None:
+        if message == "report":
+            self.reply(self.got)
+            return
+        if message == "count?":
+            self.reply(sum(map(len, self.got.values())))
+            return
+        i = message[1]
+        self.got.setdefault(str(self.sender), []).append(i)
+        if self.fd is not None:  # what a SIGKILL would otherwise take with it
+            os.write(self.fd, f"{self.sender} {i}\n".encode())
+        if self.delay:
+            time.sleep(self.delay)
+
+
 class Collector(mb.Actor):
     """Collects (producer, i) per sender address; tells ``notify`` once all ended.
 
@@ -279,6 +409,8 @@ class GatewayProc:
         self.node = node
         self.runtime_dir = runtime_dir
         self.port = port
+        self.peers, self.secret, self.secret_file = peers, secret, secret_file
+        self.host, self.extra, self.prefix = host, list(extra), list(prefix)
         argv = [
             *prefix,
             "mybus-gateway",

@@ -70,6 +70,8 @@ class Cluster:
         self.proxies: list[lib.CuttingProxy] = []
         self.nodes: set[str] = set()
         self.undeliverable: set[str] = set()  # nodes whose outboxes a test leaves full
+        self._started: dict[str, list[lib.GatewayProc]] = {}
+        self._retired: list[lib.GatewayProc] = []  # killed and replaced: logs kept
 
     def dir(self, node: str) -> Path:
         self.nodes.add(node)
@@ -104,6 +106,21 @@ class Cluster:
             secret_file=secret_file, host=host, extra=extra, prefix=prefix,
         )  # fmt: skip
         self.gateways[node] = gw
+        self._retired.extend(self._started.pop(node, ()))
+        self._started[node] = [gw]
+        gw.wait_listening()
+        return gw
+
+    def restart_gateway(self, node: str) -> lib.GatewayProc:
+        """SIGKILL ``node``'s gateway, then start it again as it was (same port, flags)."""
+        old = self.gateways[node]
+        old.kill()
+        gw = lib.GatewayProc(
+            node, self.dir(node), self.port(node), peers=old.peers, secret=old.secret,
+            secret_file=old.secret_file, host=old.host, extra=old.extra, prefix=old.prefix,
+        )  # fmt: skip
+        self.gateways[node] = gw
+        self._retired.append(old)
         gw.wait_listening()
         return gw
 

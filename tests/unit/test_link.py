@@ -91,7 +91,7 @@ def test_a_gap_this_side_made_is_refused_and_asked_for_again() -> None:
     assert s.rewind_due() is None  # once
     assert not s.admit(recs[2][0], 0)  # what followed still comes: still refused
     assert s.admit(recs[0][0], 0)  # the resend
-    assert s.rewind_from is None
+    assert not s.dropping
 
 
 def test_a_gap_the_sender_made_is_jumped() -> None:
@@ -111,7 +111,7 @@ def test_a_stall_drops_what_follows_until_the_resend() -> None:
     assert s.admit(0, 0)
     s.done(recs[0][0])
     s.stall()  # record 1 found its target full
-    assert s.rewind_from == recs[0][0]
+    assert s.dropping and s.hwm == recs[0][0]
     assert not s.admit(recs[1][0], 0)
     assert s.rewind_due() == recs[0][0]
     assert s.admit(0, 0)  # resent from the head: records up to hwm are not new
@@ -225,7 +225,7 @@ def test_every_record_reaches_the_target_once_in_order(script: list[tuple[Any, .
                     for end, _, _ in batch:
                         if not stream.fresh(end):
                             continue
-                        if stream.rewind_from is not None:
+                        if stream.dropping:
                             break
                         if target_full:
                             stream.stall()
