@@ -680,6 +680,7 @@ def test_public_names_are_pinned() -> None:
         "MyBusError",
         "NameTaken",
         "Ref",
+        "ResourceExhausted",
         "Runtime",
         "SerializationError",
         "Terminated",
@@ -691,6 +692,7 @@ def test_public_names_are_pinned() -> None:
     assert all(hasattr(mb, name) for name in mb.__all__)
     assert issubclass(mb.AskTimeout, TimeoutError)
     assert issubclass(mb.InvalidAddress, ValueError)
+    assert issubclass(mb.ResourceExhausted, OSError)
     for name in mb.__all__:
         obj = getattr(mb, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
