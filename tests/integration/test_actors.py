@@ -18,7 +18,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,56 +34,11 @@ if str(HERE) not in sys.path:
 
 import actors_lib as lib  # noqa: E402
 import waiting  # noqa: E402
+from harness import Actors  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0  # the bound on any single receive or ask that should succeed
-
-
-class Actors:
-    """What a test started: Refs to stop and clients to close, in the fixture teardown."""
-
-    def __init__(self, runtime_dir: Path) -> None:
-        self.runtime_dir = runtime_dir
-        self.node = os.environ["MYBUS_NODE"]
-        self.refs: list[mb.Ref] = []
-        self.clients: list[mb.Client] = []
-
-    def spawn(self, cls: type[mb.Actor], name: str, **kwargs: Any) -> mb.Ref:
-        ref = mb.spawn(cls, name, kwargs=kwargs or None)
-        self.refs.append(ref)
-        return ref
-
-    def connect(self, name: str | None = None) -> mb.Client:
-        client = mb.connect(name)
-        self.clients.append(client)
-        return client
-
-    def address(self, name: str) -> str:
-        return f"{self.node}/{name}"
-
-    def close(self) -> None:
-        try:
-            for ref in reversed(self.refs):
-                try:
-                    ref.stop(timeout=5)
-                except Exception:
-                    ref.kill()
-                finally:
-                    ref.join(10)
-        finally:
-            for client in self.clients:
-                client.close()
-            close_clients()
-
-
-@pytest.fixture
-def actors(runtime_dir: Path) -> Iterator[Actors]:
-    started = Actors(runtime_dir)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def receive_until(client: mb.Client, predicate: Any, timeout: float = WAIT) -> Any:

@@ -8,21 +8,30 @@ process. Every wait is bounded; the fixtures check that no process and no file i
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import gc
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import mybus_actors as mb
+from mybus_actors.ref import close_clients
 from mybus_actors.registry import Registry
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import actors_lib as lib  # noqa: E402
+from harness import Actors  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +39,59 @@ WAIT = 10.0  # the bound on any single receive or ask that should succeed
 PEER = str(HERE / "peer.py")
 
 
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.005)
+
+
 # -- 1. a client hears what an actor would ---------------------------------------------
+
+
+def test_a_client_hears_its_tells_returned_by_a_stopped_actor(
+    actors: Actors, runtime_dir: Path, tmp_path: Path
+) -> None:
+    flood = 2000
+    heard: list[tuple[Any, str]] = []
+    me = actors.connect("observer")
+    pusher = actors.connect("pusher", on_dead_letter=lambda m, why: heard.append((m, why)))
+    sink = actors.spawn(lib.Counter, "sink", notify="observer")
+    release = tmp_path / "release-sink"
+
+    def stop_ring(fname: str) -> bool:  # the Ref client's ring to the sink
+        return fname.startswith("_client-") and fname.split(".")[0].endswith("~sink")
+
+    me.tell("sink", ("hold", str(release)))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            assert me.receive(timeout=WAIT) == ("holding", actors.address("sink"))
+            stopping = pool.submit(sink.stop, 30)
+            wait_until(lambda: any(stop_ring(f) for f in os.listdir(runtime_dir / "rings")),
+                       WAIT, "Ref.stop sent its stop")  # fmt: skip
+            for i in range(flood):
+                pusher.tell("sink", ("n", i))
+        finally:
+            release.touch()
+        assert stopping.result(timeout=40) is True
+    stopped = me.receive(timeout=WAIT)
+    assert stopped[0] == "stopped"
+    handled: list[int] = stopped[2]
+    # What the sink never read comes back to the client (its endpoint reads the closed
+    # ring back on its next sweep, which any call of the client runs).
+    deadline = time.monotonic() + WAIT
+    while len(handled) + len(heard) < flood:
+        assert time.monotonic() < deadline, (len(handled), len(heard))
+        with contextlib.suppress(TimeoutError):
+            pusher.receive(timeout=0.1)
+    dead = [m[1] for m, _ in heard]
+    assert sorted(handled + dead) == list(range(flood))  # each once: handled or returned
+    assert dead, "the sink stopped before reading the flood: some must come back"
+    assert pusher.dead_letters == len(dead)
+    assert all("sink" in why and "stopped" in why for _, why in heard)
+    with pytest.raises(mb.ActorNotFound):
+        pusher.ask("sink", "anyone?", timeout=WAIT)
 
 
 # -- 2. a large message cut short by MailboxFull ---------------------------------------
@@ -119,3 +180,26 @@ def test_lookup_out_of_descriptors_never_deletes_a_live_entry(runtime_dir: Path)
 # -- 10. a Ref's own client ------------------------------------------------------------
 
 
+def test_the_runtime_directory_is_empty_once_every_ref_is_stopped(runtime_dir: Path) -> None:
+    first = mb.spawn(lib.Echo, "one")
+    second = mb.spawn(lib.Echo, "two")
+    try:
+        assert first.ask("a", timeout=WAIT) == "a"
+        assert second.ask("b", timeout=WAIT) == "b"
+        copy = pickle.loads(pickle.dumps(second))  # another Ref to "two", using the client
+        assert copy.ask("c", timeout=WAIT) == "c"
+        del copy
+        gc.collect()
+        assert first.stop(timeout=10)
+        clients = [n for n in os.listdir(runtime_dir / "actors") if n.startswith("_client-")]
+        assert len(clients) == 1  # still used by the second Ref
+        assert second.stop(timeout=10)
+        left = sorted(str(p.relative_to(runtime_dir)) for p in runtime_dir.rglob("*")
+                      if not p.is_dir())  # fmt: skip
+        assert left == [], left  # no close_clients() needed
+    finally:
+        for ref in (first, second):
+            if ref.is_alive():
+                ref.kill()
+            ref.join(10)
+        close_clients()
