@@ -44,10 +44,13 @@ from mybus_actors.errors import (
     MyBusError,
     NameTaken,
     RemoteProtocolError,
+    ResourceExhausted,
+    RingCorrupted,
     SerializationError,
 )
 from mybus_actors.link import Inbox, Message, Outbox
 from mybus_actors.mailbox import Endpoint
+from mybus_actors.pressure import OnceLog
 from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
 from mybus_actors.routing import FORWARD, GATEWAY, parse_forward
 from mybus_actors.timers import ActivityTable
@@ -170,6 +173,9 @@ class Gateway:
         self.bound_port: int | None = None
         self.bounced = 0
         self._paused = False
+        # Out of descriptors: deliveries wait and accepts pause; one line per episode.
+        self._short_deliver = OnceLog(_log, "delivering to local actors")
+        self._short_accept = OnceLog(_log, "accepting connections")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -177,6 +183,7 @@ class Gateway:
         """Serve until `stop`: register, listen, relay; then flush and unregister."""
         registry = Registry(self.config.runtime_dir)
         self.endpoint = Endpoint(registry, channel_idle=self.config.channel_idle, spin=0.0)
+        _quiet_refused_accepts(asyncio.get_running_loop(), self._short_accept)
         try:
             self.endpoint.bind(GATEWAY)
             host, port = self.config.listen
@@ -367,6 +374,12 @@ class Gateway:
             self._bounce(Message(to, meta, payload), f"no actor {to!r} on node {self.node!r}")
             _log.debug("bounced a message for %s: %s", to, exc)
             return True
+        except (ResourceExhausted, RingCorrupted) as exc:
+            # Out of descriptors is not "no such actor": the delivery waits in order
+            # with the stalled ones and is retried (every ms) until it goes through.
+            self._short_deliver.failed(exc)
+            return False
+        self._short_deliver.ok()
         if written < 0:  # a short message and no room yet
             return False
         entry[2] = written
@@ -477,6 +490,7 @@ class Gateway:
             link.connecting = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._short_accept.ok()
         _set_nodelay(writer)
         # The server's own task: cancelled at shutdown, which is not worth a traceback.
         with contextlib.suppress(asyncio.CancelledError):
@@ -743,6 +757,24 @@ class Gateway:
             meta, body = codec.encode(("terminated", address, "node unreachable"), kind=Kind.SYSTEM)
             self._deliver_local(Message(watcher, meta, bytes(body)))
         link.watchers.clear()
+
+
+def _quiet_refused_accepts(loop: asyncio.AbstractEventLoop, short: OnceLog) -> None:
+    """Out of descriptors, asyncio's server stops accepting for a second and retries (its
+    own back-off), logging a traceback each time: make that one line per episode."""
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            short.failed(exc)
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _set_nodelay(writer: asyncio.StreamWriter) -> None:
