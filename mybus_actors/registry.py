@@ -19,7 +19,7 @@ What it guarantees:
   cannot be probed is presumed alive. So exhaustion never deletes a live entry, never
   lets a second process take a held name, and never reads as "no such actor".
 
-What it does not know: ring layouts and doorbell sockets. It knows only how their files are
+What it does not know: ring layouts and doorbell FIFOs. It knows only how their files are
 named (`rings/<from>~<to>.<gen>`, `bells/<pid>-<create_time_ms>`), so that it can delete a
 dead process's files; `mailbox.py` creates and opens them.
 """
@@ -198,7 +198,7 @@ class Entry:
         name: the actor name.
         pid: the holder's process id.
         create_time: the holder's psutil create time, to tell a reused pid apart.
-        doorbell: path of the holder process's doorbell socket.
+        doorbell: path of the holder process's doorbell (a FIFO).
         generation: `time.time_ns()` at registration; unique per registration.
     """
 
@@ -375,7 +375,7 @@ class Registry:
 
     @property
     def bells_dir(self) -> pathlib.Path:
-        """`<root>/bells`: one doorbell socket per process."""
+        """`<root>/bells`: one doorbell FIFO per endpoint of a process."""
         return self._root / "bells"
 
     @property

@@ -34,7 +34,7 @@ if str(HERE) not in sys.path:
 
 import actors_lib as lib  # noqa: E402
 import waiting  # noqa: E402
-from harness import Actors  # noqa: E402
+from harness import Actors, stopping_while_held  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -571,27 +571,9 @@ def test_messages_to_a_stopped_actor_come_back_as_dead_letters(
     actors.spawn(lib.Pusher, "pusher", notify="observer")
     flood = 2000
     release = tmp_path / "release-sink"
-
-    def stop_ring(fname: str) -> bool:  # rings/<sender>~<receiver>.<generation>
-        return fname.startswith("_client-") and fname.split(".")[0].endswith("~sink")
-
-    me.tell("sink", ("hold", str(release)))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        try:
-            # The sink reads nothing more until the release file appears.
-            assert me.receive(timeout=WAIT) == ("holding", actors.address("sink"))
-            # Ref.stop sends the stop, then waits for the process: in a thread, since
-            # the sink is held until the release file appears.
-            stopping = pool.submit(sink.stop, 30)
-            # The stop travels on the Ref client's own ring; wait until it exists.
-            deadline = time.monotonic() + WAIT
-            while not [f for f in os.listdir(runtime_dir / "rings") if stop_ring(f)]:
-                assert time.monotonic() < deadline, "Ref.stop sent nothing"
-                time.sleep(0.001)
-            assert me.ask("pusher", ("flood", "sink", flood), timeout=WAIT) == flood
-        finally:
-            release.touch()
-        assert stopping.result(timeout=40) is True
+    # The sink is held (it reads nothing) while Ref.stop's stop and the flood go in.
+    with stopping_while_held(me, sink, release, runtime_dir, WAIT):
+        assert me.ask("pusher", ("flood", "sink", flood), timeout=WAIT) == flood
 
     handled: list[int] | None = None
     dead: list[int] = []

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import mybus_actors as mb
@@ -683,9 +682,11 @@ def test_a_gateway_out_of_descriptors_delays_deliveries_and_says_so_once(
     soft, hard = resource.prlimit(beta.pid, resource.RLIMIT_NOFILE)
     knocks: list[socket.socket] = []
     try:
-        # Not one descriptor to spare (its `ulimit -n` lowered to what it holds now).
-        resource.prlimit(beta.pid, resource.RLIMIT_NOFILE, (psutil.Process(beta.pid).num_fds(),
-                                                            hard))  # fmt: skip
+        # Not one descriptor to spare: its `ulimit -n` lowered to the number its next
+        # descriptor would get.
+        held = {int(fd) for fd in os.listdir(f"/proc/{beta.pid}/fd")}
+        lowest_free = min(set(range(len(held) + 1)) - held)
+        resource.prlimit(beta.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
         for i in range(10):
             me.tell("beta/late", ("n", i))
         for _ in range(3):  # connections beta cannot accept now
