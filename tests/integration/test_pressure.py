@@ -13,6 +13,7 @@ import gc
 import os
 import pickle
 import resource
+import select
 import subprocess
 import sys
 import textwrap
@@ -434,25 +435,27 @@ def test_a_truncated_ring_file_is_an_error_to_its_sender_who_lives(
         started.append(proc)
         return proc
 
-    def line(proc: subprocess.Popen[str]) -> str:
+    def first_line(proc: subprocess.Popen[str]) -> str:
+        """The line a child prints before it waits for us (so nothing follows it yet)."""
         assert proc.stdout is not None
-        return proc.stdout.readline().strip()  # bounded: the test's timeout, and EOF
+        ready, _, _ = select.select([proc.stdout], [], [], WAIT)
+        assert ready, f"{proc.args!r} said nothing within {WAIT}s"
+        return proc.stdout.readline().strip()  # "" at EOF: it died
 
     try:
         # A receiver that reads nothing: the truncation would be its SIGBUS (DESIGN.md).
         quiet = start(PEER, "slow", "--name", "quiet", "--wait-go")
-        assert line(quiet) == "ready"
+        assert first_line(quiet) == "ready"
         sender = start("-c", TRUNCATED_SENDER, str(runtime_dir))
-        assert line(sender) == "sent"
+        assert first_line(sender) == "sent"
         (ring,) = [p for p in registry.rings_dir.iterdir() if p.name.startswith("me~")]
         os.truncate(ring, 0)  # by this process: not the sender's
-        assert sender.stdin is not None
-        sender.stdin.write("go\n")
-        sender.stdin.flush()
-        outcome = line(sender)
-        assert outcome.startswith("RingCorrupted") and "truncated" in outcome, outcome
-        assert line(sender) == "sent again"
-        assert sender.wait(30) == 0  # it lived, and closed cleanly
+        out, _ = sender.communicate("go\n", timeout=WAIT)
+        lines = out.splitlines()  # none at all had it died of SIGBUS (exit -7)
+        assert len(lines) == 2, (lines, sender.returncode)
+        assert lines[0].startswith("RingCorrupted") and "truncated" in lines[0], lines
+        assert lines[1] == "sent again"
+        assert sender.returncode == 0  # it lived, and closed cleanly
     finally:
         for proc in started:
             if proc.poll() is None:
