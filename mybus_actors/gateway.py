@@ -496,8 +496,11 @@ class Gateway:
         with contextlib.suppress(asyncio.CancelledError):
             if self.config.server_ssl is not None:
                 try:
-                    await asyncio.wait_for(
-                        writer.start_tls(self.config.server_ssl), _HANDSHAKE_TIMEOUT
+                    # Awaited directly, not through asyncio.wait_for: on Python 3.11 that
+                    # runs it in a new task, and a ClientHello that arrives meanwhile is
+                    # read into the plain stream and lost (the handshake then times out).
+                    await writer.start_tls(
+                        self.config.server_ssl, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT
                     )
                 except (ssl.SSLError, OSError, TimeoutError) as exc:
                     peer = writer.get_extra_info("peername")
