@@ -65,7 +65,7 @@ class RingFile:
                 os.posix_fallocate(fd, 0, size)
                 mapped = mmap.mmap(fd, size)
             except OSError as exc:
-                doing = f"allocate {size} bytes for ring {path.name}"
+                doing = f"allocate and map {size} bytes for ring {path.name}"
                 raise (exhausted(exc, doing) or exc) from exc
         except BaseException:
             with contextlib.suppress(OSError):
