@@ -27,6 +27,7 @@ from mybus_actors.errors import (
     MailboxFull,
     MyBusError,
     NameTaken,
+    ResourceExhausted,
     SerializationError,
 )
 from mybus_actors.ref import Ref, spawn
@@ -46,6 +47,7 @@ __all__ = [
     "MyBusError",
     "NameTaken",
     "Ref",
+    "ResourceExhausted",
     "Runtime",
     "SerializationError",
     "Terminated",

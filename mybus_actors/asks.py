@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Generator
 from typing import Any
 
+from mybus_actors.codec import contained
 from mybus_actors.errors import ActorError, ActorNotFound, DeadlockError, MyBusError
 
 __all__ = ["AskFuture", "PendingAsks", "error_from_reply", "error_reply"]
@@ -174,7 +175,9 @@ def error_reply(exc: BaseException) -> tuple[str, str, str, BaseException | None
     original: BaseException | None = exc
     try:
         pickle.loads(pickle.dumps(exc, protocol=5))
-    except Exception:
+    except BaseException as err:  # an exception's own unpickling may even sys.exit
+        if not contained(err):
+            raise
         original = None
     return type(exc).__qualname__, str(exc), tb, original
 

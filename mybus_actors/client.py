@@ -3,35 +3,59 @@
 A `Client` is not an actor: it has no dispatcher. It tells, asks (blocking until the
 reply or the timeout) and may `receive` what actors tell it. Whichever thread waits
 pumps the mailbox for all of them; only one thread sleeps on the doorbell at a time.
+
+It hears what an actor would about its messages: a tell that comes back undelivered
+(its receiver stopped or died before reading it, or a gateway found no such actor or
+node) counts in `Client.dead_letters` and reaches ``on_dead_letter(message, reason)``,
+called outside the client's lock (it may tell again); an ask that comes back fails at
+once with `ActorNotFound`. Dead letters are noticed whenever the client pumps its
+mailbox (a tell, an ask, a receive).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from mybus_actors import codec
 from mybus_actors.address import format_address, parse_address
 from mybus_actors.asks import AskFuture, PendingAsks, error_from_reply
 from mybus_actors.codec import Kind
-from mybus_actors.errors import ActorNotFound, AskTimeout, MailboxClosed, SerializationError
+from mybus_actors.errors import (
+    ActorNotFound,
+    AskTimeout,
+    MailboxClosed,
+    SerializationError,
+)
 from mybus_actors.mailbox import Endpoint
 from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
 from mybus_actors.routing import send_to_node
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client", "DeadLetterHook", "connect"]
 
+_log = logging.getLogger("mybus_actors.client")
 _CLIENT_IDS = itertools.count()
+DeadLetterHook = Callable[[Any, str], object]
 _SLICE: Final = 0.05  # a waiter re-checks at least this often whether its reply came
 
 
 class Client:
-    """A mailbox for code that is not an actor. Use `connect()` to make one."""
+    """A mailbox for code that is not an actor. Use `connect()` to make one.
+
+    Attributes:
+        dead_letters: messages of ours that came back undelivered: tells (each also
+            passed to ``on_dead_letter``) and asks (each failed with `ActorNotFound`),
+            whether the receiver was on this node or another.
+        on_dead_letter: ``fn(message, reason)`` for every tell that came back, or None
+            (then each is logged as a warning, as an actor's default hook does).
+    """
 
     def __init__(
         self,
@@ -40,6 +64,7 @@ class Client:
         node: str | None = None,
         runtime_dir: str | os.PathLike[str] | None = None,
         spin: float = 200e-6,
+        on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
         self.node = validate_name(node) if node is not None else default_node()
         registry = Registry(resolve_runtime_dir(runtime_dir, self.node))
@@ -58,6 +83,8 @@ class Client:
         self._pump = threading.Lock()  # the one thread that sleeps on the doorbell
         self._asks = PendingAsks()
         self._inbox: deque[tuple[str, Any]] = deque()
+        self._dead: deque[tuple[Any, str]] = deque()  # for on_dead_letter, outside the lock
+        self.on_dead_letter = on_dead_letter
         self.dead_letters = 0
         self.last_sender: str | None = None  # who sent what `receive` returned last
         self._closed = False
@@ -75,17 +102,23 @@ class Client:
             ActorNotFound: no such actor, or its node is not reachable.
             MailboxFull: its mailbox stayed full for ``timeout`` (``block=False``: at once).
             SerializationError: ``message`` cannot be serialized.
+            ResourceExhausted: out of descriptors or shared memory (nothing was sent).
             MailboxClosed: this client is closed.
         """
-        self._send(to, message, timeout, block, Kind.USER, 0)
+        try:
+            self._send(to, message, timeout, block, Kind.USER, 0)
+        finally:
+            self._hand_dead_letters()
 
     def ask(self, to: str, message: Any, *, timeout: float = 5.0) -> Any:
         """Send ``message`` and wait for the reply.
 
         Raises:
             AskTimeout: no reply within ``timeout`` (a later reply is discarded).
-            ActorError: the actor's receive raised (its traceback in the message).
-            InvalidAddress, ActorNotFound, MailboxFull, SerializationError: as `tell`.
+            ActorError: the actor's receive raised, or it could not decode the ask (the
+                message names why, e.g. the class that failed to load there).
+            ActorNotFound: no such actor, or the ask came back undelivered (at once).
+            InvalidAddress, MailboxFull, SerializationError, ResourceExhausted: as `tell`.
         """
         deadline = time.monotonic() + timeout
         corr, fut = self._asks.new(f"ask to {to}")
@@ -94,6 +127,7 @@ class Client:
             self._wait_for(fut, deadline)
         finally:
             self._asks.pop(corr)
+            self._hand_dead_letters()
         if not fut.done():
             raise AskTimeout(f"no reply from {to} within {timeout}s")
         return fut.result()
@@ -132,10 +166,12 @@ class Client:
                 self._check_open()
                 if not self._inbox:
                     self._drain()
-                if self._inbox:
-                    sender, message = self._inbox.popleft()
-                    self.last_sender = sender
-                    return message
+                got = self._inbox.popleft() if self._inbox else None
+                if got is not None:
+                    self.last_sender = got[0]
+            self._hand_dead_letters()
+            if got is not None:
+                return got[1]
             remaining = _SLICE * 20 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{self.address} received nothing within {timeout}s")
@@ -146,6 +182,7 @@ class Client:
             with self._lock:
                 self._check_open()
                 self._drain()
+            self._hand_dead_letters()
             if fut.done():
                 return
             remaining = deadline - time.monotonic()
@@ -182,27 +219,77 @@ class Client:
                 try:
                     kind, origin, corr, message = codec.decode_fields(meta, payload)
                 except SerializationError as exc:
-                    self._inbox.append((sender, exc))
+                    self._undecodable(sender, meta, payload, exc)
                     continue
                 if kind == Kind.REPLY:
                     self._asks.resolve(corr, message)
                 elif kind == Kind.ERROR_REPLY:
                     address = format_address(*parse_address(origin or sender, self.node))
-                    self._asks.fail(corr, error_from_reply(address, message))
+                    error = error_from_reply(address, message)
+                    if self._asks.fail(corr, error) and isinstance(error, ActorNotFound):
+                        self.dead_letters += 1  # a gateway or a stopping actor bounced it
                 elif kind == Kind.USER:
                     self._inbox.append((origin or sender, message))
-                # SYSTEM messages (watch requests, dead-letter returns) mean nothing here.
+                elif kind == Kind.SYSTEM:
+                    self._system(message)
         return count
 
+    def _undecodable(self, sender: str, meta: int, payload: bytes, exc: Exception) -> None:
+        """A reply fails its ask with the reason; anything else is handed to `receive`."""
+        try:
+            kind, _origin, corr = codec.peek(meta, payload)
+        except SerializationError:
+            kind, corr = -1, 0
+        if kind in (Kind.REPLY, Kind.ERROR_REPLY) and self._asks.fail(corr, exc):
+            return
+        self._inbox.append((sender, exc))
+
+    def _system(self, message: Any) -> None:
+        """Dead-letter returns; the rest (watch requests) mean nothing to a client."""
+        verb = message[0] if isinstance(message, tuple) and message else None
+        if verb == "dead" and len(message) == 3:  # from a runtime: the message itself
+            self._dead_letter(message[1], str(message[2]))
+        elif verb == "dead-raw" and len(message) == 4:
+            # From a gateway, which never unpickles what it relays: decode it here.
+            try:
+                original = codec.decode_message(int(message[1]), bytes(message[2]))
+            except SerializationError:
+                original = message[2]
+            self._dead_letter(original, str(message[3]))
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        self.dead_letters += 1
+        self._dead.append((message, reason))
+
+    def _hand_dead_letters(self) -> None:
+        """Run ``on_dead_letter`` for what came back (outside the lock: it may tell)."""
+        while self._dead:
+            try:
+                message, reason = self._dead.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            hook = self.on_dead_letter
+            if hook is None:
+                _log.warning("%s: dead letter %r (%s)", self.address, message, reason)
+                continue
+            try:
+                hook(message, reason)
+            except Exception:
+                _log.exception("%s: on_dead_letter raised", self.address)
+
     def _undelivered(self, sender: str, receiver: str, lost: list[tuple[int, bytes]]) -> None:
-        self.dead_letters += len(lost)
+        """Our endpoint took back what a receiver that stopped or died never read."""
+        reason = f"{format_address(self.node, receiver)} stopped before reading it"
         for meta, payload in lost:
-            if meta & 7 == Kind.ASK:
-                try:
-                    env, _ = codec.decode(meta, payload)
-                except SerializationError:
-                    continue
-                self._asks.fail(env.correlation_id, ActorNotFound(f"{receiver} stopped"))
+            try:
+                env, message = codec.decode(meta, payload)
+            except SerializationError:
+                continue
+            if env.kind == Kind.ASK:
+                self.dead_letters += 1
+                self._asks.fail(env.correlation_id, ActorNotFound(reason))
+            elif env.kind == Kind.USER:
+                self._dead_letter(message, reason)
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -230,11 +317,26 @@ def connect(
     *,
     node: str | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
+    on_dead_letter: DeadLetterHook | None = None,
 ) -> Client:
     """A `Client` (a context manager): a mailbox for a script or a notebook.
+
+    Args:
+        name: the client's name (default: a private ``_client-<pid>-<n>``).
+        node: this node (default `MYBUS_NODE`, else the short host name).
+        runtime_dir: the runtime directory (default `MYBUS_RUNTIME_DIR`, else /dev/shm).
+        on_dead_letter: called as ``fn(message, reason)`` for every tell that comes
+            back undelivered, from this node or another (see `Client.dead_letters`).
+
+    Example::
+
+        seen = []
+        with mb.connect(on_dead_letter=lambda m, why: seen.append((m, why))) as me:
+            me.tell("beta/nosuch", "hello")  # beta's gateway sends it back: seen, counted
 
     Raises:
         InvalidAddress: ``name`` is malformed.
         NameTaken: a live actor or client holds ``name``.
+        ResourceExhausted: out of descriptors or shared memory for its mailbox.
     """
-    return Client(name, node=node, runtime_dir=runtime_dir)
+    return Client(name, node=node, runtime_dir=runtime_dir, on_dead_letter=on_dead_letter)

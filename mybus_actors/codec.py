@@ -2,7 +2,10 @@
 
 Guarantees: `decode(*encode(m, ...))` gives back `m` (bytes-like payloads come back as
 `bytes`) with its kind, sender and correlation id; a message that cannot be serialized or
-a body that cannot be decoded raises `SerializationError` (chained), never anything else.
+a body that cannot be decoded raises `SerializationError` (chained), never anything else:
+not even a payload whose unpickling raises `SystemExit` or `GeneratorExit`. Only a
+`KeyboardInterrupt` in the main thread passes (that is the user's Ctrl-C, which must
+not be swallowed); see `contained`.
 A plain-bytes USER message with no sender and no correlation id is passed through with
 meta 0 and no copy. RAW payloads are never copied by `encode`: the caller must not mutate
 a bytearray or memoryview until the transport has copied it into the ring.
@@ -28,6 +31,7 @@ import enum
 import functools
 import pickle
 import struct
+import threading
 from typing import Final
 
 import attrs
@@ -40,6 +44,7 @@ __all__ = [
     "Envelope",
     "Kind",
     "Tag",
+    "contained",
     "decode",
     "decode_fields",
     "decode_message",
@@ -102,6 +107,18 @@ _pack_u64 = _U64.pack
 _unpack_u64_from = _U64.unpack_from
 _dumps = pickle.dumps
 _loads = pickle.loads
+
+
+def contained(exc: BaseException) -> bool:
+    """Whether an exception raised while unpickling is the payload's fault, to report.
+
+    Unpickling runs code the sender chose (``__reduce__``): it may raise anything,
+    ``SystemExit`` included, and that must not end the receiving process. A
+    `KeyboardInterrupt` in the main thread is the exception: it may be a real Ctrl-C.
+    """
+    return not (
+        isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+    )
 
 
 def _type_name(obj: object) -> str:
@@ -222,7 +239,7 @@ def _checked_prefix(sender: str) -> bytes:
         raise InvalidAddress(f"sender address must be a str, got {_type_name(sender)!r}") from exc
 
 
-def _load_error(tag: int, payload: Buffer, exc: Exception) -> SerializationError:
+def _load_error(tag: int, payload: Buffer, exc: BaseException) -> SerializationError:
     return SerializationError(
         f"cannot deserialize {Tag(tag).name} payload of {len(payload)} bytes: "
         f"{type(exc).__name__}: {exc}"
@@ -235,7 +252,9 @@ def _load(tag: int, payload: Buffer) -> object:
     try:
         # Cloudpickle output is plain pickle data that imports cloudpickle helpers.
         return _loads(payload)
-    except Exception as exc:  # unpickling corrupt data raises nearly any type
+    except BaseException as exc:  # corrupt or hostile data raises any type: see contained
+        if not contained(exc):
+            raise
         raise _load_error(tag, payload, exc) from exc
 
 
@@ -286,7 +305,9 @@ def decode_message(meta: int, body: Buffer) -> object:
     if meta == _PICKLE_BITS:
         try:
             return _loads(body)
-        except Exception as exc:
+        except BaseException as exc:
+            if not contained(exc):
+                raise
             raise _load_error(meta >> _TAG_SHIFT, body, exc) from exc
     _, tag, _, _, payload = _parse(meta, body)
     return _load(tag, payload)

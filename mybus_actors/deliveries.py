@@ -42,6 +42,8 @@ from mybus_actors.errors import (
     InvalidAddress,
     MailboxClosed,
     RemoteProtocolError,
+    ResourceExhausted,
+    RingCorrupted,
     SerializationError,
 )
 from mybus_actors.items import (
@@ -56,6 +58,7 @@ from mybus_actors.items import (
 )
 from mybus_actors.link import InStream
 from mybus_actors.mailbox import Endpoint
+from mybus_actors.pressure import OnceLog
 from mybus_actors.registry import FORWARD_TO, forward_name
 from mybus_actors.relayed import (
     BLOB,
@@ -121,12 +124,14 @@ class Deliveries:
         *,
         refused: Callable[[str, str, str], None],
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        short: OnceLog | None = None,
     ) -> None:
         self.node = node
         self._ep = endpoint
         self._blobs = blobs_dir
         self._refused = refused
         self.max_buffer = max_buffer
+        self._short = short or OnceLog(_log, "delivering to local actors")
         self._streams: dict[StreamId, InStream] = {}
         self._latest: dict[tuple[str, str, str], int] = {}  # newest gen per pair
         self._waiting: dict[StreamId, deque[_Waiting]] = {}
@@ -235,15 +240,35 @@ class Deliveries:
         if why is not None:
             self._bounce(sid, stream, end, why)
             return None
-        data = wrap(stream_key(*sid), end, payload)
         try:
-            if not self._ep.offer(FORWARD_TO, sid[2], data, meta | RELAYED):
-                return record
+            return self._write_whole(sid, stream, record)
         except (ActorNotFound, InvalidAddress):
             self._bounce(sid, stream, end, f"no actor {sid[2]!r} on node {self.node!r}")
             return None
+
+    def _write_whole(self, sid: StreamId, stream: InStream, record: Record) -> _Waiting | None:
+        end, header, payload = record
+        meta = header >> 40
+        data = wrap(stream_key(*sid), end, payload)
+        if not self._offer(sid[2], data, meta | RELAYED):
+            return record
         self._delivered(sid, stream, end, len(payload))
         return None
+
+    def _offer(self, target: str, data: bytes, meta: int) -> bool:
+        """Write into the ring to ``target``; False: not now (full, or the host is out
+        of descriptors or space: not "no such actor", and it waits in order).
+
+        Raises:
+            ActorNotFound, InvalidAddress: no such actor here.
+        """
+        try:
+            ok = self._ep.offer(FORWARD_TO, target, data, meta)
+        except (ResourceExhausted, RingCorrupted) as exc:
+            self._short.failed(exc)
+            return False
+        self._short.ok()
+        return ok
 
     def _first(self, sid: StreamId, stream: InStream, record: Record) -> None:
         end, header, payload = record
@@ -366,7 +391,7 @@ class Deliveries:
     def _deliver_blob(self, sid: StreamId, stream: InStream, blob: _Blob) -> _Waiting | None:
         data = wrap(stream_key(*sid), blob.end, blob.name.encode("ascii"))
         try:
-            if not self._ep.offer(FORWARD_TO, sid[2], data, blob.meta | RELAYED | BLOB):
+            if not self._offer(sid[2], data, blob.meta | RELAYED | BLOB):
                 return blob
         except (ActorNotFound, InvalidAddress):
             # Not for a dead letter here: the sender's ring no longer holds the message.

@@ -1,8 +1,9 @@
 """The exception hierarchy of mybus_actors, rooted at `MyBusError`.
 
 Errors are named by who is at fault: the caller (`InvalidAddress`, `MailboxClosed`,
-`LocalProtocolError`), the situation (`MailboxFull`, `ActorNotFound`, `NameTaken`),
-or the peer (`RemoteProtocolError`). Every module raises from here and chains causes.
+`LocalProtocolError`), the situation (`MailboxFull`, `ActorNotFound`, `NameTaken`,
+`ResourceExhausted`), or the peer (`RemoteProtocolError`). Every module raises from here
+and chains causes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "MyBusError",
     "NameTaken",
     "RemoteProtocolError",
+    "ResourceExhausted",
     "RingCorrupted",
     "SerializationError",
 ]
@@ -42,6 +44,15 @@ class NameTaken(MyBusError):
 
 class MailboxFull(MyBusError):
     """The receiver's ring stayed full past the timeout; the message was not sent."""
+
+
+class ResourceExhausted(MyBusError, OSError):
+    """The host ran out of something the call needs: descriptors, shared memory, memory.
+
+    An `OSError` too (``errno`` is EMFILE, ENFILE, ENOSPC, ENOMEM...), so code that
+    already catches `OSError` keeps working. Nothing was sent or registered; the same
+    call may succeed once the resource is freed (retry later, with a bound).
+    """
 
 
 class MailboxClosed(MyBusError):

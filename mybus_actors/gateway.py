@@ -41,7 +41,8 @@ from mybus_actors.gateway_config import DEFAULT_PORT, GatewayConfig, build_confi
 from mybus_actors.items import FIRST, WHOLE, Record, Run, StreamAck, record_type
 from mybus_actors.mailbox import Endpoint
 from mybus_actors.outbox import Outbox, OutStream
-from mybus_actors.peers import Link, Peers
+from mybus_actors.peers import Link, Peers, quiet_refused_accepts
+from mybus_actors.pressure import OnceLog
 from mybus_actors.registry import Registry
 from mybus_actors.relayed import RELAYED, dead_letter_key, wrap
 from mybus_actors.routing import GATEWAY
@@ -67,6 +68,8 @@ class Gateway:
         self._outbox: Outbox | None = None
         self._deliveries: Deliveries | None = None
         self._local: list[tuple[str, int, bytes]] = []  # notices for local actors, waiting
+        # Out of descriptors: deliveries wait and accepts pause; one line per episode.
+        self._short_deliver = OnceLog(_log, "delivering to local actors")
         self.dead_letters = 0
 
     @property
@@ -99,7 +102,9 @@ class Gateway:
         self._deliveries = Deliveries(
             self.node, self.endpoint, registry.blobs_dir,
             refused=self._refused, max_buffer=self.config.max_buffer,
+            short=self._short_deliver,
         )  # fmt: skip
+        quiet_refused_accepts(asyncio.get_running_loop(), self.peers.short_accept)
         try:
             self.endpoint.bind(GATEWAY)
             self.outbox.scan()  # what gateways before us left in the rings

@@ -28,6 +28,17 @@ Guarantees:
   `MailboxFull`) and rings whichever gateway registers next. The gateway reads those
   rings itself (`on_stream_ring`); records the gateway writes carry a relay prefix
   (`relayed`), which the receiving endpoint strips, dropping what it has seen before.
+- A sender reads a ring back (salvage) only when its receiver stopped or died, never
+  while it lives: a large message cut short by `MailboxFull` is abandoned by closing
+  that ring generation, whose receiver drops the partial message; the next message goes
+  on a new generation. Nothing is both delivered and returned.
+- Descriptors have owners: a drained ring whose writer closed it is unlinked at once,
+  with our ring back to that writer if it closed its end too; a doorbell descriptor
+  closes with the last ring to its process (`doorbell.Bells`). An endpoint holds
+  descriptors for the peers active within ``channel_idle``, not for every peer it met.
+- Out of descriptors or shared memory is `ResourceExhausted` at the call that needed
+  them (nothing was sent); in the background (announcements, wake-ups, sweeps) it is
+  logged once and retried by the next sweep, never taken for a dead peer.
 """
 
 from __future__ import annotations
@@ -35,23 +46,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import mmap
 import os
 import select
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from mybus_actors import ring as _ring
+from mybus_actors.doorbell import Bells, Doorbell
 from mybus_actors.errors import (
     ActorNotFound,
     MailboxClosed,
     MailboxFull,
+    ResourceExhausted,
     RingCorrupted,
     SerializationError,
 )
+from mybus_actors.pressure import OnceLog, exhausted
 from mybus_actors.registry import (
     FORWARD_TO,
     Entry,
@@ -64,6 +76,7 @@ from mybus_actors.registry import (
     validate_name,
 )
 from mybus_actors.relayed import BLOB, RELAYED, Dedup, read_blob, unwrap
+from mybus_actors.ringfile import RingFile
 from mybus_actors.timers import ActivityTable
 
 __all__ = ["Batch", "Delivery", "Endpoint"]
@@ -74,7 +87,6 @@ _WAKE: Final = b"w"
 _NEW_RING: Final = b"n"
 _MAX_SLEEP: Final = 0.5  # the doorbell sleep's safety net, should a wake-up ever go astray
 _ANNOUNCE_TIMEOUT: Final = 5.0
-_BELL_READ: Final = 65536  # a pipe's whole buffer: one read drains the doorbell
 _STATE: Final = _ring.STATE_MASK
 _WAITING: Final = _ring.WAITING
 _HOT_SPIN: Final = 50e-6  # spin without yielding for this long, then yield each round
@@ -117,38 +129,9 @@ class _Fence:
         self._lock.release()
 
 
-class _RingFile:
-    """A ring file mapped into this process (either end)."""
-
-    def __init__(self, path: Path, *, create_capacity: int | None = None) -> None:
-        self.path = path
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create_capacity else 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            if create_capacity:
-                size = _ring.buffer_size(create_capacity)
-                os.ftruncate(fd, size)
-            else:
-                size = os.fstat(fd).st_size
-            self.map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        if create_capacity:
-            _ring.init_ring(self.map, create_capacity)
-
-    def close(self, end: _ring.Producer | _ring.Consumer | None) -> None:
-        if end is not None:
-            end.release()
-        with contextlib.suppress(BufferError):
-            self.map.close()
-
-    def unlink(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
 class _Outbound:
     __slots__ = (
+        "closed",
         "file",
         "forward",
         "max_record",
@@ -163,8 +146,9 @@ class _Outbound:
     )
 
     def __init__(
-        self, file: _RingFile, producer: _ring.Producer, sender: str, to: str, peer: Entry
+        self, file: RingFile, producer: _ring.Producer, sender: str, to: str, peer: Entry
     ):
+        self.closed = False
         self.file = file
         self.producer = producer
         self.write = producer.write
@@ -181,7 +165,7 @@ class _Outbound:
 class _Inbound:
     __slots__ = ("consumer", "file", "key", "receiver", "sender", "used")
 
-    def __init__(self, file: _RingFile, consumer: _ring.Consumer, sender: str, receiver: str):
+    def __init__(self, file: RingFile, consumer: _ring.Consumer, sender: str, receiver: str):
         self.file = file
         self.consumer = consumer
         self.sender = sender
@@ -256,16 +240,16 @@ class Endpoint:
         self._sends = 0
         self._polls = 0
         self._paused: set[str] = set()
+        self._ignored: set[str] = set()  # files in rings/ that are not rings: not retried
         self.undelivered = 0
         self.bell_path = registry.doorbell_path(self.pid, index=next(_ENDPOINT_INDEX))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.bell_path)
         # The doorbell is a FIFO: a wake-up is one byte written on a descriptor the
-        # sender keeps open (no path lookup per ring), and one read drains them all.
-        # Opened read-write, so it never reads as closed while no sender has it open.
-        os.mkfifo(self.bell_path, 0o600)
-        self._bell_fd = os.open(self.bell_path, os.O_RDWR | os.O_NONBLOCK)
-        self._bells: dict[str, int] = {}  # receivers' doorbells -> our write descriptors
+        # sender keeps open while it has a ring to us (no path lookup per ring), and
+        # one read drains them all.
+        self._doorbell = Doorbell(self.bell_path)
+        self._bell_fd = self._doorbell.fd
+        self._bells = Bells()  # receivers' doorbells, held by our rings to them
+        self._short = OnceLog(_log, f"endpoint {self.pid}")
         self._poller = select.poll()
         self._poller.register(self._bell_fd, select.POLLIN)
         self._closed = False
@@ -306,7 +290,11 @@ class Endpoint:
             # Closing our producer end loses nothing: the receiver drains the file.
             self._drop_outbound(self._out[key])
         self._paused.discard(name)
-        self.registry.unregister(name)
+        try:
+            self.registry.unregister(name)
+        except ResourceExhausted as exc:
+            # The entry stays until this process exits; then it is stale and reclaimed.
+            self._short.failed(exc)
         self._rebuild_active()
 
     def receiver_closed(self, sender: str, to: str) -> bool:
@@ -380,11 +368,22 @@ class Endpoint:
             self._maintain_outbound()
 
     def _channel(self, sender: str, to: str, ch: _Outbound | None) -> _Outbound:
-        """The ring ``sender``->``to``, (re)opened if its receiver's process is gone."""
+        """The ring ``sender``->``to``, (re)opened if its receiver's process is gone.
+
+        Raises:
+            RingCorrupted: another process truncated our ring file (what it held is
+                lost with it); the next send opens a new one.
+        """
         if ch is not None:
             # A receiver killed while busy neither closes its end nor answers a bell:
             # without this check a new holder of the name is never reached.
             ch.next_check = self._clock() + _LIVENESS_EVERY
+            if not ch.file.intact():
+                self._drop_outbound(ch)
+                raise RingCorrupted(
+                    f"ring file {ch.file.path.name} was truncated by another process;"
+                    " this message was not sent, and what the ring held may be lost"
+                )
             if is_alive(ch.peer.pid, ch.peer.create_time):
                 return ch
             if ch.forward:
@@ -447,16 +446,24 @@ class Endpoint:
     def _regateway(self, ch: _Outbound) -> None:
         """The gateway a forward ring was made for is gone: ring its successor, if one
         registered (it adopts the ring, and what is in it), else go on writing."""
-        with contextlib.suppress(ActorNotFound):
+        with contextlib.suppress(ActorNotFound, ResourceExhausted):
             peer = self.registry.lookup(FORWARD_TO)
             if peer.pid != ch.peer.pid or peer.create_time != ch.peer.create_time:
-                self._forget_bell(ch.peer.doorbell)
+                self._bells.release(ch.peer.doorbell)
+                self._bells.acquire(peer.doorbell)
                 ch.peer = peer
                 ch.rung = 0
                 with contextlib.suppress(ActorNotFound):
                     self._announce(peer, ch.file.path.name)
 
     def _open(self, sender: str, to: str) -> _Outbound:
+        """Create, allocate and announce a new ring ``sender``->``to``.
+
+        Raises:
+            ActorNotFound: no live receiver holds ``to``.
+            ResourceExhausted: out of descriptors or shared memory (nothing was sent).
+            MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
+        """
         self._check_open()
         if sender not in self._names:
             raise MailboxClosed(f"sender {sender!r} is not bound on this endpoint")
@@ -465,15 +472,18 @@ class Endpoint:
             gen = time.time_ns()
             path = self.registry.rings_dir / ring_filename(sender, to, gen)
             try:
-                file = _RingFile(path, create_capacity=self.ring_capacity)
+                file = RingFile.create(path, self.ring_capacity)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise (exhausted(exc, f"create a ring to {to!r}") or exc) from exc
             break
         else:  # pragma: no cover - a clock that never moves
             raise RuntimeError(f"could not create a ring file for {sender}->{to}")
         producer = _ring.Producer(file.map)
         producer.set_identity(self.pid, self._token)
         ch = _Outbound(file, producer, sender, to, peer)
+        self._bells.acquire(peer.doorbell)
         self._out[(sender, to)] = ch
         self._out_table.put((sender, to), ch, self._clock())
         try:
@@ -484,22 +494,6 @@ class Endpoint:
             raise
         return ch
 
-    def _bell_of(self, path: str) -> int:
-        """Our write descriptor on a receiver's doorbell, opened once.
-
-        Raises:
-            OSError: no such doorbell (FileNotFoundError), or nobody reads it (ENXIO).
-        """
-        fd = self._bells.get(path)
-        if fd is None:
-            fd = self._bells[path] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        return fd
-
-    def _forget_bell(self, path: str) -> None:
-        fd = self._bells.pop(path, None)
-        if fd is not None:
-            os.close(fd)
-
     def _announce(self, peer: Entry, fname: str) -> None:
         # Unlike a wake-up, an announcement must not be lost: retried for a while
         # (a write this short is atomic), then left to the receiver's scan of rings/.
@@ -507,24 +501,33 @@ class Endpoint:
         deadline = self._clock() + _ANNOUNCE_TIMEOUT
         while True:
             try:
-                os.write(self._bell_of(peer.doorbell), message)
+                self._bells.write(peer.doorbell, message)
                 return
             except BlockingIOError:
                 if self._clock() > deadline:
                     return
                 time.sleep(0.001)
+            except ResourceExhausted as exc:
+                # No descriptor for its doorbell now: the receiver's periodic scan of
+                # rings/ finds the ring anyway (within a sweep), so the send goes on.
+                self._short.failed(exc)
+                return
             except OSError as exc:  # FileNotFoundError, ENXIO, EPIPE: nobody reads it
-                self._forget_bell(peer.doorbell)
+                self._bells.forget(peer.doorbell)
                 raise ActorNotFound(f"actor {peer.name!r} has no doorbell (it exited)") from exc
 
     def _ring_bell(self, ch: _Outbound) -> None:
         try:
-            os.write(self._bell_of(ch.peer.doorbell), _WAKE)
+            self._bells.write(ch.peer.doorbell, _WAKE)
         except BlockingIOError:
             pass  # its doorbell is full of wake-ups already
+        except ResourceExhausted as exc:
+            # The message is published: its receiver's bounded sleep finds it. Raising
+            # would tell our caller it was not sent.
+            self._short.failed(exc)
         except OSError:
             # Nobody reads that doorbell any more: the receiver is probably dead.
-            self._forget_bell(ch.peer.doorbell)
+            self._bells.forget(ch.peer.doorbell)
             if ch.forward:
                 self._regateway(ch)  # the outbox waits for the next gateway
             else:
@@ -605,20 +608,29 @@ class Endpoint:
             sent, signal = self._stream(ch, view, meta, sent)
             return signal
 
-        signal = step()
-        if signal == _ring.FULL:
-            signal = self._wait_for_room(ch, step, timeout, block)
         try:
+            signal = step()
+            if signal == _ring.FULL:
+                signal = self._wait_for_room(ch, step, timeout, block)
             while sent < total:
                 if signal & _STATE == _ring.CLOSED:
                     self._check_receiver(ch, pending=0)
                 signal = step()
                 if signal == _ring.FULL:
                     signal = self._wait_for_room(ch, step, timeout, True)
-        except (MailboxFull, ActorNotFound):
-            # Half a message sits in the ring: close this generation (the receiver
-            # discards the half) so the next message starts on a clean ring.
-            if self._out.get((ch.sender, ch.to)) is ch:
+        except MailboxFull:
+            if sent and not ch.closed:
+                # Part of the message sits in the ring of a receiver that is alive and
+                # reading: we must not read it back. Closing this generation abandons
+                # the part (the receiver drops a partial message from a closed ring);
+                # what came before it is delivered, and the next message starts on a
+                # new generation, read after this one.
+                self._drop_outbound(ch)
+            raise
+        except ActorNotFound:
+            # The receiver is gone (its ring was dropped and salvaged on the way): the
+            # half-sent message is reported by this exception.
+            if not ch.closed:
                 self._drop_outbound(ch, salvage=True)
             raise
         return signal
@@ -636,7 +648,16 @@ class Endpoint:
             del self._out[key]
             with contextlib.suppress(KeyError):
                 self._out_table.pop(key)
+        if ch.closed:
+            return
+        ch.closed = True
+        self._bells.release(ch.peer.doorbell)
         lost: list[tuple[int, bytes]] = []
+        if not ch.file.intact():
+            # Truncated under us: touching its pages is SIGBUS. What it held is lost.
+            _log.error("ring file %s was truncated by another process", ch.file.path.name)
+            ch.file.close(ch.producer)
+            return
         if salvage and ch.producer.unread > 0 and not ch.forward:
             lost = _salvage(ch.file)
             if keep_last:
@@ -691,11 +712,17 @@ class Endpoint:
                     if ch.sender == FORWARD_TO:
                         items = self._unrelay(items)
                     out.append((ch.sender, ch.receiver, items))
-                elif len(self._in[ch.key]) > 1 and (
-                    ch.consumer.producer_closed
+                elif ch.consumer.producer_closed and not ch.consumer.pending:
+                    # Its writer closed it and we have read it all (closed is read
+                    # before the tail: nothing is published after the close). Unlinked
+                    # now, not at the idle sweep: a peer that comes and goes (a
+                    # short-lived client) must not cost us a descriptor for 30 s.
+                    self._retire(ch)
+                    self._peer_left(ch.receiver, ch.sender)
+                elif len(self._in[ch.key]) > 1 and not _peer_alive(
                     # A SIGKILLed writer never closes its ring: a new incarnation of
                     # the name must not wait behind it until the idle sweep.
-                    or not _peer_alive(*ch.consumer.producer_identity)
+                    *ch.consumer.producer_identity
                 ):
                     self._retire(ch)
         if not out:
@@ -760,6 +787,13 @@ class Endpoint:
             self._check_receiver(ch, pending=1)
         self._sends += 1
         return True
+
+    def _peer_left(self, name: str, peer: str) -> None:
+        """``peer`` closed its ring to ``name``: drop ours to it too if it closed that end."""
+        ch = self._out.get((name, peer))
+        if ch is not None and ch.producer.consumer_closed:
+            with contextlib.suppress(ActorNotFound):
+                self._check_receiver(ch, pending=0)
 
     def pending(self) -> bool:
         """Some inbound ring has unread records."""
@@ -837,11 +871,7 @@ class Endpoint:
 
     def _read_bell(self) -> None:
         """Drain the doorbell: wake-ups ("w") and ring announcements ("n<file>\\n")."""
-        while True:
-            try:
-                data = os.read(self._bell_fd, _BELL_READ)
-            except BlockingIOError:
-                return
+        for data in self._doorbell.drain():
             if _NEW_RING in data:
                 # Announcements are written whole and end in a newline; what follows
                 # the last newline can only be wake-ups.
@@ -849,8 +879,6 @@ class Endpoint:
                     piece = piece.lstrip(_WAKE)
                     if piece.startswith(_NEW_RING):
                         self._open_inbound(piece[1:].decode("ascii", "replace"))
-            if len(data) < _BELL_READ:
-                return
 
     def _open_inbound(self, fname: str) -> None:
         parsed = parse_ring_filename(fname)
@@ -865,10 +893,21 @@ class Endpoint:
         sender, receiver, _gen = parsed
         path = self.registry.rings_dir / fname
         try:
-            file = _RingFile(path)
-            consumer = _ring.Consumer(file.map)
-        except (FileNotFoundError, ValueError, RingCorrupted, OSError):
+            file = RingFile.open(path)
+        except ResourceExhausted as exc:
+            self._short.failed(exc)  # the next scan of rings/ opens it
+            return
+        except (OSError, RingCorrupted) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                self._ignore(fname, exc)
             return  # gone already, or not a ring: a periodic scan reclaims litter
+        try:
+            consumer = _ring.Consumer(file.map)
+        except RingCorrupted as exc:
+            self._ignore(fname, exc)
+            file.close(None)
+            return
+        self._short.ok()
         ch = _Inbound(file, consumer, sender, receiver)
         gens = self._in.setdefault(ch.key, [])
         gens.append(ch)
@@ -876,6 +915,11 @@ class Endpoint:
         self._by_file[fname] = ch
         self._in_table.put(fname, ch, self._clock())
         self._rebuild_active()
+
+    def _ignore(self, fname: str, exc: Exception) -> None:
+        """A file named like a ring to us that is none (or truncated): once, then never."""
+        _log.warning("ignoring ring file %s: %s", fname, exc)
+        self._ignored.add(fname)
 
     def _rebuild_active(self) -> None:
         paused = self._paused
@@ -897,7 +941,8 @@ class Endpoint:
         with contextlib.suppress(KeyError):
             self._in_table.pop(fname)
         ch.consumer.discard_partial()
-        ch.consumer.close()
+        if ch.file.intact():  # a truncated page is SIGBUS: then tell the writer nothing
+            ch.consumer.close()
         ch.file.unlink()
         ch.file.close(ch.consumer)
         if ch in self._active:
@@ -913,9 +958,16 @@ class Endpoint:
             names = os.listdir(self.registry.rings_dir)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            short = exhausted(exc, "list rings/")
+            if short is None:
+                raise
+            self._short.failed(short)
+            return
+        self._ignored.intersection_update(names)
         streams = self._on_stream_ring is not None and FORWARD_TO in self._names
         for fname in sorted(names):
-            if fname not in self._by_file:
+            if fname not in self._by_file and fname not in self._ignored:
                 parsed = parse_ring_filename(fname)
                 if parsed is not None and (
                     parsed[1] in self._names or (streams and parse_forward_name(parsed[1]))
@@ -958,6 +1010,10 @@ class Endpoint:
         self._next_in_sweep = now + self._sweep_every
         self._read_bell()
         for fname, inb in list(self._by_file.items()):
+            if not inb.file.intact():
+                _log.error("ring file %s was truncated by another process", fname)
+                self._retire(inb)
+                continue
             if inb.used:
                 inb.used = False
                 self._in_table.touch(fname, now)
@@ -980,16 +1036,15 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
-        for out in list(self._out.values()):
-            self._drop_outbound(out)
+        # Consumer ends first: a peer that sees our producer end closed then finds our
+        # consumer end closed too, and drops its ring to us at once (`_peer_left`).
         for name in list(self._names):
             self.unbind(name)
+        for out in list(self._out.values()):
+            self._drop_outbound(out)
         self._poller.unregister(self._bell_fd)
-        os.close(self._bell_fd)
-        for path in list(self._bells):
-            self._forget_bell(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.bell_path)
+        self._doorbell.close()
+        self._bells.close()
 
     def __enter__(self) -> Endpoint:
         return self
@@ -998,7 +1053,7 @@ class Endpoint:
         self.close()
 
 
-def _salvage(file: _RingFile) -> list[tuple[int, bytes]]:
+def _salvage(file: RingFile) -> list[tuple[int, bytes]]:
     """Read what a gone consumer left in a ring (we are its only reader now)."""
     consumer = _ring.Consumer(file.map)
     try:

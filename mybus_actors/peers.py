@@ -24,15 +24,16 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from mybus_actors import wire
 from mybus_actors.errors import LocalProtocolError, RemoteProtocolError
 from mybus_actors.gateway_config import DEFAULT_PORT, GatewayConfig, certificate_names
 from mybus_actors.items import Run, StreamAck
+from mybus_actors.pressure import OnceLog
 from mybus_actors.timers import ActivityTable
 
-__all__ = ["Link", "Peers", "Relay"]
+__all__ = ["Link", "Peers", "Relay", "quiet_refused_accepts"]
 
 _log = logging.getLogger("mybus_actors.gateway")
 
@@ -139,6 +140,7 @@ class Peers:
         )
         self._server: asyncio.Server | None = None
         self.bound_port: int | None = None
+        self.short_accept = OnceLog(_log, "accepting connections")
 
     # -- the server ----------------------------------------------------------------
 
@@ -265,13 +267,17 @@ class Peers:
             link.connecting = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.short_accept.ok()
         _set_nodelay(writer)
         # The server's own task: cancelled at shutdown, which is not worth a traceback.
         with contextlib.suppress(asyncio.CancelledError):
             if self.config.server_ssl is not None:
                 try:
-                    await asyncio.wait_for(
-                        writer.start_tls(self.config.server_ssl), _HANDSHAKE_TIMEOUT
+                    # Awaited directly, not through asyncio.wait_for: on Python 3.11 that
+                    # runs it in a new task, and a ClientHello read meanwhile would be
+                    # lost to the plain stream (reading is paused until here, too).
+                    await writer.start_tls(
+                        self.config.server_ssl, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT
                     )
                 except (ssl.SSLError, OSError, TimeoutError) as exc:
                     peer = writer.get_extra_info("peername")
@@ -512,6 +518,24 @@ class Peers:
             elif now - conn.last_tx > beat:
                 with contextlib.suppress(LocalProtocolError):
                     conn.send(conn.proto.send_ping(int(now * 1000)))
+
+
+def quiet_refused_accepts(loop: asyncio.AbstractEventLoop, short: OnceLog) -> None:
+    """Out of descriptors, asyncio's server stops accepting for a second and retries (its
+    own back-off), logging a traceback each time: make that one line per episode."""
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            short.failed(exc)
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _set_nodelay(writer: asyncio.StreamWriter) -> None:

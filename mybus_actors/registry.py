@@ -14,8 +14,12 @@ What it guarantees:
   against the inode that was judged stale, so a reclaimer never deletes the entry a racing
   registrant has just created. The lock dies with its holder; it leaves no file behind.
 - Files another reclaimer deleted first are not an error.
+- Running out is not corruption: an ``open()`` (or a process probe) that fails for lack
+  of descriptors or memory raises `ResourceExhausted` to the caller, and liveness that
+  cannot be probed is presumed alive. So exhaustion never deletes a live entry, never
+  lets a second process take a held name, and never reads as "no such actor".
 
-What it does not know: ring layouts and doorbell sockets. It knows only how their files are
+What it does not know: ring layouts and doorbell FIFOs. It knows only how their files are
 named (`rings/<from>~<to>.<gen>`, `bells/<pid>-<create_time_ms>`), so that it can delete a
 dead process's files; `mailbox.py` creates and opens them.
 """
@@ -40,7 +44,8 @@ from typing import Final
 import attrs
 import psutil
 
-from mybus_actors.errors import ActorNotFound, InvalidAddress, NameTaken
+from mybus_actors.errors import ActorNotFound, InvalidAddress, NameTaken, ResourceExhausted
+from mybus_actors.pressure import exhausted
 
 __all__ = [
     "FORWARD_TO",
@@ -237,7 +242,7 @@ class Entry:
         name: the actor name.
         pid: the holder's process id.
         create_time: the holder's psutil create time, to tell a reused pid apart.
-        doorbell: path of the holder process's doorbell socket.
+        doorbell: path of the holder process's doorbell (a FIFO).
         generation: `time.time_ns()` at registration; unique per registration.
     """
 
@@ -268,7 +273,11 @@ class Entry:
 
 def _probe(pid: int) -> float | bool | None:
     """Return the create time of `pid`; None if gone or a zombie; True if it exists but
-    cannot be inspected (so must be presumed alive)."""
+    cannot be inspected (so must be presumed alive).
+
+    Raises:
+        ResourceExhausted: /proc could not be read for lack of descriptors or memory.
+    """
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return None
     try:
@@ -281,6 +290,8 @@ def _probe(pid: int) -> float | bool | None:
         return None
     except psutil.AccessDenied:
         return True
+    except OSError as exc:  # psutil lets EMFILE through as it came
+        raise (exhausted(exc, f"inspect process {pid}") or exc) from exc
 
 
 def process_create_time(pid: int) -> float | None:
@@ -289,6 +300,9 @@ def process_create_time(pid: int) -> float | None:
     Returns:
         The create time (seconds since the epoch), or None if there is no such process,
         it is a zombie (killed but not yet reaped: dead), or it cannot be inspected.
+
+    Raises:
+        ResourceExhausted: out of descriptors or memory to read /proc.
     """
     probed = _probe(pid)
     return None if isinstance(probed, bool) else probed
@@ -299,9 +313,13 @@ def is_alive(pid: int, create_time: float) -> bool:
 
     Alive means: the pid exists, is not a zombie, and its create time is the recorded one
     (within a second: see `_CTIME_TOLERANCE`), so a reused pid reads as dead. A process
-    that exists but cannot be inspected is presumed alive.
+    that exists but cannot be inspected, or that we lack the descriptors to inspect, is
+    presumed alive: the safe side for every caller that would delete what is dead.
     """
-    probed = _probe(pid)
+    try:
+        probed = _probe(pid)
+    except ResourceExhausted:
+        return True
     if probed is None:
         return False
     if isinstance(probed, bool):
@@ -320,8 +338,12 @@ def _unlink(path: pathlib.Path) -> bool:
 
 def _make_private_dir(path: pathlib.Path) -> None:
     """Create `path` (if needed) as a directory of ours with mode 0700."""
-    with contextlib.suppress(FileExistsError):
+    try:
         path.mkdir(mode=_DIR_MODE)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise (exhausted(exc, f"create {str(path)!r}") or exc) from exc
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(f"runtime path {str(path)!r} exists and is not a directory")
@@ -366,6 +388,7 @@ class Registry:
         Raises:
             PermissionError: a runtime directory exists but belongs to another user.
             NotADirectoryError: a runtime path exists and is not a directory.
+            ResourceExhausted: no space (or inodes) left to create them.
             OSError: the directories cannot be created.
         """
         self._root = pathlib.Path(os.path.abspath(os.fspath(root)))
@@ -396,7 +419,7 @@ class Registry:
 
     @property
     def bells_dir(self) -> pathlib.Path:
-        """`<root>/bells`: one doorbell socket per process."""
+        """`<root>/bells`: one doorbell FIFO per endpoint of a process."""
         return self._root / "bells"
 
     @property
@@ -446,6 +469,7 @@ class Registry:
             NameTaken: a live process holds the name, or its entry is unreadable and too
                 young to be judged abandoned.
             ProcessLookupError: `pid` is not a live process.
+            ResourceExhausted: out of descriptors, memory or space to write the entry.
         """
         validate_name(name)
         pid = os.getpid() if pid is None else pid
@@ -467,6 +491,8 @@ class Registry:
                     os.link(tmp, final)
                 except FileExistsError:
                     pass
+                except OSError as exc:
+                    raise (exhausted(exc, f"register {name!r}") or exc) from exc
                 else:
                     return entry
                 slot = self._read(name)
@@ -500,6 +526,7 @@ class Registry:
         Raises:
             InvalidAddress: `name` is invalid.
             ActorNotFound: no entry, an unreadable one, or a stale one (then reclaimed).
+            ResourceExhausted: no descriptor to read the entry with (it is left alone).
         """
         validate_name(name)
         slot = self._read(name)
@@ -518,6 +545,7 @@ class Registry:
 
         Raises:
             InvalidAddress: `name` is invalid.
+            ResourceExhausted: no descriptor to read the entry with (it is left alone).
         """
         validate_name(name)
         pid = os.getpid() if pid is None else pid
@@ -628,26 +656,40 @@ class Registry:
         me = os.getpid()
         ctime = process_create_time(me) or 0.0
         tmp = self.actors_dir / f".tmp-{me}-{int(ctime * 1000)}-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        except OSError as exc:
+            raise (exhausted(exc, "write a registry entry") or exc) from exc
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
             _unlink(tmp)
+            if isinstance(exc, OSError) and (short := exhausted(exc, "write a registry entry")):
+                raise short from exc
             raise
         os.close(fd)
         return tmp
 
     def _read(self, name: str) -> _Slot | None:
-        """Read `actors/<name>`: None if missing; a slot whose entry is None if corrupt."""
+        """Read `actors/<name>`: None if missing; a slot whose entry is None if corrupt.
+
+        Raises:
+            ResourceExhausted: out of descriptors or memory: that says nothing about the
+                entry, which must not be judged (a live holder's entry was deleted so).
+        """
         path = self.actors_dir / name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
-        except OSError:  # e.g. a symlink planted there: unreadable, judged like corruption
+        except OSError as exc:
+            short = exhausted(exc, f"read the registry entry of {name!r}")
+            if short is not None:
+                raise short from exc
+            # e.g. a symlink planted there: unreadable, judged like corruption
             try:
                 st = path.lstat()
             except FileNotFoundError:
@@ -688,7 +730,10 @@ class Registry:
         flock on the directory itself: released when its holder dies, and no lock file
         is left behind. Registration (`os.link`) needs no lock: it cannot replace a file.
         """
-        fd = os.open(self.actors_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(self.actors_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise (exhausted(exc, "lock the registry") or exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -754,3 +799,5 @@ class Registry:
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise (exhausted(exc, f"list {str(path)!r}") or exc) from exc

@@ -37,9 +37,11 @@ from mybus_actors.errors import (
     InvalidAddress,
     MailboxClosed,
     MyBusError,
+    ResourceExhausted,
     SerializationError,
 )
 from mybus_actors.mailbox import Endpoint
+from mybus_actors.pressure import OnceLog, is_exhaustion
 from mybus_actors.registry import (
     RESERVED_NAMES,
     Registry,
@@ -192,6 +194,9 @@ class Runtime:
         self._reply_name: str | None = None
         self._parent_fd: int | None = None
         self._closed = False
+        # Replies and notices that could not be sent for lack of descriptors or memory:
+        # one warning per episode, not one per message.
+        self._short = OnceLog(_log, f"runtime of node {self.node} (pid {os.getpid()})")
 
     # -- hosting -------------------------------------------------------------------
 
@@ -339,16 +344,27 @@ class Runtime:
             self.tell(cell.name, to, message)
 
     def _reply_error(self, cell: _Cell, to: str, corr: int, exc: BaseException) -> None:
+        """Tell an asker its ask failed; a failure to do so is logged, never raised.
+
+        Runs inside the dispatcher: an error escaping here would end every actor of
+        this process (out of descriptors, the reply's ring cannot be created).
+        """
         try:
             self.tell(cell.name, to, error_reply(exc), kind=_ERROR_REPLY, corr=corr)
-        except MyBusError as err:
-            _log.warning("%s: could not send the error reply to %s: %s", cell.address, to, err)
+        except (MyBusError, OSError) as err:
+            if is_exhaustion(err):
+                self._short.failed(err)
+            else:
+                _log.warning("%s: could not send the error reply to %s: %s", cell.address, to, err)
 
     def _tell_system(self, sender: str, to: str, message: tuple[Any, ...]) -> bool:
         try:
             self.tell(sender, to, message, kind=_SYSTEM, timeout=1.0)
-        except MyBusError as err:
-            _log.debug("system message %r to %s not sent: %s", message[0], to, err)
+        except (MyBusError, OSError) as err:
+            if is_exhaustion(err):
+                self._short.failed(err)
+            else:
+                _log.debug("system message %r to %s not sent: %s", message[0], to, err)
             return False
         return True
 
@@ -380,7 +396,7 @@ class Runtime:
             else:
                 try:
                     self.tell(timer.cell.name, timer.to, timer.message)
-                except MyBusError as err:
+                except (MyBusError, OSError) as err:
                     _log.warning("%s: timer message not sent: %s", timer.cell.address, err)
 
         timer._wheel_handle = self.wheel.schedule(deadline, fire)
@@ -531,7 +547,10 @@ class Runtime:
     def _receive_failed(
         self, cell: _Cell, exc: Exception, sender: str | None, kind: int, corr: int
     ) -> None:
-        _log.error("%s: receive() raised", cell.address, exc_info=exc)
+        if is_exhaustion(exc):  # e.g. reply() found no descriptor for the reply's ring
+            self._short.failed(exc)
+        else:
+            _log.error("%s: receive() raised", cell.address, exc_info=exc)
         if kind == _ASK and sender is not None:
             self._reply_error(cell, sender, corr, exc)
 
@@ -561,17 +580,39 @@ class Runtime:
                     self._offer(cell, sender, _USER, 0, codec.decode_message(meta, payload))
                     continue
                 _, origin, corr, msg = codec.decode_fields(meta, payload)
-            except SerializationError:
-                _log.exception("%s: a message from %s could not be decoded", cell.address, sender)
+            except SerializationError as exc:
+                self._undecodable(cell, sender, meta, payload, exc)
                 continue
             self._dispatch(cell, origin or sender, kind, corr, msg)
+
+    def _undecodable(
+        self, cell: _Cell, sender: str, meta: int, payload: bytes, exc: SerializationError
+    ) -> None:
+        """A message we cannot decode: an asker hears why (its ActorError names it)."""
+        try:
+            kind, origin, corr = codec.peek(meta, payload)
+        except SerializationError:
+            kind, origin, corr = -1, None, 0
+        if kind == _ASK:
+            _log.warning("%s: an ask from %s could not be decoded: %s", cell.address,
+                         origin or sender, exc)  # fmt: skip
+            self._reply_error(cell, origin or sender, corr, exc)
+        else:
+            _log.error("%s: a message from %s could not be decoded: %s", cell.address,
+                       origin or sender, exc)  # fmt: skip
 
     def _deliver_replies(self, sender: str, items: list[tuple[int, bytes]]) -> None:
         for meta, payload in items:
             try:
                 kind, _, corr, msg = codec.decode_fields(meta, payload)
-            except SerializationError:
-                _log.exception("a reply from %s could not be decoded", sender)
+            except SerializationError as exc:
+                # The asker learns why, now, instead of waiting for its timeout.
+                try:
+                    corr = codec.peek(meta, payload)[2]
+                except SerializationError:
+                    corr = 0
+                if not self.asks.fail(corr, exc):
+                    _log.error("a reply from %s could not be decoded: %s", sender, exc)
                 continue
             if kind == _REPLY:
                 self.asks.resolve(corr, msg)
@@ -613,8 +654,10 @@ class Runtime:
         elif verb == "terminated" and len(msg) == 3:
             self._terminated(str(msg[1]), str(msg[2]))
         elif verb == "dead" and len(msg) == 3:
+            self.dead_letters += 1
             self._dispatch(cell, sender, _DEAD, 0, (msg[1], str(msg[2])))
         elif verb == "dead-raw" and len(msg) == 4:
+            self.dead_letters += 1
             # From a gateway, which never unpickles what it relays: decode it here.
             try:
                 original = codec.decode_message(int(msg[1]), bytes(msg[2]))
@@ -717,13 +760,21 @@ class Runtime:
         return self._loop
 
     def run_until_stopped(self) -> None:
-        """Dispatch until every hosted actor has stopped."""
+        """Dispatch until every hosted actor has stopped.
+
+        Running out of descriptors or memory is contained here as a last resort (each
+        message's own handling contains it first): the actors stay up, logged once.
+        """
         while self.cells:
             if self._stop_all.is_set():
                 for cell in list(self.cells.values()):
                     self._finish(cell, "stopped")
                 break
-            if not self.do_work():
+            try:
+                if not self.do_work():
+                    self._idle()
+            except ResourceExhausted as exc:
+                self._short.failed(exc)
                 self._idle()
 
     def do_work(self) -> int:
@@ -812,7 +863,10 @@ class Runtime:
                 address = self._by_pidfd.get(fd)
                 if address is not None:
                     self._terminated(address, self._end_reason(address))
-                    self.registry.reclaim()
+                    try:
+                        self.registry.reclaim()
+                    except ResourceExhausted as exc:  # the next reclaim does it
+                        self._short.failed(exc)
 
     def _sleep_in_asyncio(self, timeout: float) -> list[int]:
         """Sleep in the asyncio loop, so awaiting receives make progress meanwhile."""

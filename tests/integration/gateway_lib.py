@@ -30,6 +30,14 @@ from waiting import wait_for_file
 import mybus_actors as mb
 
 LIMIT = 30.0  # the longest any actor here waits on an ask of its own
+# How tests start ``mybus-gateway``: through this interpreter, never a PATH lookup, so
+# that ``venv/bin/python -m pytest`` works without an activated venv.
+GATEWAY_COMMAND = [sys.executable, "-m", "mybus_actors.gateway"]
+
+
+def child_pythonpath() -> str:
+    """This process's import path, for a child that must import what we import."""
+    return os.pathsep.join(p for p in sys.path if p)
 
 
 # -- actors ----------------------------------------------------------------------------
@@ -413,7 +421,7 @@ class GatewayProc:
         self.host, self.extra, self.prefix = host, list(extra), list(prefix)
         argv = [
             *prefix,
-            "mybus-gateway",
+            *GATEWAY_COMMAND,
             "--node", node,
             "--runtime-dir", str(runtime_dir),
             "--listen", f"{host}:{port}",
@@ -424,6 +432,7 @@ class GatewayProc:
             argv += ["--secret-file", str(secret_file)]
         argv += list(extra)
         env = {k: v for k, v in os.environ.items() if k != "MYBUS_SECRET"}
+        env["PYTHONPATH"] = child_pythonpath()
         if secret is not None:
             env["MYBUS_SECRET"] = secret
         self.argv = argv

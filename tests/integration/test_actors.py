@@ -18,7 +18,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,56 +34,11 @@ if str(HERE) not in sys.path:
 
 import actors_lib as lib  # noqa: E402
 import waiting  # noqa: E402
+from harness import Actors, stopping_while_held  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0  # the bound on any single receive or ask that should succeed
-
-
-class Actors:
-    """What a test started: Refs to stop and clients to close, in the fixture teardown."""
-
-    def __init__(self, runtime_dir: Path) -> None:
-        self.runtime_dir = runtime_dir
-        self.node = os.environ["MYBUS_NODE"]
-        self.refs: list[mb.Ref] = []
-        self.clients: list[mb.Client] = []
-
-    def spawn(self, cls: type[mb.Actor], name: str, **kwargs: Any) -> mb.Ref:
-        ref = mb.spawn(cls, name, kwargs=kwargs or None)
-        self.refs.append(ref)
-        return ref
-
-    def connect(self, name: str | None = None) -> mb.Client:
-        client = mb.connect(name)
-        self.clients.append(client)
-        return client
-
-    def address(self, name: str) -> str:
-        return f"{self.node}/{name}"
-
-    def close(self) -> None:
-        try:
-            for ref in reversed(self.refs):
-                try:
-                    ref.stop(timeout=5)
-                except Exception:
-                    ref.kill()
-                finally:
-                    ref.join(10)
-        finally:
-            for client in self.clients:
-                client.close()
-            close_clients()
-
-
-@pytest.fixture
-def actors(runtime_dir: Path) -> Iterator[Actors]:
-    started = Actors(runtime_dir)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def receive_until(client: mb.Client, predicate: Any, timeout: float = WAIT) -> Any:
@@ -617,27 +571,9 @@ def test_messages_to_a_stopped_actor_come_back_as_dead_letters(
     actors.spawn(lib.Pusher, "pusher", notify="observer")
     flood = 2000
     release = tmp_path / "release-sink"
-
-    def stop_ring(fname: str) -> bool:  # rings/<sender>~<receiver>.<generation>
-        return fname.startswith("_client-") and fname.split(".")[0].endswith("~sink")
-
-    me.tell("sink", ("hold", str(release)))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        try:
-            # The sink reads nothing more until the release file appears.
-            assert me.receive(timeout=WAIT) == ("holding", actors.address("sink"))
-            # Ref.stop sends the stop, then waits for the process: in a thread, since
-            # the sink is held until the release file appears.
-            stopping = pool.submit(sink.stop, 30)
-            # The stop travels on the Ref client's own ring; wait until it exists.
-            deadline = time.monotonic() + WAIT
-            while not [f for f in os.listdir(runtime_dir / "rings") if stop_ring(f)]:
-                assert time.monotonic() < deadline, "Ref.stop sent nothing"
-                time.sleep(0.001)
-            assert me.ask("pusher", ("flood", "sink", flood), timeout=WAIT) == flood
-        finally:
-            release.touch()
-        assert stopping.result(timeout=40) is True
+    # The sink is held (it reads nothing) while Ref.stop's stop and the flood go in.
+    with stopping_while_held(me, sink, release, runtime_dir, WAIT):
+        assert me.ask("pusher", ("flood", "sink", flood), timeout=WAIT) == flood
 
     handled: list[int] | None = None
     dead: list[int] = []
@@ -680,6 +616,7 @@ def test_public_names_are_pinned() -> None:
         "MyBusError",
         "NameTaken",
         "Ref",
+        "ResourceExhausted",
         "Runtime",
         "SerializationError",
         "Terminated",
@@ -691,6 +628,7 @@ def test_public_names_are_pinned() -> None:
     assert all(hasattr(mb, name) for name in mb.__all__)
     assert issubclass(mb.AskTimeout, TimeoutError)
     assert issubclass(mb.InvalidAddress, ValueError)
+    assert issubclass(mb.ResourceExhausted, OSError)
     for name in mb.__all__:
         obj = getattr(mb, name)
         if isinstance(obj, type) and issubclass(obj, Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import struct
@@ -129,8 +130,8 @@ class Cluster:
         self.refs.append(ref)
         return ref
 
-    def connect(self, node: str, name: str | None = None) -> mb.Client:
-        client = mb.connect(name, node=node, runtime_dir=self.dir(node))
+    def connect(self, node: str, name: str | None = None, **options: Any) -> mb.Client:
+        client = mb.connect(name, node=node, runtime_dir=self.dir(node), **options)
         self.clients.append(client)
         return client
 
@@ -615,7 +616,8 @@ def test_ask_between_two_network_namespaces(cluster: Cluster) -> None:
 def test_no_secret_refuses_to_start_and_help_documents_every_flag(cluster: Cluster) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MYBUS_SECRET"}
     node_dir = cluster.dir("lonely")
-    argv = ["mybus-gateway", "--node", "lonely", "--runtime-dir", str(node_dir),
+    env["PYTHONPATH"] = lib.child_pythonpath()
+    argv = [*lib.GATEWAY_COMMAND, "--node", "lonely", "--runtime-dir", str(node_dir),
             "--listen", f"{LOCAL}:{cluster.port('lonely')}"]  # fmt: skip
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
@@ -628,7 +630,7 @@ def test_no_secret_refuses_to_start_and_help_documents_every_flag(cluster: Clust
     assert done.returncode != 0
     assert "MYBUS_SECRET" in done.stderr, done.stderr
 
-    helped = subprocess.run(["mybus-gateway", "--help"], env=env, capture_output=True,
+    helped = subprocess.run([*lib.GATEWAY_COMMAND, "--help"], env=env, capture_output=True,
                             text=True, timeout=30)  # fmt: skip
     assert helped.returncode == 0, helped.stderr
     from mybus_actors import gateway_config
@@ -664,3 +666,71 @@ def test_watch_across_nodes_stopped_and_node_unreachable(cluster: Cluster) -> No
     assert observer.receive(timeout=WAIT) == ("synced", "beta/y")
     beta.kill()
     assert observer.receive(timeout=WAIT) == mb.Terminated("beta/y", "node unreachable")
+
+
+# -- 10. what comes back, and a gateway out of descriptors ------------------------------
+
+
+def test_a_client_hears_remote_bounces_and_a_bounced_ask_fails_at_once(cluster: Cluster) -> None:
+    two_nodes(cluster)
+    cluster.spawn(lib.Echo, "echo", "beta")
+    heard: list[tuple[Any, str]] = []
+    me = cluster.connect("alpha", on_dead_letter=lambda m, why: heard.append((m, why)))
+    assert me.ask("beta/echo", "up", timeout=WAIT) == "up"
+
+    for i in range(10):
+        me.tell("beta/nosuch", ("lost", i))
+    deadline = time.monotonic() + WAIT
+    while len(heard) < 10:  # the client hears them whenever it pumps its mailbox
+        assert time.monotonic() < deadline, heard
+        with contextlib.suppress(TimeoutError):
+            me.receive(timeout=0.1)
+    assert sorted(m for m, _ in heard) == [("lost", i) for i in range(10)]
+    assert all("nosuch" in why for _, why in heard), heard
+    assert me.dead_letters == 10
+
+    started = time.monotonic()
+    with pytest.raises(mb.ActorNotFound, match="nosuch"):
+        me.ask("beta/nosuch", "anyone?", timeout=30)
+    assert time.monotonic() - started < WAIT  # the bounce, not the ask's timeout
+
+
+def test_a_gateway_out_of_descriptors_delays_deliveries_and_says_so_once(
+    cluster: Cluster,
+) -> None:
+    _alpha, beta = two_nodes(cluster)
+    cluster.spawn(lib.Echo, "echo", "beta")
+    cluster.spawn(lib.Echo, "late", "beta")  # no ring from beta's gateway to it yet
+    heard: list[tuple[Any, str]] = []
+    me = cluster.connect("alpha", on_dead_letter=lambda m, why: heard.append((m, why)))
+    assert me.ask("beta/echo", "up", timeout=WAIT) == "up"
+
+    soft, hard = resource.prlimit(beta.pid, resource.RLIMIT_NOFILE)
+    knocks: list[socket.socket] = []
+    try:
+        # Not one descriptor to spare: its `ulimit -n` lowered to the number its next
+        # descriptor would get.
+        held = {int(fd) for fd in os.listdir(f"/proc/{beta.pid}/fd")}
+        lowest_free = min(set(range(len(held) + 1)) - held)
+        resource.prlimit(beta.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        for i in range(10):
+            me.tell("beta/late", ("n", i))
+        for _ in range(3):  # connections beta cannot accept now
+            knocks.append(socket.create_connection((LOCAL, beta.port), timeout=WAIT))
+        beta.log.wait_for(r"delivering to local actors: .*out of file descriptors", WAIT)
+        beta.log.wait_for(r"accepting connections: .*", WAIT)
+    finally:
+        resource.prlimit(beta.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for knock in knocks:
+            knock.close()
+    # Delivered once beta has descriptors again: in order, and none bounced.
+    assert [me.receive(timeout=WAIT) for _ in range(10)] == [("n", i) for i in range(10)]
+    assert heard == [] and me.dead_letters == 0
+    assert me.ask("beta/late", "and now?", timeout=WAIT) == "and now?"
+    log = beta.log.text()
+    assert "Traceback" not in log and "out of system resource" not in log, log
+    assert "no actor" not in log, log
+    # A line when it starts, not one per attempt (it retried every millisecond; asyncio
+    # retries accepting every second).
+    assert beta.log.count(r"WARNING delivering to local actors: ") == 1, log
+    assert 1 <= beta.log.count(r"WARNING accepting connections: ") <= 3, log

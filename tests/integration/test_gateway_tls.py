@@ -66,6 +66,7 @@ class Gateway:
         self.node = node
         self.dir = root / node
         self.dir.mkdir(mode=0o700)
+        self.port = port
         self.log_path = root / f"{node}.log"
         cmd = [
             sys.executable, "-m", "mybus_actors.gateway", "--node", node,
@@ -224,3 +225,34 @@ def test_a_client_without_a_certificate_is_refused(pki: Path, shm_root: Path) ->
 class _Echo(mb.Actor):
     def receive(self, message: object) -> None:
         self.reply(message)
+
+
+def test_a_client_hello_that_arrives_before_the_accept_is_not_lost(
+    pki: Path, shm_root: Path
+) -> None:
+    # A loaded machine: the peer's ClientHello is already waiting when the gateway gets
+    # round to accepting. The handshake must still complete (on Python 3.11 it timed
+    # out when the server's start_tls ran in a task of its own).
+    beta = Gateway("beta", shm_root, free_port(), {}, tls_args(pki, "beta"))
+    try:
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.load_cert_chain(pki / "alpha.crt", pki / "alpha.key")
+        client.load_verify_locations(pki / "ca.crt")
+        client.check_hostname = False
+        os.kill(beta.proc.pid, signal.SIGSTOP)
+        try:
+            raw = socket.create_connection(("127.0.0.1", beta.port), timeout=WAIT)
+            tls = client.wrap_socket(raw, do_handshake_on_connect=False)
+            tls.setblocking(False)
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()  # the ClientHello is sent: it waits in beta's socket
+        finally:
+            os.kill(beta.proc.pid, signal.SIGCONT)
+        with tls:
+            tls.settimeout(WAIT)
+            tls.do_handshake()  # completes: beta answered the ClientHello it found
+            assert tls.version() is not None
+    finally:
+        code = beta.stop()
+        Registry(beta.dir).reclaim()
+    assert code == 0
