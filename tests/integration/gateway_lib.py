@@ -518,6 +518,7 @@ class CuttingProxy:
         self.period = period
         self.every_bytes = every_bytes
         self.forwarded = 0  # bytes towards the target, over all connections
+        self._stalled_until = 0.0  # `stall`: nothing is forwarded before then
         self.accepted = 0
         self.cuts = 0
         self._lock = threading.Lock()
@@ -567,6 +568,8 @@ class CuttingProxy:
                 data = src.recv(256 << 10)
                 if not data:
                     break
+                while time.monotonic() < self._stalled_until and not self._stop.is_set():
+                    time.sleep(0.01)  # a stalled path: the bytes wait, TCP pushes back
                 dst.sendall(data)
                 if upstream and self.every_bytes:
                     with self._lock:
@@ -586,6 +589,10 @@ class CuttingProxy:
     def _cutter(self) -> None:
         while not self._stop.wait(self.period):
             self.cut()
+
+    def stall(self, seconds: float) -> None:
+        """Forward nothing, either way, for ``seconds`` (connections stay open)."""
+        self._stalled_until = time.monotonic() + seconds
 
     def cut(self) -> None:
         """Shut every forwarded connection down now (both ends see it end)."""
