@@ -63,12 +63,12 @@ from mybus_actors.registry import FORWARD_TO, forward_name
 from mybus_actors.relayed import (
     BLOB,
     BLOB_HEADER,
+    PREFIX,
     RELAYED,
     blob_name,
     read_blob,
-    stream_key,
+    stream_id,
     unwrap,
-    wrap,
 )
 
 __all__ = ["DEFAULT_MAX_BUFFER", "Deliveries", "may_address"]
@@ -139,6 +139,7 @@ class Deliveries:
         self._owed: dict[str, list[StreamAck]] = {}  # BOUNCED / REWIND to send, per peer
         self._fresh_bytes: dict[StreamId, int] = {}  # delivered since the last DONE
         self._fds: dict[StreamId, int] = {}  # open blob files
+        self._keys: dict[StreamId, int] = {}  # relay ids, made once
         self._notices: list[tuple[str, str, int, bytes]] = []  # dead letters to send
         self.delivered = 0
         self.bounced = 0
@@ -162,6 +163,8 @@ class Deliveries:
         if large is not None and stream.large is None:  # the sender gave it up
             self._drop_blob(sid, large.first_end)
         waiting = self._waiting.get(sid)
+        batch: list[Record] = []  # plain messages, in a row: written with one publish
+        fits = self._ep.max_record(FORWARD_TO, sid[2]) - PREFIX.size
         for record in run.records:
             end = record[0]
             if not stream.fresh(end):
@@ -180,10 +183,79 @@ class Deliveries:
                 self.waiting_bytes += len(record[2])
                 continue
             stream.take(end)
+            header = record[1]
+            if (header >> 32) & 0xFF == WHOLE and header & 0xFFFFFFFF <= fits:
+                batch.append(record)
+                continue
+            if batch:
+                waiting = self._deliver_batch(sid, stream, batch)
+                batch = []
+                if waiting:
+                    waiting.append(record)
+                    self.waiting_bytes += len(record[2])
+                    continue
             item = self._handle(sid, stream, record)
             if item is not None:
                 waiting = self._waiting[sid] = deque([item])
                 self.waiting_bytes += _size(item)
+        if batch:
+            self._deliver_batch(sid, stream, batch)
+
+    def _deliver_batch(
+        self, sid: StreamId, stream: InStream, batch: list[Record]
+    ) -> deque[_Waiting] | None:
+        """Check and write consecutive plain messages into the target's ring at once;
+        what does not fit waits (returned: the stream's queue, to append to)."""
+        key = self._key(sid)
+        items: list[tuple[bytes, int]] = []
+        for end, header, payload in batch:
+            why = self._check(sid, header >> 40, payload)
+            if why is not None:
+                if items:  # deliver what came before it first: order holds
+                    left = self._write_batch(sid, stream, batch, items)
+                    if left is not None:
+                        return left
+                    items = []
+                self._bounce(sid, stream, end, why)
+                batch = [r for r in batch if r[0] - end > 0]
+                continue
+            items.append((PREFIX.pack(key, end) + payload, (header >> 40) | RELAYED))
+        return self._write_batch(sid, stream, batch, items) if items else None
+
+    def _write_batch(
+        self, sid: StreamId, stream: InStream, batch: list[Record], items: list[tuple[bytes, int]]
+    ) -> deque[_Waiting] | None:
+        """``items`` are the first of ``batch``, checked and prefixed."""
+        try:
+            written = self._ep.offer_batch(FORWARD_TO, sid[2], items)
+        except (ResourceExhausted, RingCorrupted) as exc:
+            self._short.failed(exc)
+            written = 0
+        except (ActorNotFound, InvalidAddress):
+            for end, _, _ in batch[: len(items)]:
+                self._bounce(sid, stream, end, f"no actor {sid[2]!r} on node {self.node!r}")
+            return None
+        else:
+            self._short.ok()
+        if written:
+            last = batch[written - 1][0]
+            stream.done(last)
+            self.delivered += written
+            size = sum(len(r[2]) for r in batch[:written])
+            self._fresh_bytes[sid] = self._fresh_bytes.get(sid, 0) + size
+        rest = batch[written : len(items)]
+        if not rest:
+            return None
+        waiting = self._waiting.setdefault(sid, deque())
+        waiting.extend(rest)
+        self.waiting_bytes += sum(len(r[2]) for r in rest)
+        return waiting
+
+    def _key(self, sid: StreamId) -> int:
+        key = self._keys.get(sid)
+        if key is None:
+            key = self._keys[sid] = stream_id(*sid)
+        return key
 
     def _newest(self, sid: StreamId) -> None:
         """A newer generation of a pair means the older ones are done at the sender (it
@@ -249,7 +321,7 @@ class Deliveries:
     def _write_whole(self, sid: StreamId, stream: InStream, record: Record) -> _Waiting | None:
         end, header, payload = record
         meta = header >> 40
-        data = wrap(stream_key(*sid), end, payload)
+        data = PREFIX.pack(self._key(sid), end) + payload
         if not self._offer(sid[2], data, meta | RELAYED):
             return record
         self._delivered(sid, stream, end, len(payload))
@@ -389,7 +461,7 @@ class Deliveries:
             os.unlink(self._blobs / self._blob(sid, first_end))
 
     def _deliver_blob(self, sid: StreamId, stream: InStream, blob: _Blob) -> _Waiting | None:
-        data = wrap(stream_key(*sid), blob.end, blob.name.encode("ascii"))
+        data = PREFIX.pack(self._key(sid), blob.end) + blob.name.encode("ascii")
         try:
             if not self._offer(sid[2], data, blob.meta | RELAYED | BLOB):
                 return blob
@@ -490,14 +562,9 @@ class Deliveries:
             if not meta & RELAYED:
                 continue
             try:
-                key, _pos, inner, rest = unwrap(meta, payload)
-                sid = _parse_key(key)
-                if sid is None:
-                    continue  # a dead letter for a local sender: nobody left to tell
+                _stream, _pos, inner, data = unwrap(meta, payload)
                 if meta & BLOB:
-                    inner, data = read_blob(self._blobs / bytes(rest).decode("ascii"))
-                else:
-                    data = rest.tobytes()
+                    inner, data = read_blob(self._blobs / data.decode("ascii"))
             except (SerializationError, UnicodeDecodeError) as exc:
                 _log.warning("a message salvaged from %r could not be read: %s", receiver, exc)
                 continue
@@ -540,16 +607,3 @@ class Deliveries:
 
 def _size(item: _Waiting) -> int:
     return 0 if isinstance(item, _Blob) else len(item[2])
-
-
-def _parse_key(key: bytes) -> StreamId | None:
-    """The stream a relay key names (see `relayed.stream_key`); None for others."""
-    try:
-        text = key.decode("ascii")
-        node, rest = text.split("/", 1)
-        origin, rest = rest.split(">", 1)
-        target, gen = rest.rsplit(".", 1)
-        return node, origin, target, int(gen, 16)
-    except ValueError:
-        return None
-

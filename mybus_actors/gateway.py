@@ -44,7 +44,7 @@ from mybus_actors.outbox import Outbox, OutStream
 from mybus_actors.peers import Link, Peers, quiet_refused_accepts
 from mybus_actors.pressure import OnceLog
 from mybus_actors.registry import Registry
-from mybus_actors.relayed import RELAYED, dead_letter_key, wrap
+from mybus_actors.relayed import PREFIX, RELAYED, dead_letter_id
 from mybus_actors.routing import GATEWAY
 
 __all__ = ["DEFAULT_PORT", "Gateway", "GatewayConfig", "main"]
@@ -281,10 +281,10 @@ class Gateway:
         if notice is None or notice.node != self.node:
             return True
         self.dead_letters += 1
-        key = dead_letter_key(stream.node, stream.target, stream.origin, stream.gen)
+        key = dead_letter_id(stream.node, stream.target, stream.origin, stream.gen)
         ep = self.endpoint
         assert ep is not None
-        data = wrap(key, end, notice.body)
+        data = PREFIX.pack(key, end) + notice.body
         try:
             return ep.offer(GATEWAY, notice.name, data, notice.meta | RELAYED)
         except (ActorNotFound, InvalidAddress, MailboxClosed):

@@ -48,6 +48,7 @@ import itertools
 import logging
 import os
 import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -75,7 +76,7 @@ from mybus_actors.registry import (
     ring_filename,
     validate_name,
 )
-from mybus_actors.relayed import BLOB, RELAYED, Dedup, read_blob, unwrap
+from mybus_actors.relayed import BLOB, INNER_META, PREFIX, RELAYED, Dedup, read_blob
 from mybus_actors.ringfile import RingFile
 from mybus_actors.timers import ActivityTable
 
@@ -732,25 +733,26 @@ class Endpoint:
     def _unrelay(self, items: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         """Strip the gateway's relay prefixes, drop what was delivered before, read blobs."""
         out: list[tuple[int, bytes]] = []
+        append = out.append
+        fresh = self._relayed.fresh
+        unpack = PREFIX.unpack_from
         for meta, payload in items:
             if not meta & RELAYED:
-                out.append((meta, payload))
+                append((meta, payload))
                 continue
             try:
-                key, position, inner, rest = unwrap(meta, payload)
-                fresh = self._relayed.fresh(key, position)
-                if meta & BLOB:
-                    name = bytes(rest).decode("ascii")
-                    path = self.registry.blobs_dir / name
-                    if not fresh:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(path)
-                        continue
-                    inner, data = read_blob(path)
-                    out.append((inner, data))
-                elif fresh:
-                    out.append((inner, rest.tobytes()))
-            except (SerializationError, UnicodeDecodeError) as exc:
+                stream, position = unpack(payload)
+                if not meta & BLOB:
+                    if fresh(stream, position):
+                        append((meta & INNER_META, payload[16:]))
+                    continue
+                path = self.registry.blobs_dir / payload[16:].decode("ascii")
+                if not fresh(stream, position):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    continue
+                append(read_blob(path))
+            except (SerializationError, UnicodeDecodeError, struct.error) as exc:
                 # The gateway wrote it: a bug or a lost file, never silently.
                 _log.error("a record from the gateway could not be read: %s", exc)
                 self.undelivered += 1
@@ -760,6 +762,39 @@ class Endpoint:
     def duplicates(self) -> int:
         """Records from the gateway dropped because they had been delivered before."""
         return self._relayed.duplicates
+
+    def offer_batch(self, sender: str, to: str, items: list[tuple[bytes, int]]) -> int:
+        """Write as many whole messages (each at most the ring's record size) as fit now,
+        publish them at once, ring at most once; never wait. Returns how many went.
+
+        Raises:
+            ActorNotFound: no live receiver holds ``to``.
+            MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
+        """
+        ch = self._out.get((sender, to))
+        if ch is None or self._clock() >= ch.next_check:
+            ch = self._channel(sender, to, ch)
+        written = ch.producer.offer_batch(items)
+        if written:
+            signal = ch.producer.signal()
+            if signal & _STATE == _WAITING and signal != ch.rung:
+                ch.rung = signal
+                self._ring_bell(ch)
+            elif signal & _STATE == _ring.CLOSED:
+                # Published as it closed: what it did not read is salvaged and returned
+                # (on_undelivered), so these count as written either way.
+                with contextlib.suppress(ActorNotFound):
+                    self._check_receiver(ch, pending=0)
+            self._sends += written
+        elif ch.producer.consumer_closed:
+            self._check_receiver(ch, pending=0)
+        return written
+
+    def max_record(self, sender: str, to: str) -> int:
+        """The largest message the ring ``sender``->``to`` takes as one record (the
+        default ring's when there is none yet)."""
+        ch = self._out.get((sender, to))
+        return ch.max_record if ch is not None else self.ring_capacity // 4
 
     def offer(self, sender: str, to: str, data: Any, meta: int = 0) -> bool:
         """Write one whole message now or not at all, never waiting; the gateway's way
@@ -784,7 +819,9 @@ class Endpoint:
             ch.rung = signal
             self._ring_bell(ch)
         elif signal & _STATE == _ring.CLOSED:
-            self._check_receiver(ch, pending=1)
+            # As in offer_batch: unread, it is salvaged and returned; written either way.
+            with contextlib.suppress(ActorNotFound):
+                self._check_receiver(ch, pending=0)
         self._sends += 1
         return True
 
