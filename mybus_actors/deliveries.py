@@ -297,6 +297,7 @@ class Deliveries:
             stream.skip(first, last=rtype == LAST)
             return None
         large.received += len(chunk)
+        self._fresh_bytes[sid] = self._fresh_bytes.get(sid, 0) + len(chunk)
         if rtype != LAST:
             stream.done(end)
             return None
@@ -360,6 +361,7 @@ class Deliveries:
             return
         stream.begin_large(end, total, meta, len(payload) - 8)
         stream.done(end)
+        self._fresh_bytes[sid] = self._fresh_bytes.get(sid, 0) + len(payload)
 
     def _check(self, sid: StreamId, meta: int, envelope: bytes) -> str | None:
         """Why a message from another node may not be delivered, or None."""

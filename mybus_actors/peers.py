@@ -46,7 +46,10 @@ _FRAME_BYTES: Final = 256 << 10  # payload bytes per DATA frame
 # small so that a large message's fragments cannot hold small ones back for long.
 _WRITE_HIGH_WATER: Final = 256 << 10
 _SOCKET_BUFFER: Final = 256 << 10
-_ACK_DELAY: Final = 0.002  # acknowledge at most this long after delivering
+# Acknowledge at most this long after delivering (sooner when much was delivered, see
+# `Relay.urgent`): a sparse exchange (asks) then carries one DONE per many messages, and
+# each DONE costs both gateways a frame, a write and a wake-up.
+_ACK_DELAY: Final = 0.02
 
 
 class Relay(Protocol):
@@ -86,6 +89,12 @@ class _Conn:
     def send(self, data: bytes) -> None:
         if data and not self.closed:
             self.writer.write(data)
+            self.last_tx = time.monotonic()
+
+    def send_all(self, frames: list[bytes]) -> None:
+        """Several frames in one write (one system call for a burst of small ones)."""
+        if frames and not self.closed:
+            self.writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
             self.last_tx = time.monotonic()
 
     def close(self, reason: str | None = None) -> None:
@@ -462,18 +471,22 @@ class Peers:
             transport = conn.writer.transport
             while not conn.closed and not transport.is_closing():
                 link.wake.clear()
-                while transport.get_write_buffer_size() <= _WRITE_HIGH_WATER:
+                frames: list[bytes] = []
+                queued = transport.get_write_buffer_size()
+                while queued <= _WRITE_HIGH_WATER:
                     runs = relay.runs_for(link.node, _FRAME_BYTES)
                     if not runs:
                         break
-                    conn.send(proto.send_data(runs))
+                    frames.append(proto.send_data(runs))
+                    queued += len(frames[-1])
                     self.touch(link)
                 acks = relay.acks_for(link.node)
                 if acks:
-                    conn.send(proto.send_ack(acks))
+                    frames.append(proto.send_ack(acks))
                     if link.ack_timer is not None:
                         link.ack_timer.cancel()
                         link.ack_timer = None
+                conn.send_all(frames)
                 await conn.writer.drain()
                 # Everything that could go has gone: what is still queued waits for an
                 # ack, for room in the socket or for new records, and each sets `wake`.
