@@ -140,6 +140,7 @@ class Deliveries:
         self._fresh_bytes: dict[StreamId, int] = {}  # delivered since the last DONE
         self._fds: dict[StreamId, int] = {}  # open blob files
         self._keys: dict[StreamId, int] = {}  # relay ids, made once
+        self._dropping: set[StreamId] = set()  # streams that owe their sender a rewind
         self._notices: list[tuple[str, str, int, bytes]] = []  # dead letters to send
         self.delivered = 0
         self.bounced = 0
@@ -158,7 +159,10 @@ class Deliveries:
         if stream is None:
             stream = self._streams[sid] = InStream()
         large = stream.large
-        if not stream.admit(run.start, run.released):
+        admitted = stream.admit(run.start, run.released)
+        if stream.dropping:
+            self._dropping.add(sid)
+        if not admitted:
             return
         if large is not None and stream.large is None:  # the sender gave it up
             self._drop_blob(sid, large.first_end)
@@ -200,6 +204,8 @@ class Deliveries:
                 self.waiting_bytes += _size(item)
         if batch:
             self._deliver_batch(sid, stream, batch)
+        if stream.dropping:
+            self._dropping.add(sid)
 
     def _deliver_batch(
         self, sid: StreamId, stream: InStream, batch: list[Record]
@@ -263,7 +269,7 @@ class Deliveries:
         pair = sid[:3]
         latest = self._latest.get(pair)
         if latest is not None and sid[3] - latest <= 0:
-            return
+            return  # the common case: the pair's newest generation, seen before
         self._latest[pair] = sid[3]
         for old in [s for s in self._streams if s[:3] == pair and s[3] != sid[3]]:
             stream = self._streams.pop(old)
@@ -482,6 +488,8 @@ class Deliveries:
     def retry(self) -> bool:
         """Deliver what waits, in order per stream; ask for what was dropped once there
         is room. True when anything moved."""
+        if not self._waiting and not self._dropping:
+            return False
         moved = False
         for sid, waiting in list(self._waiting.items()):
             stream = self._streams.get(sid)
@@ -503,7 +511,11 @@ class Deliveries:
             if not waiting:
                 del self._waiting[sid]
         if self.waiting_bytes <= self.max_buffer // 2:
-            for sid, stream in self._streams.items():
+            for sid in list(self._dropping):
+                stream = self._streams.get(sid)
+                if stream is None or not stream.dropping:
+                    self._dropping.discard(sid)
+                    continue
                 if sid not in self._waiting:
                     pos = stream.rewind_due()
                     if pos is not None:
@@ -528,6 +540,7 @@ class Deliveries:
             if stream is not None:
                 stream.forget_waiting()
                 stream.stall()
+                self._dropping.add(sid)
 
     # -- what to tell the peers ----------------------------------------------------------
 

@@ -109,6 +109,7 @@ class Gateway:
             self.endpoint.bind(GATEWAY)
             self.outbox.scan()  # what gateways before us left in the rings
             await self.peers.listen()
+            registry.gateway_expected.touch(mode=0o600)  # senders wait while we restart
             host, _ = self.config.listen
             _log.info(
                 "gateway of node %s listening on %s:%d%s",
@@ -137,6 +138,8 @@ class Gateway:
             self.endpoint.close()  # closes the rings it wrote: its own outboxes too
             self.outbox.maintain()  # rings drained and done with go; the others stay
             self.outbox.close()
+            if self._stopping.is_set():  # stopped on purpose: nobody is to wait for us
+                registry.gateway_expected.unlink(missing_ok=True)
             _log.info("gateway of node %s stopped", self.node)
 
     def stop(self) -> None:

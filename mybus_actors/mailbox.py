@@ -444,6 +444,15 @@ class Endpoint:
             # none, the lookup raises ActorNotFound.
             self.send(ch.sender, ch.to, data, meta, timeout=timeout, block=block)
 
+    def _gateway_live(self) -> bool:
+        try:
+            self.registry.lookup(FORWARD_TO)
+        except ActorNotFound:
+            return False
+        except ResourceExhausted:
+            return True  # unknown: leave the ring where it is
+        return True
+
     def _regateway(self, ch: _Outbound) -> None:
         """The gateway a forward ring was made for is gone: ring its successor, if one
         registered (it adopts the ring, and what is in it), else go on writing."""
@@ -663,8 +672,14 @@ class Endpoint:
             lost = _salvage(ch.file)
             if keep_last:
                 del lost[-keep_last:]
+        drained = ch.forward and ch.producer.empty
         ch.producer.close()
         ch.file.close(ch.producer)
+        if drained and not self._gateway_live():
+            # An outbox with nothing left to send and no gateway to remove it (the last
+            # one was stopped, or is yet to come): ours to tidy away.
+            with contextlib.suppress(FileNotFoundError):
+                ch.file.path.unlink()
         if lost:
             self.undelivered += len(lost)
             if self._on_undelivered is not None:

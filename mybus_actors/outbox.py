@@ -270,6 +270,8 @@ class Outbox:
     # -- maintenance -----------------------------------------------------------------
 
     def retry_dead_letters(self) -> None:
+        if not self._owed:
+            return
         owed, self._owed = self._owed, []
         held: dict[OutStream, int] = {}
         for stream, record, reason in owed:

@@ -119,6 +119,7 @@ class Link:
         self.writer_task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
         self.ack_timer: asyncio.TimerHandle | None = None
+        self.ack_now = False  # acknowledgements go without data to carry them
         self.down_since: float | None = None
         self.unreachable = False
         self.watchers: set[tuple[str, str]] = set()  # (local watcher name, remote address)
@@ -208,6 +209,7 @@ class Peers:
         if link is None:
             return
         if self.relay.urgent(node):
+            link.ack_now = True
             link.wake.set()
         elif link.ack_timer is None:
             link.ack_timer = asyncio.get_running_loop().call_later(
@@ -217,6 +219,7 @@ class Peers:
     @staticmethod
     def _ack_due(link: Link) -> None:
         link.ack_timer = None
+        link.ack_now = True
         link.wake.set()
 
     def _address_of(self, node: str) -> tuple[str, int]:
@@ -402,6 +405,7 @@ class Peers:
         link.down_since = None
         link.unreachable = False
         self.relay.link_up(link.node)  # what was not acknowledged goes again
+        link.ack_now = True  # and so do our acknowledgements, lost with the old one
         link.wake.set()
         evicted = self._routes.put(link.node, link, time.monotonic())
         for _node, other in evicted:
@@ -480,7 +484,10 @@ class Peers:
                     frames.append(proto.send_data(runs))
                     queued += len(frames[-1])
                     self.touch(link)
-                acks = relay.acks_for(link.node)
+                # Acknowledgements ride with data; alone, only when due (much delivered,
+                # a bounce or a rewind, or the delay passed): each frame costs a write.
+                acks = relay.acks_for(link.node) if frames or link.ack_now else []
+                link.ack_now = False
                 if acks:
                     frames.append(proto.send_ack(acks))
                     if link.ack_timer is not None:

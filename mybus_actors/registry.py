@@ -432,6 +432,16 @@ class Registry:
         """`<root>/blobs`: large messages a gateway assembles from another node."""
         return self._root / "blobs"
 
+    @property
+    def gateway_expected(self) -> pathlib.Path:
+        """`<root>/gateway.expected`: a gateway serves this directory and did not stop.
+
+        Its gateway creates it once bound and removes it when it stops; when a gateway
+        is killed, it stays, and a sender to another node waits a moment for the next
+        one (`routing.send_to_node`) rather than failing while the gateway restarts.
+        """
+        return self._root / "gateway.expected"
+
     # ----------------------------------------------------------------- public API
 
     def doorbell_path(self, pid: int | None = None, *, index: int = 0) -> pathlib.Path:
@@ -573,7 +583,8 @@ class Registry:
         file neither of whose ends has a live entry. Rings into the gateway for other
         nodes are outboxes, kept for the next gateway to send; with ``outboxes`` (an
         operator's decision: those messages are given up) they go too when no gateway
-        is live and their writer is not, and so do the gateway's blob files.
+        is live and their writer is not, and so do the gateway's blob files and
+        `gateway_expected`.
 
         Returns:
             The stale entries reclaimed.
@@ -612,6 +623,7 @@ class Registry:
         if drop_outboxes:
             for fname in self._listdir(self.blobs_dir):
                 _unlink(self.blobs_dir / fname)
+            _unlink(self.gateway_expected)  # nobody is to wait for a gateway now
         return reclaimed
 
     def remove_rings_of(self, name: str, *, keep_to_live: bool = False) -> int:

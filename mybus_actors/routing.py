@@ -8,11 +8,17 @@ payload, never unpickles it) and frees them from the ring only once the other no
 them; the ring outlives the gateway, so one that dies loses nothing and its successor
 sends what it finds.
 
+A gateway that was killed leaves `Registry.gateway_expected` behind: a sender then waits
+up to `RESTART_WAIT` (within its own timeout) for the next one, so a restart under a
+supervisor is no error for the actors that send meanwhile. One stopped on purpose removes
+it, and a sender fails at once.
+
 Knows the gateway's name and the forward ring naming; not TCP or actors.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Final
 
 from mybus_actors.codec import Buffer
@@ -20,9 +26,11 @@ from mybus_actors.errors import ActorNotFound
 from mybus_actors.mailbox import Endpoint
 from mybus_actors.registry import FORWARD_TO, forward_name
 
-__all__ = ["GATEWAY", "send_to_node"]
+__all__ = ["GATEWAY", "RESTART_WAIT", "send_to_node"]
 
 GATEWAY: Final = FORWARD_TO
+RESTART_WAIT: Final = 5.0  # seconds a sender waits for a killed gateway's successor
+_LOOK_AGAIN: Final = 0.02  # how often it looks: a registry lookup, from one waiting sender
 
 
 def send_to_node(
@@ -42,16 +50,25 @@ def send_to_node(
     ``body`` must name its sender as a full address (``codec.encode(..., sender=...)``).
 
     Raises:
-        ActorNotFound: no gateway runs on this node (the message names both nodes).
+        ActorNotFound: no gateway runs on this node (the message names both nodes); when
+            the last one was killed rather than stopped, only after waiting
+            ``min(timeout, RESTART_WAIT)`` for the next (``block=False``: at once).
         MailboxFull: the ring stayed full for ``timeout`` (the other node, or the
             gateway, does not keep up, or no gateway runs right now).
     """
-    try:
-        endpoint.send(
-            sender, forward_name(node, name), body, meta, timeout=timeout, block=block
-        )
-    except ActorNotFound as exc:
-        raise ActorNotFound(
-            f"node {node!r} is not reachable: no gateway runs on node {here!r}"
-            " (start one with mybus-gateway)"
-        ) from exc
+    to = forward_name(node, name)
+    start = time.monotonic()
+    deadline = start + min(timeout, RESTART_WAIT)
+    while True:
+        try:
+            waited = time.monotonic() - start
+            endpoint.send(sender, to, body, meta, timeout=timeout - waited, block=block)
+            return
+        except ActorNotFound as exc:
+            left = deadline - time.monotonic()
+            if not block or left <= 0 or not endpoint.registry.gateway_expected.exists():
+                raise ActorNotFound(
+                    f"node {node!r} is not reachable: no gateway runs on node {here!r}"
+                    " (start one with mybus-gateway)"
+                ) from exc
+            time.sleep(min(_LOOK_AGAIN, left))  # no bell rings when a gateway binds

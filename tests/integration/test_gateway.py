@@ -114,8 +114,12 @@ class Cluster:
 
     def restart_gateway(self, node: str) -> lib.GatewayProc:
         """SIGKILL ``node``'s gateway, then start it again as it was (same port, flags)."""
+        self.gateways[node].kill()
+        return self.start_again(node)
+
+    def start_again(self, node: str) -> lib.GatewayProc:
+        """Start ``node``'s gateway as it was (same port, flags) after it was killed."""
         old = self.gateways[node]
-        old.kill()
         gw = lib.GatewayProc(
             node, self.dir(node), self.port(node), peers=old.peers, secret=old.secret,
             secret_file=old.secret_file, host=old.host, extra=old.extra, prefix=old.prefix,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ import waiting  # noqa: E402
 from test_gateway import WAIT, Cluster, two_nodes  # noqa: E402
 
 import mybus_actors as mb  # noqa: E402
+from mybus_actors.routing import RESTART_WAIT  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -172,6 +174,43 @@ def test_a_restart_inside_a_100_mib_message_neither_wedges_nor_loses_it(cluster:
     lines = len(alpha.log.text().splitlines())
     assert lines < 50, alpha.log.text()  # no loop of refusals and reconnects
     lib.wait_released(cluster.dir("alpha"))
+
+
+# -- 4b: a sender meets the gateway's restart ------------------------------------------
+
+
+def test_a_first_tell_to_another_node_waits_out_a_gateway_restart(cluster: Cluster) -> None:
+    two_nodes(cluster)
+    observer = cluster.connect("alpha", "observer")
+    waiter = cluster.connect("beta", "waiter")  # no ring to the gateway yet
+    cluster.gateways["beta"].kill()
+    outcome: list[object] = []
+
+    def first_tell() -> None:
+        try:
+            waiter.tell("alpha/observer", "across a restart", timeout=WAIT)
+            outcome.append("sent")
+        except Exception as exc:  # what the test reports, whatever it is
+            outcome.append(exc)
+
+    sending = threading.Thread(target=first_tell)
+    sending.start()
+    try:
+        sending.join(0.5)  # a killed gateway's successor is waited for, not failed at
+        assert sending.is_alive(), f"the tell did not wait for the gateway: {outcome}"
+        cluster.start_again("beta")
+    finally:
+        sending.join(WAIT)
+    assert outcome == ["sent"]
+    assert observer.receive(timeout=WAIT) == "across a restart"
+
+    # A gateway stopped on purpose is not waited for: the error comes at once.
+    assert cluster.stop_gateway("beta") == 0
+    late = cluster.connect("beta", "late")
+    began = time.monotonic()
+    with pytest.raises(mb.ActorNotFound, match="no gateway runs on node 'beta'"):
+        late.tell("alpha/observer", "too late")
+    assert time.monotonic() - began < RESTART_WAIT / 2
 
 
 # -- 5: a stalled target holds back its own senders only, and nothing stays wedged -------
