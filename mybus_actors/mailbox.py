@@ -749,8 +749,11 @@ class Endpoint:
         """Strip the gateway's relay prefixes, drop what was delivered before, read blobs."""
         out: list[tuple[int, bytes]] = []
         append = out.append
-        fresh = self._relayed.fresh
+        dedup = self._relayed
         unpack = PREFIX.unpack_from
+        # A batch is mostly one stream in order: past its first record, the next is fresh
+        # when its position is past the last, and the table learns the last one once.
+        run_stream = run_last = run_first = -1
         for meta, payload in items:
             if not meta & RELAYED:
                 append((meta, payload))
@@ -758,11 +761,23 @@ class Endpoint:
             try:
                 stream, position = unpack(payload)
                 if not meta & BLOB:
-                    if fresh(stream, position):
-                        append((meta & INNER_META, payload[16:]))
+                    if stream == run_stream and position > run_last:
+                        run_last = position
+                    else:
+                        if run_last != run_first:
+                            dedup.seen(run_stream, run_last)
+                        if not dedup.fresh(stream, position):
+                            run_stream = run_first = run_last = -1
+                            continue
+                        run_stream = stream
+                        run_first = run_last = position
+                    append((meta & INNER_META, payload[16:]))
                     continue
+                if run_last != run_first:
+                    dedup.seen(run_stream, run_last)
+                run_stream = run_first = run_last = -1
                 path = self.registry.blobs_dir / payload[16:].decode("ascii")
-                if not fresh(stream, position):
+                if not dedup.fresh(stream, position):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                     continue
@@ -771,6 +786,8 @@ class Endpoint:
                 # The gateway wrote it: a bug or a lost file, never silently.
                 _log.error("a record from the gateway could not be read: %s", exc)
                 self.undelivered += 1
+        if run_last != run_first:
+            dedup.seen(run_stream, run_last)
         return out
 
     @property
@@ -920,6 +937,11 @@ class Endpoint:
                     self._poller.poll(remaining * 1000.0)
             finally:
                 self.finish_sleep()
+
+    def read_bell(self) -> None:
+        """Drain the doorbell now (an event loop watching `bell_fd` does, whenever it
+        fires: it is level triggered); ring announcements in it are taken."""
+        self._read_bell()
 
     def _read_bell(self) -> None:
         """Drain the doorbell: wake-ups ("w") and ring announcements ("n<file>\\n")."""

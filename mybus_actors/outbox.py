@@ -128,6 +128,7 @@ class Outbox:
         self._turn: dict[str, int] = {}  # round robin per node
         self._window: dict[str, int] = {}  # per node: what each stream may have in flight
         self._owed: list[tuple[OutStream, Record, str]] = []  # dead letters not written yet
+        self.taken = 0  # records handed to the links so far (the pump's measure of a flow)
 
     # -- finding rings ---------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class Outbox:
                 continue
             if records:
                 budget -= sum(len(p) for _, _, p in records)
+                self.taken += len(records)
                 runs.append(
                     Run(stream.origin, stream.target, stream.gen, begin, released, tuple(records))
                 )

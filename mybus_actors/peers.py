@@ -56,7 +56,7 @@ class Relay(Protocol):
     """What the links need from the ring side of the gateway."""
 
     def on_runs(self, node: str, runs: Sequence[Run]) -> None: ...
-    def on_entries(self, node: str, entries: Sequence[StreamAck]) -> None: ...
+    def on_entries(self, node: str, entries: Sequence[StreamAck]) -> bool: ...
     def runs_for(self, node: str, budget: int) -> list[Run]: ...
     def acks_for(self, node: str) -> list[StreamAck]: ...
     def urgent(self, node: str) -> bool: ...
@@ -120,6 +120,7 @@ class Link:
         self.wake = asyncio.Event()
         self.ack_timer: asyncio.TimerHandle | None = None
         self.ack_now = False  # acknowledgements go without data to carry them
+        self.sending = False  # frames are being made and written (`Peers._send_now`)
         self.down_since: float | None = None
         self.unreachable = False
         self.watchers: set[tuple[str, str]] = set()  # (local watcher name, remote address)
@@ -196,12 +197,32 @@ class Peers:
         return link
 
     def wake(self, node: str) -> None:
-        """There is something to send to ``node``: the link's writer takes it (and the
-        link is dialled if it is down)."""
+        """There is something to send to ``node``: it goes now if the link is up and its
+        socket takes it, else the link's writer takes it (the link is dialled if down)."""
         link = self.link(node)
-        link.wake.set()
-        if link.conn is None:
+        conn = link.conn
+        if conn is None:
+            link.wake.set()
             self.ensure_connecting(link)
+            return
+        transport = conn.writer.transport
+        if conn.closed or transport.is_closing():
+            link.wake.set()
+            return
+        if link.sending or transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            link.wake.set()  # the writer (or the send under way) goes on
+            return
+        # Written here rather than by waking the writer task: on a round trip that is a
+        # pass of the event loop saved at each gateway, each way.
+        try:
+            self._send_now(conn, link)
+        except (ConnectionError, OSError, LocalProtocolError, RuntimeError) as exc:
+            conn.close()
+            _log.debug("sending to %s failed: %s", link.node, exc)
+            link.wake.set()
+            return
+        if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            link.wake.set()
 
     def ack_soon(self, node: str) -> None:
         """Deliveries moved for ``node``: acknowledge now if it matters, else shortly."""
@@ -456,10 +477,11 @@ class Peers:
                 self.ack_soon(link.node)
             elif isinstance(event, wire.Ack):
                 try:
-                    self.relay.on_entries(link.node, event.entries)
+                    sendable = self.relay.on_entries(link.node, event.entries)
                 except ValueError as exc:  # a position that is no record end of ours
                     raise RemoteProtocolError(f"acknowledgement out of place: {exc}") from exc
-                link.wake.set()
+                if sendable:  # the window opened on records that wait, or a rewind
+                    self.wake(link.node)
             elif isinstance(event, wire.Ping):
                 conn.send(proto.send_pong(event.token))
             elif isinstance(event, wire.Bye):
@@ -467,33 +489,46 @@ class Peers:
             elif isinstance(event, wire.ConnectionClosed):
                 return
 
-    async def _write_frames(self, conn: _Conn, link: Link) -> None:
-        """Send runs and acknowledgements as they come, until the connection ends."""
+    def _send_now(self, conn: _Conn, link: Link) -> None:
+        """Write what may go now: runs within the windows, up to the socket's high water,
+        and the acknowledgements that are due (one write for them all)."""
         proto = conn.proto
         relay = self.relay
+        frames: list[bytes] = []
+        # Frames are numbered as they are made, so they must be written in that order:
+        # a send reached again from inside this one (a dead letter, say) is left to the
+        # writer task.
+        link.sending = True
+        try:
+            queued = conn.writer.transport.get_write_buffer_size()
+            while queued <= _WRITE_HIGH_WATER:
+                runs = relay.runs_for(link.node, _FRAME_BYTES)
+                if not runs:
+                    break
+                frames.append(proto.send_data(runs))
+                queued += len(frames[-1])
+            if frames:
+                self.touch(link)
+            # Acknowledgements ride with data; alone, only when due (much delivered, a
+            # bounce or a rewind, or the delay passed): each frame costs a write.
+            acks = relay.acks_for(link.node) if frames or link.ack_now else []
+            link.ack_now = False
+            if acks:
+                frames.append(proto.send_ack(acks))
+                if link.ack_timer is not None:
+                    link.ack_timer.cancel()
+                    link.ack_timer = None
+            conn.send_all(frames)
+        finally:
+            link.sending = False
+
+    async def _write_frames(self, conn: _Conn, link: Link) -> None:
+        """Send runs and acknowledgements as they come, until the connection ends."""
         try:
             transport = conn.writer.transport
             while not conn.closed and not transport.is_closing():
                 link.wake.clear()
-                frames: list[bytes] = []
-                queued = transport.get_write_buffer_size()
-                while queued <= _WRITE_HIGH_WATER:
-                    runs = relay.runs_for(link.node, _FRAME_BYTES)
-                    if not runs:
-                        break
-                    frames.append(proto.send_data(runs))
-                    queued += len(frames[-1])
-                    self.touch(link)
-                # Acknowledgements ride with data; alone, only when due (much delivered,
-                # a bounce or a rewind, or the delay passed): each frame costs a write.
-                acks = relay.acks_for(link.node) if frames or link.ack_now else []
-                link.ack_now = False
-                if acks:
-                    frames.append(proto.send_ack(acks))
-                    if link.ack_timer is not None:
-                        link.ack_timer.cancel()
-                        link.ack_timer = None
-                conn.send_all(frames)
+                self._send_now(conn, link)
                 await conn.writer.drain()
                 # Everything that could go has gone: what is still queued waits for an
                 # ack, for room in the socket or for new records, and each sets `wake`.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import pathlib
@@ -196,6 +197,7 @@ FORWARD_TO: Final = "gateway"
 _FORWARD_SEP: Final = "+"  # not a name character: a forward name is never an actor's
 
 
+@functools.lru_cache(maxsize=4096)  # on every message to another node; names repeat
 def forward_name(node: str, name: str) -> str:
     """The receiver part of a ring into this node's gateway for actor ``name`` on
     ``node``: one such ring per (sender, remote actor), the gateway's outbox.

@@ -133,3 +133,8 @@ class Dedup:
             self._last.popitem(last=False)
         self._last[key] = position
         return True
+
+    def seen(self, key: int, position: int) -> None:
+        """Record that ``key`` was taken up to ``position`` (past what `fresh` took last:
+        the records in between were checked by the caller against that)."""
+        self._last[key] = position

@@ -57,18 +57,29 @@ def send_to_node(
             gateway, does not keep up, or no gateway runs right now).
     """
     to = forward_name(node, name)
+    try:
+        endpoint.send(sender, to, body, meta, timeout=timeout, block=block)
+        return
+    except ActorNotFound as exc:
+        if not block or timeout <= 0 or not endpoint.registry.gateway_expected.exists():
+            raise _unreachable(node, here) from exc
+    # The gateway was killed, not stopped: wait for its successor, within the timeout.
     start = time.monotonic()
     deadline = start + min(timeout, RESTART_WAIT)
     while True:
+        # No bell rings when a gateway binds: look again every few ms.
+        time.sleep(max(0.0, min(_LOOK_AGAIN, deadline - time.monotonic())))
         try:
-            waited = time.monotonic() - start
-            endpoint.send(sender, to, body, meta, timeout=timeout - waited, block=block)
+            left = max(0.0, timeout - (time.monotonic() - start))
+            endpoint.send(sender, to, body, meta, timeout=left, block=block)
             return
         except ActorNotFound as exc:
-            left = deadline - time.monotonic()
-            if not block or left <= 0 or not endpoint.registry.gateway_expected.exists():
-                raise ActorNotFound(
-                    f"node {node!r} is not reachable: no gateway runs on node {here!r}"
-                    " (start one with mybus-gateway)"
-                ) from exc
-            time.sleep(min(_LOOK_AGAIN, left))  # no bell rings when a gateway binds
+            if time.monotonic() >= deadline or not endpoint.registry.gateway_expected.exists():
+                raise _unreachable(node, here) from exc
+
+
+def _unreachable(node: str, here: str) -> ActorNotFound:
+    return ActorNotFound(
+        f"node {node!r} is not reachable: no gateway runs on node {here!r}"
+        " (start one with mybus-gateway)"
+    )
