@@ -130,7 +130,7 @@ _CONTROL_TIMEOUT: Final = 10.0
 _WARMUP_FRACTION: Final = 0.05
 _WARMUP_PINGS: Final = 200
 _SPY_RATE: Final = 250  # py-spy samples per second
-_PROFILE_STREAMS: Final = 3  # small-dict streams sampled in --profile
+_PROFILE_STREAMS: Final = 3  # streams sampled in --profile
 _PROFILE_LINES: Final = 14
 
 WORKLOADS: Final = (
@@ -827,11 +827,12 @@ def _profile(
     nodes: _TwoNodes,
     plan: Plan,
     keep: Path | None,
+    workload: str,
 ) -> None:
-    """Sample the four processes on the path with py-spy during small-dict streams."""
+    """Sample the four processes on the path with py-spy during one workload's streams."""
     if shutil.which("py-spy") is None:
         raise RuntimeError("--profile needs py-spy on PATH (pip install py-spy)")
-    wl = next(w for w in plan.workloads if w.is_dict)
+    wl = next(w for w in plan.workloads if w.key == workload)
     nodes.stream(wl.scaled(_WARMUP_FRACTION))
     nodes.cpu.clear()
     out_dir = keep or Path(tempfile.mkdtemp(prefix="mybus-gw-spy-"))
@@ -853,8 +854,8 @@ def _profile(
         spent = [nodes.stream(wl) for _ in range(_PROFILE_STREAMS)]
     rates = ", ".join(f"{wl.count / t:,.0f}" for t in spent)
     print(
-        "# mybus gateway benchmark: py-spy profile of the cross-node small-dict stream\n\n"
-        f"{_PROFILE_STREAMS} streams of {wl.count:,} small dicts, alpha client -> beta "
+        "# mybus gateway benchmark: py-spy profile of a cross-node stream\n\n"
+        f"{_PROFILE_STREAMS} streams of {wl.count:,} x {wl.label}, alpha client -> beta "
         f"Counter: {rates} msg/s, sampled by py-spy --nonblocking at {_SPY_RATE}/s; raw "
         f"files in {out_dir}" + (" (removed at exit)" if keep is None else "") + "\n"
     )
@@ -881,6 +882,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead of the table: py-spy both gateways, the Counter and the client "
         "during the cross-node small-dict stream",
+    )
+    parser.add_argument(
+        "--profile-workload",
+        choices=[w.key for w in WORKLOADS],
+        default="dict",
+        help="the stream --profile samples (default: the small dicts)",
     )
     parser.add_argument(
         "--profile-dir", type=Path, default=None, help="keep py-spy's raw files here"
@@ -911,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         link_seconds = nodes.link_seconds
         overtaken = nodes.overtaken
         if args.profile:
-            _profile(stack, cleanup, nodes, plan, args.profile_dir)
+            _profile(stack, cleanup, nodes, plan, args.profile_dir, args.profile_workload)
         else:
             subjects: list[Subject] = [nodes, *_open_peers(stack, cleanup, args.peers)]
             names = [s.name for s in subjects]

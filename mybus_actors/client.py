@@ -14,6 +14,7 @@ mailbox (a tell, an ask, a receive).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -34,7 +35,7 @@ from mybus_actors.errors import (
     MailboxClosed,
     SerializationError,
 )
-from mybus_actors.mailbox import Endpoint
+from mybus_actors.mailbox import Endpoint, Payload
 from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
 from mybus_actors.routing import send_to_node
 
@@ -81,6 +82,15 @@ class Client:
         self.spin = spin
         self._lock = threading.Lock()  # every call into the endpoint
         self._pump = threading.Lock()  # the one thread that sleeps on the doorbell
+        self._woken = threading.Condition()  # ...tells the others each time it wakes
+        self._wakeups = 0
+        # How another thread wakes the sleeper: a drain of its own may have taken the
+        # records (and the bell's byte) that the sleeper waits for. Without a descriptor
+        # to spare, the sleeper wakes within _SLICE anyway.
+        try:
+            self._nudge: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:
+            self._nudge = None
         self._asks = PendingAsks()
         self._inbox: deque[tuple[str, Any]] = deque()
         self._dead: deque[tuple[Any, str]] = deque()  # for on_dead_letter, outside the lock
@@ -162,53 +172,87 @@ class Client:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            drained = 0
             with self._lock:
                 self._check_open()
                 if not self._inbox:
-                    self._drain()
+                    drained = self._drain()
                 got = self._inbox.popleft() if self._inbox else None
                 if got is not None:
                     self.last_sender = got[0]
+            if drained:
+                self._wake_waiters()
             self._hand_dead_letters()
             if got is not None:
                 return got[1]
             remaining = _SLICE * 20 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{self.address} received nothing within {timeout}s")
-            self._sleep(remaining)
+            self._sleep(remaining, lambda: bool(self._inbox))
 
     def _wait_for(self, fut: AskFuture, deadline: float) -> None:
         while not fut.done():
             with self._lock:
                 self._check_open()
-                self._drain()
+                drained = self._drain()
+            if drained:
+                self._wake_waiters()  # the replies may be other threads'
             self._hand_dead_letters()
             if fut.done():
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            self._sleep(remaining)
+            self._sleep(remaining, fut.done)
 
-    def _sleep(self, remaining: float) -> None:
-        """Spin briefly, then sleep on the doorbell (one thread at a time)."""
+    def _wake_waiters(self) -> None:
+        """Something was read: every waiting thread looks whether it was its own."""
+        with self._woken:
+            self._wakeups += 1
+            self._woken.notify_all()
+        if self._nudge is not None and self._pump.locked():
+            with contextlib.suppress(OSError):  # full (already nudged) or closed
+                os.eventfd_write(self._nudge, 1)
+
+    def _sleep(self, remaining: float, done: Callable[[], bool] = lambda: False) -> None:
+        """Spin briefly, then sleep on the doorbell (one thread at a time).
+
+        A thread that finds another on the doorbell waits until that one wakes or a
+        drain anywhere read something (it may be our reply), whichever comes first,
+        not for a lock the other may take again at once; ``done`` says whether what we
+        wait for came meanwhile.
+        """
         if self._endpoint.spin_for(min(self.spin, remaining)):
             return
-        if not self._pump.acquire(timeout=min(remaining, _SLICE)):
-            return  # another thread sleeps for us; re-check our own reply
+        with self._woken:
+            seen = self._wakeups
+        if not self._pump.acquire(blocking=False):
+            with self._woken:
+                if self._wakeups == seen and not done():
+                    self._woken.wait(min(remaining, _SLICE))
+            return
         try:
+            if self._wakeups != seen or done():
+                return  # another thread read something since we looked: look again
             with self._lock:
                 if self._closed or not self._endpoint.prepare_sleep():
                     return
                 bound = self._endpoint.sleep_bound(min(remaining, _SLICE))
+            fds = [self._endpoint.bell_fd]
+            if self._nudge is not None:
+                fds.append(self._nudge)
             try:
-                select.select([self._endpoint.bell_fd], [], [], bound)
+                ready, _, _ = select.select(fds, [], [], bound)
+                if self._nudge is not None and self._nudge in ready:
+                    with contextlib.suppress(OSError):
+                        os.eventfd_read(self._nudge)
             finally:
                 with self._lock:
                     if not self._closed:
                         self._endpoint.finish_sleep()
         finally:
             self._pump.release()
+            self._wake_waiters()
 
     def _drain(self) -> int:
         """Read the rings (lock held): replies to their asks, the rest to the inbox."""
@@ -234,7 +278,7 @@ class Client:
                     self._system(message)
         return count
 
-    def _undecodable(self, sender: str, meta: int, payload: bytes, exc: Exception) -> None:
+    def _undecodable(self, sender: str, meta: int, payload: Payload, exc: Exception) -> None:
         """A reply fails its ask with the reason; anything else is handed to `receive`."""
         try:
             kind, _origin, corr = codec.peek(meta, payload)
@@ -304,6 +348,11 @@ class Client:
                 return
             self._closed = True
             self._endpoint.close()
+        if self._nudge is not None:
+            self._wake_waiters()
+            with self._pump:  # no thread sleeps on it any more
+                os.close(self._nudge)
+                self._nudge = None
 
     def __enter__(self) -> Client:
         return self

@@ -16,6 +16,8 @@ the gateway itself (watching a remote actor). It never unpickles what it relays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import random
 import signal
@@ -39,7 +41,7 @@ from mybus_actors.errors import (
 )
 from mybus_actors.gateway_config import DEFAULT_PORT, GatewayConfig, build_config
 from mybus_actors.items import FIRST, WHOLE, Record, Run, StreamAck, record_type
-from mybus_actors.mailbox import Endpoint
+from mybus_actors.mailbox import Endpoint, Payload
 from mybus_actors.outbox import Outbox, OutStream
 from mybus_actors.peers import Link, Peers, quiet_refused_accepts
 from mybus_actors.pressure import OnceLog
@@ -258,7 +260,7 @@ class Gateway:
             for name, meta, body in owed:
                 self._to_local(name, meta, body)
 
-    def _local_request(self, sender: str, meta: int, body: bytes) -> None:
+    def _local_request(self, sender: str, meta: int, body: Payload) -> None:
         """A system message to the gateway itself, from a local (trusted) runtime."""
         try:
             kind, _origin, _corr, request = codec.decode_fields(meta, body)
@@ -402,9 +404,31 @@ class Gateway:
             self.outbox.scan()
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+
+
+def _keep_freed_memory() -> None:
+    """Let this process reuse the memory of the large frames it frees (glibc only).
+
+    A gateway relaying 1 MiB messages allocates and frees a frame's worth a few times
+    per message. By default glibc hands such blocks back to the kernel (a fresh mmap,
+    or a heap trimmed once 2 MiB lie free at its top), so every frame is built in pages
+    the kernel must fault in and zero again: a third of the gateway's CPU at 1 MiB
+    (1.6 against 2.4 ms per message, measured). Blocks up to 8 MiB now come from the
+    heap, which keeps up to 32 MiB free before it shrinks: a bounded price in RSS.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 8 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 32 << 20)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``mybus-gateway`` console script."""
     config = build_config(argv)
+    _keep_freed_memory()
 
     async def serve() -> None:
         gateway = Gateway(config)

@@ -51,7 +51,7 @@ import select
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
 from mybus_actors import ring as _ring
@@ -76,7 +76,7 @@ from mybus_actors.registry import (
     ring_filename,
     validate_name,
 )
-from mybus_actors.relayed import BLOB, INNER_META, PREFIX, RELAYED, Dedup, read_blob
+from mybus_actors.relayed import BLOB, INNER_META, PREFIX, RELAYED, Dedup, map_blob
 from mybus_actors.ringfile import RingFile
 from mybus_actors.timers import ActivityTable
 
@@ -97,7 +97,9 @@ _LIVENESS_EVERY: Final = 0.05  # seconds between checks that a ring's receiver l
 _ENDPOINT_INDEX = itertools.count()
 
 
-Batch = tuple[str, str, list[tuple[int, bytes]]]
+# A record's payload: bytes, or a view of a large message's mapped blob file.
+Payload = bytes | memoryview
+Batch = tuple[str, str, Sequence[tuple[int, Payload]]]
 
 
 class Delivery(NamedTuple):
@@ -106,7 +108,7 @@ class Delivery(NamedTuple):
     sender: str
     receiver: str
     meta: int
-    payload: bytes
+    payload: Payload
 
 
 def _ms(create_time: float) -> int:
@@ -726,8 +728,9 @@ class Endpoint:
                 if items:
                     ch.used = True
                     if ch.sender == FORWARD_TO:
-                        items = self._unrelay(items)
-                    out.append((ch.sender, ch.receiver, items))
+                        out.append((ch.sender, ch.receiver, self._unrelay(items)))
+                    else:
+                        out.append((ch.sender, ch.receiver, items))
                 elif ch.consumer.producer_closed and not ch.consumer.pending:
                     # Its writer closed it and we have read it all (closed is read
                     # before the tail: nothing is published after the close). Unlinked
@@ -745,9 +748,9 @@ class Endpoint:
             self.maintain()
         return out
 
-    def _unrelay(self, items: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def _unrelay(self, items: list[tuple[int, bytes]]) -> list[tuple[int, Payload]]:
         """Strip the gateway's relay prefixes, drop what was delivered before, read blobs."""
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, Payload]] = []
         append = out.append
         dedup = self._relayed
         unpack = PREFIX.unpack_from
@@ -781,7 +784,7 @@ class Endpoint:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                     continue
-                append(read_blob(path))
+                append(map_blob(path))
             except (SerializationError, UnicodeDecodeError, struct.error) as exc:
                 # The gateway wrote it: a bug or a lost file, never silently.
                 _log.error("a record from the gateway could not be read: %s", exc)

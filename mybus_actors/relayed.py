@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import struct
 from collections import OrderedDict
@@ -42,6 +43,7 @@ __all__ = [
     "Dedup",
     "blob_name",
     "dead_letter_id",
+    "map_blob",
     "read_blob",
     "stream_id",
     "unwrap",
@@ -111,6 +113,43 @@ def read_blob(path: Path) -> tuple[int, bytes]:
     if len(data) != total:
         raise SerializationError(f"blob {path.name} holds {len(data)} of {total} bytes")
     return int(meta), data
+
+
+def map_blob(path: Path) -> tuple[int, memoryview]:
+    """(meta, message) of a complete blob file, mapped rather than read; the file is
+    unlinked at once, its pages freed when the last view of the message goes.
+
+    The receiving endpoint's path: a read copies the whole message into a new bytes
+    object, and the decoder would copy it again to cut the envelope off; a view costs
+    neither, and a raw payload is copied once, into the bytes the actor gets. Nobody
+    else writes the file any more (the gateway closed it before delivering its name,
+    and no one can open it once unlinked), so the mapping cannot lose pages under us.
+
+    Raises:
+        SerializationError: the file is missing, short, or longer than it says.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise SerializationError(f"cannot read blob {path.name}: {exc}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, BLOB_HEADER.size, 0)
+        if len(head) != BLOB_HEADER.size:
+            raise SerializationError(f"blob {path.name} has no header")
+        total, meta = BLOB_HEADER.unpack(head)
+        if size != BLOB_HEADER.size + total:
+            raise SerializationError(f"blob {path.name} holds {size - 16} of {total} bytes")
+        if total == 0:
+            return int(meta), memoryview(b"")
+        mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    except OSError as exc:
+        raise SerializationError(f"cannot read blob {path.name}: {exc}") from exc
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return int(meta), memoryview(mapped)[BLOB_HEADER.size :]
 
 
 class Dedup:

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from mybus_actors import codec
@@ -40,7 +40,7 @@ from mybus_actors.errors import (
     ResourceExhausted,
     SerializationError,
 )
-from mybus_actors.mailbox import Endpoint
+from mybus_actors.mailbox import Endpoint, Payload
 from mybus_actors.pressure import OnceLog, is_exhaustion
 from mybus_actors.registry import (
     RESERVED_NAMES,
@@ -565,7 +565,7 @@ class Runtime:
         if cell.task is None and not cell.finished:
             self.endpoint.resume(cell.name)
 
-    def _deliver(self, sender: str, receiver: str, items: list[tuple[int, bytes]]) -> None:
+    def _deliver(self, sender: str, receiver: str, items: Sequence[tuple[int, Payload]]) -> None:
         cell = self.cells.get(receiver)
         if cell is None:
             if receiver == self._reply_name:
@@ -586,7 +586,7 @@ class Runtime:
             self._dispatch(cell, origin or sender, kind, corr, msg)
 
     def _undecodable(
-        self, cell: _Cell, sender: str, meta: int, payload: bytes, exc: SerializationError
+        self, cell: _Cell, sender: str, meta: int, payload: Payload, exc: SerializationError
     ) -> None:
         """A message we cannot decode: an asker hears why (its ActorError names it)."""
         try:
@@ -601,7 +601,7 @@ class Runtime:
             _log.error("%s: a message from %s could not be decoded: %s", cell.address,
                        origin or sender, exc)  # fmt: skip
 
-    def _deliver_replies(self, sender: str, items: list[tuple[int, bytes]]) -> None:
+    def _deliver_replies(self, sender: str, items: Sequence[tuple[int, Payload]]) -> None:
         for meta, payload in items:
             try:
                 kind, _, corr, msg = codec.decode_fields(meta, payload)

@@ -113,6 +113,35 @@ def test_client_is_safe_from_several_threads(actors: Actors) -> None:
     assert results == [[(k, i) for i in range(200)] for k in range(4)]
 
 
+def test_a_thread_waiting_on_a_client_does_not_slow_another_threads_asks(
+    actors: Actors, tmp_path: Path
+) -> None:
+    # One thread's ask waits (the actor holds it); another thread's asks on the same
+    # client must not wait for the first thread's turns on the doorbell.
+    actors.spawn(lib.Echo, "echo")
+    actors.spawn(lib.Echo, "slow", notify="observer", greet=False)
+    observer = actors.connect("observer")
+    me = actors.connect()
+
+    def asks() -> float:
+        start = time.perf_counter()
+        for i in range(50):
+            assert me.ask("echo", i, timeout=WAIT) == i
+        return time.perf_counter() - start
+
+    alone = asks()
+    release = tmp_path / "release"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(me.ask, "slow", ("hold", str(release), "held"), timeout=WAIT)
+        assert observer.receive(timeout=WAIT) == ("holding", "held")
+        beside = asks()
+        release.touch()
+        assert held.result(timeout=WAIT) == "held"
+    # A ratio within one run: before, each ask beside the waiting one took the 50 ms
+    # slice the other thread slept on the doorbell for (over 100 times as long).
+    assert beside < 10 * alone, (alone, beside)
+
+
 # -- 2. many senders -------------------------------------------------------------------
 
 

@@ -863,3 +863,21 @@ def test_any_single_change_to_a_valid_sequence_is_refused_before_decoding(
         a.receive_data(b"")  # a flipped length may leave it waiting: the stream ends here
         collect(a, events)
     assert events == expected[:i]
+
+
+@pytest.mark.parametrize("where", ["header", "middle", "tag"])
+def test_a_large_frame_macd_part_by_part_is_checked_as_a_whole(where: str) -> None:
+    # Bodies from BIG_FRAME up are MAC'd part by part and joined once: the receiver,
+    # which checks the whole frame in one go, takes them intact and refuses any change.
+    a, b = opened()
+    payload = bytes(range(256)) * (wire.BIG_FRAME // 256 + 7)
+    runs = (run(records(payload, payload[:100], payload[:9])),)
+    stream = a.send_data(runs)
+    assert len(stream) > wire.BIG_FRAME
+    assert feed(b, stream, chunk=4096) == [Data(runs)]
+    a, b = opened()
+    stream = bytearray(a.send_data(runs))
+    at = {"header": wire.HEADER_SIZE + 3, "middle": len(stream) // 2, "tag": len(stream) - 1}
+    stream[at[where]] ^= 0x40
+    with pytest.raises(RemoteProtocolError, match="bad MAC"):
+        feed(b, bytes(stream))
