@@ -29,9 +29,29 @@ Peers, on the same workloads:
   message, so it runs fewer messages (the counts are printed), after the others, in its
   own phase, and its start-up time is reported on its own line.
 
+In-process figures, beside Pykka (a second set of tables, "In-process"):
+
+- ``tell``: one top-level actor process (``mb.spawn``) hosts a driver whose two children
+  A and B (``self.spawn(..., process=False)``) live in that same process, so a tell from
+  A to B is a queue append: no ring, no copy, no serialization. The client tells the
+  driver "tell"; the driver has B expect the count, then times (``perf_counter``, in the
+  hosting process) from its "go" to A until B's "done", and reports the seconds back:
+  the client's hops are not counted. Payloads: 64 B bytes and the small dict. Pykka:
+  the same two ThreadingActors as above, with the same counts;
+- ``ask`` round trip: A's ``async def receive`` runs ``await self.ask(B, 64 B bytes)``
+  in a loop and times each (median and p99); Pykka's A calls ``B.ask(x)`` per message;
+- ThreadRing (Savina): 1,000 actors in a ring pass a token (an int, decremented at each
+  hop) until it reaches 0; hops/s. mybus: all 1,000 are in-process children of one
+  actor, in one process of their own (not the driver's); timed there. Pykka: 1,000
+  ThreadingActors in this process (1,000 threads; if this machine cannot start that
+  many, the largest ring that started is used, and printed). Pykka passes the token
+  about ten times slower, so it runs fewer hops (the counts are printed).
+
 Each figure is the median over ``--reps`` repetitions; mybus, Queue, Pipe and Pykka are
 interleaved within each repetition (so background load hits them alike) and every ratio
-is the median of the per-rep ratios. Targets compare mybus with mp.Queue / mp.Pipe.
+is the median of the per-rep ratios. Targets compare mybus with mp.Queue / mp.Pipe, and
+mybus in-process with Pykka. The in-process figures run in the same repetitions, after
+the cross-process ones, mybus in-process and Pykka interleaved.
 
 Reading the figures: both mybus dispatchers spin (300 us by default, yielding the CPU
 after the first 50 us) before they sleep on their doorbells. On the 2-core dev VM with
@@ -46,7 +66,8 @@ Bounds: every timed job runs under an interval timer in the benchmark process an
 mp children; the actors' tells and asks have their own timeouts. Every process started
 here is stopped by pid (asked, joined with a timeout, killed if need be); the mybus
 runtime directory (``/dev/shm``, private to this run) is checked empty of files after the
-refs are stopped and the clients closed, then removed; so is Ray's temp directory.
+refs are stopped and the clients closed, then removed; so is Ray's temp directory. The
+Pykka ring's threads are stopped (and joined, with a timeout) before the script ends.
 Whatever the targets say, the exit status is 0 unless something broke.
 """
 
@@ -120,6 +141,14 @@ _WARMUP_FRACTION: Final = 0.05
 _PROFILE_LINES: Final = 18
 _RAY_OBJECT_STORE: Final = 512 * 1024 * 1024
 _RUNTIME_SPIN: Final[float] = inspect.signature(mb.Runtime).parameters["spin"].default
+# In-process: a driver with two children in its own process, and a ring host.
+_PAIR_HOST: Final = "bench-inproc"
+_IN_SOURCE: Final = "bench-inproc-a"
+_IN_SINK: Final = "bench-inproc-b"
+_RING_HOST: Final = "bench-ring"
+_RING_SIZE: Final = 1_000
+_RING_HEADROOM: Final = 0.9  # of a ring cut short by the thread limit, what is kept
+IN_MYBUS: Final = "mybus in-process"
 
 
 @attrs.frozen

@@ -30,8 +30,9 @@ from mybus_actors.errors import (
     ResourceExhausted,
     SerializationError,
 )
-from mybus_actors.ref import Ref, spawn
+from mybus_actors.ref import Ref, spawn, spawn_pool
 from mybus_actors.runtime import Runtime, TimerHandle, run
+from mybus_actors.supervision import OneForAll, OneForOne, RestForOne
 
 __all__ = [
     "Actor",
@@ -46,8 +47,11 @@ __all__ = [
     "MailboxFull",
     "MyBusError",
     "NameTaken",
+    "OneForAll",
+    "OneForOne",
     "Ref",
     "ResourceExhausted",
+    "RestForOne",
     "Runtime",
     "SerializationError",
     "Terminated",
@@ -55,5 +59,6 @@ __all__ = [
     "connect",
     "run",
     "spawn",
+    "spawn_pool",
 ]
 __version__ = "0.1.0"

@@ -8,32 +8,20 @@ actor up before its ``__init__`` runs, so ``__init__`` may already use ``self.na
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
-
-import attrs
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mybus_actors.errors import MyBusError
+from mybus_actors.messages import Terminated
+from mybus_actors.supervision import OneForOne, Strategy
 
 if TYPE_CHECKING:
     from mybus_actors.asks import AskFuture
+    from mybus_actors.ref import Ref
     from mybus_actors.runtime import Runtime, TimerHandle, _Cell
 
 __all__ = ["Actor", "Terminated"]
 
 _log = logging.getLogger("mybus_actors.actor")
-
-
-@attrs.frozen
-class Terminated:
-    """Delivered to ``receive`` of every watcher when a watched actor ends.
-
-    ``reason`` is "stopped" (a clean stop), "died" (its process ended without one),
-    "not found" (nothing held the name when the watch began) or, across nodes,
-    "node unreachable".
-    """
-
-    address: str
-    reason: str
 
 
 class Actor:
@@ -45,6 +33,9 @@ class Actor:
 
     _mb_rt: Runtime
     _mb_cell: _Cell
+
+    #: How this actor supervises its children (`OneForOne`, `OneForAll`, `RestForOne`).
+    supervision: ClassVar[Strategy] = OneForOne()
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -130,8 +121,80 @@ class Actor:
         self._mb_rt.unwatch(self._mb_cell, address)
 
     def stop(self) -> None:
-        """Stop after the current message: on_stop runs, the name is released."""
+        """Stop after the current message: on_stop runs, the name is released.
+
+        Its children are stopped first, latest started first, wherever they run.
+        """
         self._mb_rt.request_stop(self._mb_cell)
+
+    # -- children ------------------------------------------------------------------
+
+    def spawn(
+        self,
+        cls: type[Actor],
+        name: str,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        process: bool = False,
+        restart: str = "temporary",
+    ) -> Ref:
+        """Start a child actor ``name`` (address ``node/name``), supervised by this one.
+
+        ``process=False`` hosts it in this process (no new OS process, no ring between
+        the two: a tell between them is a queue append); ``process=True`` starts it in a
+        new process, as `mybus_actors.spawn` does. ``restart`` is "permanent" (always
+        restarted), "transient" (restarted after an abnormal end) or "temporary" (never);
+        how is this actor's `supervision`. A child that ends and is not restarted is
+        reported to `receive` as `Terminated`.
+
+        Raises:
+            NameTaken: a live actor already holds ``name`` on this node.
+            InvalidAddress: ``name`` is malformed or reserved.
+            ValueError: ``restart`` is not one of the three.
+            Exception: what the child's ``__init__`` or ``on_start`` raised (in-process),
+                or `ActorError` (in its own process).
+        """
+        return self._mb_rt.spawn_child(
+            self._mb_cell, cls, name, args, kwargs, process=process, restart=restart
+        )
+
+    def spawn_pool(
+        self,
+        cls: type[Actor],
+        name: str,
+        size: int,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        process: bool = True,
+        routing: str = "least-loaded",
+    ) -> Ref:
+        """``size`` workers ``name.0`` … ``name.<size-1>`` (restarted permanently) behind
+        the address ``name``: each tell or ask to ``name`` goes to one of them.
+
+        ``routing``: "least-loaded" (the worker with the fewest unread bytes in its
+        mailbox) or "round-robin"; a restarting worker is skipped. The returned Ref's
+        `Ref.broadcast` tells every worker.
+
+        Raises:
+            NameTaken, InvalidAddress: as `spawn`, for the pool or a worker.
+            ValueError: ``size`` below 1, or an unknown ``routing``.
+        """
+        return self._mb_rt.spawn_pool(
+            self._mb_cell, cls, name, size, args, kwargs, process=process, routing=routing
+        )
+
+    @property
+    def children(self) -> dict[str, Ref]:
+        """The live children by name (a restarting child is still one)."""
+        return self._mb_rt.children_of(self._mb_cell)
+
+    @property
+    def parent(self) -> str | None:
+        """The address of the actor that spawned this one, or None (a top-level actor)."""
+        parent = self._mb_cell.parent
+        return parent.address if parent is not None else None
 
     def __repr__(self) -> str:
         try:

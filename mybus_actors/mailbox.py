@@ -825,6 +825,19 @@ class Endpoint:
             self._check_receiver(ch, pending=0)
         return written
 
+    def load(self, sender: str, to: str) -> tuple[int, int]:
+        """How busy ``to`` looks from our ring to it: (0 if it sleeps waiting for
+        messages or we have no ring to it, else 1; bytes we wrote it has not read yet).
+
+        Both come from the ring's shared words: no message asks. A receiver asleep
+        with bytes unread is about to read them; one awake with bytes unread is busy.
+        """
+        ch = self._out.get((sender, to))
+        if ch is None or ch.closed:
+            return (0, 0)
+        producer = ch.producer
+        return (0 if producer.consumer_waiting else 1, producer.unread_bytes)
+
     def max_record(self, sender: str, to: str) -> int:
         """The largest message the ring ``sender``->``to`` takes as one record (the
         default ring's when there is none yet)."""

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +38,7 @@ from mybus_actors.codec import Kind
 from mybus_actors.errors import (
     ActorError,
     ActorNotFound,
+    DeadlockError,
     InvalidAddress,
     MailboxFull,
     MyBusError,
@@ -44,6 +46,8 @@ from mybus_actors.errors import (
     ResourceExhausted,
     SerializationError,
 )
+from mybus_actors.messages import KILL, STOP, Broadcast
+from mybus_actors.pool import PoolRouter, check_pool
 from mybus_actors.registry import (
     RESERVED_NAMES,
     Registry,
@@ -51,9 +55,8 @@ from mybus_actors.registry import (
     resolve_runtime_dir,
     validate_name,
 )
-from mybus_actors.runtime import STOP
 
-__all__ = ["Ref", "spawn"]
+__all__ = ["Ref", "spawn", "spawn_pool"]
 
 _log = logging.getLogger("mybus_actors.ref")
 _START_TIMEOUT: Final = 60.0
@@ -64,7 +67,12 @@ _ERRORS: Final[dict[str, type[MyBusError]]] = {
 
 
 class Ref:
-    """A handle to a spawned actor: its address and its process."""
+    """A handle to a spawned actor: its address and the process that hosts it.
+
+    For an actor hosted in another actor's process (`Actor.spawn` with
+    ``process=False``), `stop`, `kill`, `join` and `is_alive` follow that actor, not
+    the process, and `pid` is the hosting process.
+    """
 
     def __init__(
         self,
@@ -73,6 +81,8 @@ class Ref:
         runtime_dir: Path,
         node: str,
         process: subprocess.Popen[bytes] | None = None,
+        *,
+        hosted: object = None,
     ) -> None:
         self._address = address
         self._pid = pid
@@ -80,13 +90,30 @@ class Ref:
         self._node = node
         self._process = process
         self._lease: weakref.finalize[Any, Any] | None = None  # our share of the private client
+        # Hosted: the Runtime hosting it when this is that process (True elsewhere).
+        self._hosted = hosted is not None
+        self._runtime: Any = weakref.ref(hosted) if hosted not in (None, True) else None
+        self._detach: Any = None  # set by a supervisor: `stop` ends supervision first
+        self._pool = False  # the router of a pool: `broadcast` reaches every worker
 
     def __repr__(self) -> str:
         return f"<Ref {self._address} pid={self._pid}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A Ref sent to another process keeps its address and pid, not our Popen.
-        return (Ref, (self._address, self._pid, self._runtime_dir, self._node))
+        return (_unpickled_ref, (self._address, self._pid, self._runtime_dir, self._node,
+                                 self._hosted, self._pool))  # fmt: skip
+
+    def _local(self) -> Any:
+        """The Runtime hosting this actor, when we are in its dispatcher's thread."""
+        rt = self._runtime() if self._runtime is not None else None
+        if rt is None or rt._thread != threading.get_ident() or rt._closed:
+            return None
+        return rt
+
+    def _cell(self, rt: Any) -> Any:
+        cell = rt.cells.get(self._address.rpartition("/")[2])
+        return cell if cell is not None and cell.address == self._address else None
 
     @property
     def address(self) -> str:
@@ -105,6 +132,17 @@ class Ref:
         """
         _client(self).tell(self._address, message, timeout=timeout, block=block)
 
+    def broadcast(self, message: Any, *, timeout: float = 10.0) -> None:
+        """Tell ``message`` to every worker of the pool this Ref names.
+
+        Raises:
+            MyBusError: this Ref is not a pool's.
+            ActorNotFound, MailboxFull, SerializationError, ResourceExhausted: as `tell`.
+        """
+        if not self._pool:
+            raise MyBusError(f"{self._address} is not a pool: broadcast() needs spawn_pool's Ref")
+        self.tell(Broadcast(message), timeout=timeout)
+
     def ask(self, message: Any, *, timeout: float = 5.0) -> Any:
         """Send ``message`` and wait for the reply (see `Client.ask`).
 
@@ -112,6 +150,11 @@ class Ref:
             AskTimeout, ActorError, ActorNotFound, MailboxFull, SerializationError,
                 ResourceExhausted: as `Client.ask`.
         """
+        if self._local() is not None:
+            raise DeadlockError(
+                f"Ref.ask of {self._address} inside the dispatcher that hosts it would wait "
+                "for itself; inside an actor, use self.ask(ref.address, ...) and await it"
+            )
         return _client(self).ask(self._address, message, timeout=timeout)
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -126,6 +169,15 @@ class Ref:
         Returns:
             True for a clean stop, False when it had to be killed.
         """
+        detach, self._detach = self._detach, None
+        if detach is not None:
+            detach()
+        rt = self._local()
+        if rt is not None:  # inside the dispatcher: it stops after the current message
+            cell = self._cell(rt)
+            if cell is not None:
+                rt.request_stop(cell)
+            return True
         try:
             return self._stop(timeout)
         finally:
@@ -160,13 +212,35 @@ class Ref:
             _release(*held[2], wait=True)
 
     def kill(self) -> None:
-        """SIGKILL the actor's process (its name and rings are reclaimed afterwards)."""
+        """End the actor abruptly: no on_stop; for its supervisor, an abnormal end.
+
+        An actor in a process of its own: SIGKILL (its name and rings are reclaimed
+        afterwards). One hosted in another's process: that actor only.
+        """
+        if self._hosted:
+            rt = self._local()
+            if rt is not None:
+                cell = self._cell(rt)
+                if cell is not None:
+                    rt.kill(cell)
+                return
+            with contextlib.suppress(ActorNotFound, MailboxFull, ResourceExhausted):
+                _client(self)._send(self._address, KILL, 5.0, True, Kind.SYSTEM, 0)
+            return
         if self.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the process to exit; True if it has. Reclaims what it left behind."""
+        """Wait for the actor's end (its process's exit); True if it has ended.
+
+        Reclaims what a process left behind.
+
+        Raises:
+            DeadlockError: waiting, inside the dispatcher that hosts the actor.
+        """
+        if self._hosted:
+            return self._join_hosted(timeout)
         if self._process is not None:
             try:
                 self._process.wait(timeout)
@@ -182,13 +256,50 @@ class Ref:
         Registry(self._runtime_dir).reclaim()
         return True
 
+    def _join_hosted(self, timeout: float | None) -> bool:
+        if self._local() is not None:
+            if self.is_alive() and timeout != 0:
+                raise DeadlockError(
+                    f"join() of {self._address} inside the dispatcher that hosts it would "
+                    "wait for itself; watch it and wait for Terminated instead"
+                )
+            return not self.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while self.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)  # nothing to wake us: an actor's end publishes no event here
+            pause = min(pause * 2, 0.05)
+        return True
+
     def is_alive(self) -> bool:
+        """Whether the actor runs (a restarting one does); for one in its own process,
+        whether that process does."""
+        if self._hosted:
+            rt = self._runtime() if self._runtime is not None else None
+            if rt is not None and os.getpid() == self._pid and not rt._closed:
+                cell = self._cell(rt)
+                return cell is not None and not cell.finished
+            try:
+                entry = Registry(self._runtime_dir).lookup(self._address.rpartition("/")[2])
+            except (ActorNotFound, ResourceExhausted):
+                return False
+            return bool(entry.pid == self._pid)
         if self._process is not None:
             return self._process.poll() is None
         try:
             return psutil.Process(self._pid).status() != psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return False
+
+
+def _unpickled_ref(
+    address: str, pid: int, runtime_dir: Path, node: str, hosted: bool, pool: bool
+) -> Ref:
+    ref = Ref(address, pid, runtime_dir, node, hosted=True if hosted else None)
+    ref._pool = pool
+    return ref
 
 
 def spawn(
@@ -251,6 +362,39 @@ def spawn(
     proc.wait(10)
     kind, _, text = status.partition(" ")
     raise _ERRORS.get(kind, ActorError)(text or f"actor {name!r} failed to start")
+
+
+def spawn_pool(
+    cls: type[Actor],
+    name: str,
+    size: int,
+    *,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    process: bool = True,
+    routing: str = "least-loaded",
+    node: str | None = None,
+    runtime_dir: str | os.PathLike[str] | None = None,
+) -> Ref:
+    """``size`` workers ``name.0`` … ``name.<size-1>`` behind the address ``name``.
+
+    The pool's router runs in a new process (as `spawn` starts an actor), its workers in
+    processes of their own (``process=True``) or in the router's; each is restarted
+    permanently. Each tell or ask to ``name`` goes to one worker: the one with the
+    fewest unread bytes in its mailbox (``routing="least-loaded"``) or the next in turn
+    ("round-robin"); a restarting worker is skipped. `Ref.broadcast` tells them all.
+
+    Raises:
+        NameTaken, InvalidAddress: as `spawn`, for the pool or a worker.
+        ValueError: ``size`` below 1, or an unknown ``routing``.
+        ActorError, SerializationError: as `spawn`.
+    """
+    check_pool(size, routing)
+    pool_args = {"cls": cls, "size": size, "args": tuple(args), "kwargs": kwargs,
+                 "process": process, "routing": routing}  # fmt: skip
+    ref = spawn(PoolRouter, name, kwargs=pool_args, node=node, runtime_dir=runtime_dir)
+    ref._pool = True
+    return ref
 
 
 def _read_status(fd: int, proc: subprocess.Popen[bytes]) -> str:

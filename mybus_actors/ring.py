@@ -284,6 +284,11 @@ class Producer(_RingView):
         """Messages published and not yet read (as far as the consumer has told)."""
         return self._msgs - self._words[_MSGS_R]
 
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes published and not yet released by the consumer (records and padding)."""
+        return self._tail - self._words[_HEAD]
+
     def close(self) -> None:
         """Tell the consumer no more records will come."""
         self.publish_counters()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from mybus_actors import codec
-from mybus_actors.actor import Actor, Terminated
+from mybus_actors.actor import Actor
 from mybus_actors.address import format_address, parse_address
 from mybus_actors.asks import AskFuture, PendingAsks, error_from_reply, error_reply
 from mybus_actors.codec import Kind
@@ -41,7 +42,11 @@ from mybus_actors.errors import (
     SerializationError,
 )
 from mybus_actors.mailbox import Endpoint, Payload
+from mybus_actors.messages import STOP, Terminated
+from mybus_actors.pool import PoolRouter, check_pool
 from mybus_actors.pressure import OnceLog, is_exhaustion
+from mybus_actors.ref import Ref
+from mybus_actors.ref import spawn as spawn_process
 from mybus_actors.registry import (
     RESERVED_NAMES,
     Registry,
@@ -52,9 +57,17 @@ from mybus_actors.registry import (
 )
 from mybus_actors.ring import DEFAULT_CAPACITY
 from mybus_actors.routing import GATEWAY, send_to_node
+from mybus_actors.supervision import (
+    RESTART_TYPES,
+    ChildSpec,
+    Forget,
+    GiveUp,
+    Restart,
+    Supervisor,
+)
 from mybus_actors.timers import TimerWheel
 
-__all__ = ["Runtime", "TimerHandle", "run"]
+__all__ = ["STOP", "Runtime", "TimerHandle", "run"]
 
 _log = logging.getLogger("mybus_actors.runtime")
 
@@ -70,8 +83,6 @@ _BUDGET: Final = 64  # messages per ring per poll: a chatty sender cannot starve
 
 _REPLY_IDS = itertools.count()
 
-# System messages (Kind.SYSTEM): small tuples, first item the verb.
-STOP: Final = ("stop",)
 
 
 class TimerHandle:
@@ -101,13 +112,21 @@ class _Cell:
         "actor",
         "address",
         "backlog",
+        "child_refs",
         "cur_corr",
         "cur_kind",
         "cur_sender",
+        "failing",
         "finished",
+        "instance",
         "is_async",
+        "killing",
         "name",
+        "parent",
+        "restart_timers",
+        "restarting",
         "stopping",
+        "supervisor",
         "task",
         "timers",
         "watchers",
@@ -129,6 +148,17 @@ class _Cell:
         self.timers: set[TimerHandle] = set()
         self.watchers: set[str] = set()  # addresses to notify when this actor ends
         self.watching: set[str] = set()  # addresses this actor watches
+        # Supervision: the parent hosted here (None: a top-level actor, or a child of an
+        # actor in another process), this actor's own children, the Refs handed out
+        # for them, and their restarts that wait for their backoff.
+        self.parent: _Cell | None = None
+        self.supervisor: Supervisor | None = None
+        self.child_refs: dict[str, Ref] = {}
+        self.restart_timers: dict[str, Any] = {}
+        self.instance = 0  # how many instances have been built (1 after the first start)
+        self.restarting = False  # between instances: messages wait in `backlog`
+        self.failing = False  # receive raised and the supervisor ends this instance
+        self.killing = False  # Ref.kill: end without on_stop
 
 
 class _Watch:
@@ -206,6 +236,8 @@ class Runtime:
         name: str,
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
+        *,
+        parent: _Cell | None = None,
     ) -> _Cell:
         """Register ``name`` here, build the actor and run its on_start.
 
@@ -223,21 +255,329 @@ class Runtime:
             raise InvalidAddress(f"the name {name!r} is reserved for the runtime")
         self.endpoint.bind(name)
         cell = _Cell(name, format_address(self.node, name))
+        cell.parent = parent
         self.cells[name] = cell
         try:
-            actor = cls.__new__(cls)
-            actor._mb_rt = self
-            actor._mb_cell = cell
-            cell.actor = actor
-            cell.is_async = inspect.iscoroutinefunction(type(actor).receive)
-            actor.__init__(*args, **(kwargs or {}))  # type: ignore[misc]
-            actor.on_start()
+            self._construct(cell, cls, args, kwargs)
         except BaseException:
+            self._stop_children(cell)
             cell.finished = True
             del self.cells[name]
             self.endpoint.unbind(name)
             raise
         return cell
+
+    def _construct(
+        self, cell: _Cell, cls: type[Actor], args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> None:
+        """A new instance in ``cell``: ``__init__``, then ``on_start`` (which may spawn)."""
+        actor = cls.__new__(cls)
+        actor._mb_rt = self
+        actor._mb_cell = cell
+        cell.actor = actor
+        cell.instance += 1
+        cell.is_async = inspect.iscoroutinefunction(type(actor).receive)
+        actor.__init__(*args, **(kwargs or {}))  # type: ignore[misc]
+        actor.on_start()
+
+    # -- children and supervision ----------------------------------------------------
+
+    def spawn_child(
+        self,
+        parent: _Cell,
+        cls: type[Actor],
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        *,
+        process: bool,
+        restart: str,
+    ) -> Ref:
+        """Start a child of ``parent`` (see `Actor.spawn`)."""
+        if restart not in RESTART_TYPES:
+            raise ValueError(f"restart must be one of {', '.join(RESTART_TYPES)}; got {restart!r}")
+        if parent.finished or parent.stopping:
+            raise MailboxClosed(f"{parent.address} is stopping: it cannot spawn {name!r}")
+        sup = self._supervisor(parent)
+        spec = ChildSpec(name, cls, tuple(args), dict(kwargs or {}), restart, process)  # type: ignore[arg-type]
+        if process:
+            ref = self._start_process(parent, spec)
+        else:
+            self.host(cls, name, spec.args, spec.kwargs, parent=parent)
+            ref = Ref(format_address(self.node, name), os.getpid(), self.registry.root,
+                      self.node, hosted=self)  # fmt: skip
+        sup.add(spec)
+        parent.child_refs[name] = ref
+        ref._detach = functools.partial(self._detach_child, parent, name)
+        return ref
+
+    def _detach_child(self, parent: _Cell, name: str) -> None:
+        """`Ref.stop` of a child: it is stopped for good, not restarted (Erlang's
+        terminate_child); the parent hears `Terminated` when it has ended."""
+        if threading.get_ident() == self._thread and parent.supervisor is not None:
+            parent.supervisor.remove(name)
+            timer = parent.restart_timers.pop(name, None)
+            if timer is not None:
+                timer.cancel()
+
+    def children_of(self, cell: _Cell) -> dict[str, Ref]:
+        sup = cell.supervisor
+        if sup is None:
+            return {}
+        return {n: cell.child_refs[n] for n in sup.order() if n in cell.child_refs}
+
+    def _supervisor(self, cell: _Cell) -> Supervisor:
+        if cell.supervisor is None:
+            strategy = type(cell.actor).supervision if cell.actor is not None else None
+            if strategy is None:
+                strategy = Actor.supervision
+            cell.supervisor = Supervisor(strategy, self._clock)
+        return cell.supervisor
+
+    def _start_process(self, parent: _Cell, spec: ChildSpec) -> Ref:
+        """A child in a process of its own, watched: its end reaches the supervisor."""
+        ref = spawn_process(
+            spec.cls, spec.name, args=spec.args, kwargs=spec.kwargs,
+            node=self.node, runtime_dir=self.registry.root,
+        )  # fmt: skip
+        self.watch(parent, ref.address)
+        return ref
+
+    def _stop_children(self, cell: _Cell) -> None:
+        """End every child of ``cell``, latest started first, wherever it runs."""
+        for timer in cell.restart_timers.values():
+            timer.cancel()
+        cell.restart_timers.clear()
+        sup = cell.supervisor
+        if sup is None:
+            return
+        for name in reversed(sup.order()):
+            self._stop_child(cell, name)
+            sup.remove(name)
+            ref = cell.child_refs.pop(name, None)
+            if ref is not None:
+                ref._detach = None
+
+    def _stop_child(self, parent: _Cell, name: str) -> None:
+        """Stop one child for good or for its restart; its supervisor hears nothing."""
+        child = self.cells.get(name)
+        if child is not None and child.parent is parent:
+            if not child.restarting:
+                self._end(child, "stopped")
+            else:  # between instances: nothing to stop but the name and what waits
+                self._end(child, "stopped", clean=False)
+            return
+        ref = parent.child_refs.get(name)
+        if ref is not None and not ref._hosted:
+            self.unwatch(parent, ref.address)
+            try:
+                ref.stop(timeout=5.0)
+            except MyBusError as exc:
+                _log.warning("%s: stopping child %s: %s", parent.address, ref.address, exc)
+
+    def _ended(self, cell: _Cell, reason: str, *, abnormal: bool, clean: bool) -> None:
+        """``cell``'s instance ends: its supervisor (if hosted here) decides what next."""
+        parent = cell.parent
+        if parent is None or parent.finished or parent.supervisor is None:
+            self._end(cell, reason, clean=clean)
+            return
+        self._decide(parent, cell.name, reason, abnormal=abnormal, clean=clean)
+
+    def _decide(
+        self, parent: _Cell, name: str, reason: str, *, abnormal: bool, clean: bool
+    ) -> None:
+        sup = self._supervisor(parent)
+        order = sup.order()
+        decision = sup.decide(name, abnormal)
+        address = format_address(self.node, name)
+        if isinstance(decision, Forget):
+            child = self.cells.get(name)
+            if child is not None and child.parent is parent:
+                self._end(child, reason, clean=clean)
+            ref = parent.child_refs.pop(name, None)
+            if ref is not None:
+                ref._detach = None
+            self._tell_parent(parent, Terminated(address, reason))
+        elif isinstance(decision, GiveUp):
+            _log.error("%s: more than %d restarts within %ss: giving up", parent.address,
+                       sup.strategy.max_restarts, sup.strategy.within)  # fmt: skip
+            child = self.cells.get(name)
+            if child is not None and child.parent is parent:
+                self._end(child, reason, clean=clean)
+            sup.remove(name)
+            parent.child_refs.pop(name, None)
+            self._stop_children(parent)
+            self._ended(parent, "max restarts", abnormal=True, clean=True)
+        else:
+            self._restart(parent, decision, order, name, clean=clean)
+
+    def _restart(
+        self, parent: _Cell, decision: Restart, order: list[str], failed: str, *, clean: bool
+    ) -> None:
+        _log.info("%s: restarting %s in %.3fs", parent.address, ", ".join(decision.names),
+                     decision.delay)  # fmt: skip
+        for name in reversed(order):  # latest started first
+            if name not in decision.names and name not in decision.dropped:
+                continue
+            child = self.cells.get(name)
+            hosted = child is not None and child.parent is parent
+            if name in decision.dropped:
+                self._stop_child(parent, name)
+                ref = parent.child_refs.pop(name, None)
+                if ref is not None:
+                    ref._detach = None
+                self._tell_parent(parent, Terminated(format_address(self.node, name), "stopped"))
+            elif hosted:
+                assert child is not None
+                self._reset(child, clean=clean if name == failed else True)
+            elif name != failed:  # a sibling in its own process: stopped, started anew
+                self._stop_child(parent, name)
+        for name in decision.names:
+            old = parent.restart_timers.pop(name, None)
+            if old is not None:
+                old.cancel()
+            parent.restart_timers[name] = self.wheel.schedule(
+                self._clock() + decision.delay, functools.partial(self._rebuild, parent, name)
+            )
+
+    def _reset(self, cell: _Cell, *, clean: bool) -> None:
+        """End ``cell``'s instance but keep its name: what arrives waits for the next."""
+        self._stop_children(cell)
+        for timer in list(cell.timers):
+            timer.cancel()
+        if cell.task is not None:
+            cell.task.cancel()
+            cell.task = None
+        if clean and cell.actor is not None and not cell.restarting:
+            try:
+                cell.actor.on_stop()
+            except Exception:
+                _log.exception("%s: on_stop() raised", cell.address)
+        self._fail_asks_of(cell, "restarted while asking")
+        cell.actor = None
+        cell.supervisor = None
+        cell.restarting = True
+        cell.failing = cell.killing = cell.stopping = False
+        self.endpoint.pause(cell.name)
+
+    def _rebuild(self, parent: _Cell, name: str) -> None:
+        """A restart's backoff has passed: a fresh instance of child ``name``."""
+        parent.restart_timers.pop(name, None)
+        sup = parent.supervisor
+        spec = sup.children.get(name) if sup is not None else None
+        if parent.finished or spec is None:
+            return
+        if spec.process:
+            try:
+                ref = self._start_process(parent, spec)
+            except MyBusError as exc:
+                _log.error("%s: child %s did not start again: %s", parent.address, name, exc)
+                self._decide(parent, name, "failed", abnormal=True, clean=False)
+                return
+            old = parent.child_refs.get(name)
+            if old is not None:  # the Ref handed out follows its actor to the new process
+                old._pid, old._process = ref._pid, ref._process
+            else:
+                parent.child_refs[name] = ref
+            return
+        cell = self.cells.get(name)
+        if cell is None or not cell.restarting:
+            return
+        try:
+            self._construct(cell, spec.cls, spec.args, spec.kwargs)
+        except Exception:
+            _log.exception("%s: on_start() of the restarted %s raised", parent.address, name)
+            self._stop_children(cell)
+            cell.actor = None
+            self._decide(parent, name, "failed", abnormal=True, clean=False)
+            return
+        cell.restarting = False
+        while cell.backlog and cell.task is None and not cell.finished and not cell.failing:
+            self._handle(cell, *cell.backlog.popleft())
+        if cell.task is None and not cell.finished:
+            self.endpoint.resume(cell.name)
+
+    def spawn_pool(
+        self,
+        parent: _Cell,
+        cls: type[Actor],
+        name: str,
+        size: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        *,
+        process: bool,
+        routing: str,
+    ) -> Ref:
+        """A pool as a child of ``parent`` (see `Actor.spawn_pool`)."""
+        check_pool(size, routing)
+        pool_args = {"cls": cls, "size": size, "args": tuple(args), "kwargs": kwargs,
+                     "process": process, "routing": routing}  # fmt: skip
+        ref = self.spawn_child(parent, PoolRouter, name, (), pool_args, process=False,
+                               restart="permanent")  # fmt: skip
+        ref._pool = True
+        return ref
+
+    def forward(self, cell: _Cell, to: str, message: Any) -> None:
+        """Pass the current message of ``cell`` on to ``to`` as if its sender had sent it
+        there: a tell keeps its sender, an ask its sender and correlation id (the reply
+        goes straight back). A pool's router does this."""
+        kind = cell.cur_kind if cell.cur_kind in (_USER, _ASK) else _USER
+        corr = cell.cur_corr if kind == _ASK else 0
+        try:
+            self.tell(cell.name, to, message, kind=kind, corr=corr, reply_to=cell.cur_sender)
+        except MyBusError as exc:
+            if kind == _ASK and cell.cur_sender is not None:
+                self._reply_error(cell, cell.cur_sender, corr, exc)
+            else:
+                raise
+
+    def restarting(self, parent: _Cell, name: str) -> bool:
+        """Whether child ``name`` of ``parent`` is between two instances."""
+        if name in parent.restart_timers:
+            return True
+        cell = self.cells.get(name)
+        return cell is not None and cell.restarting
+
+    def load(self, cell: _Cell, to: str) -> tuple[int, int]:
+        """How busy ``to`` looks to ``cell``: (awake and with unread bytes: 1, else 0;
+        bytes ``cell`` told it that it has not read yet). For an actor hosted here, what
+        waits in its queue counts, 64 bytes a message."""
+        target = self.cells.get(to)
+        if target is not None:
+            return (1 if target.backlog else 0, 64 * len(target.backlog))
+        return self.endpoint.load(cell.name, to)
+
+    def _tell_parent(self, parent: _Cell, notice: Terminated) -> None:
+        if not parent.finished:
+            self._local.append((None, parent.name, _USER, 0, notice))
+
+    def _process_child_ended(self, parent: _Cell, name: str, reason: str) -> None:
+        self._decide(parent, name, reason, abnormal=reason != "stopped", clean=False)
+
+    def _process_child_of(self, cell_name: str, address: str) -> tuple[_Cell, str] | None:
+        cell = self.cells.get(cell_name)
+        if cell is None or cell.supervisor is None:
+            return None
+        node, name = parse_address(address, self.node)
+        spec = cell.supervisor.children.get(name)
+        if node != self.node or spec is None or not spec.process:
+            return None
+        return cell, name
+
+    def kill(self, cell: _Cell) -> None:
+        """End ``cell`` now, without on_stop (an abnormal end for its supervisor)."""
+        if cell.finished:
+            return
+        cell.killing = True
+        self._stopping = True
+        if threading.get_ident() != self._thread:
+            self._wake()
+
+    def _fail_asks_of(self, cell: _Cell, why: str) -> None:
+        mine = [c for c, owner in self._ask_owner.items() if owner == cell.name]
+        for corr in mine:
+            self.asks.fail(corr, MailboxClosed(f"{cell.address} {why}"))
 
     def stop_with(self, pid: int) -> None:
         """Stop every actor cleanly when process ``pid`` exits (a spawned actor's parent:
@@ -273,10 +613,10 @@ class Runtime:
         node, name = parse_address(to, self.node)
         if node == self.node and name in self.cells:
             # Same process: no ring, no copy (as Pykka and Akka do within one process).
-            self._local.append((sender, name, kind, corr, message))
+            self._local.append((reply_to or sender, name, kind, corr, message))
             return
         if node == self.node:
-            if kind == _USER:
+            if kind == _USER and reply_to is None:
                 meta, body = codec.encode(message)
             else:
                 meta, body = codec.encode(message, kind=kind, sender=reply_to, correlation_id=corr)
@@ -500,6 +840,12 @@ class Runtime:
         if w is None:
             return
         self._drop_watch(w)
+        for name in list(w.cells):
+            child = self._process_child_of(name, address)
+            if child is not None:  # its supervisor decides; it is told only if it ends
+                w.cells.discard(name)
+                child[0].watching.discard(address)
+                self._process_child_ended(child[0], child[1], reason)
         for name in w.cells:
             cell = self.cells.get(name)
             if cell is not None and not cell.finished:
@@ -510,7 +856,7 @@ class Runtime:
 
     def _offer(self, cell: _Cell, sender: str | None, kind: int, corr: int, message: Any) -> None:
         """Hand one message to an actor, or queue it while its async receive runs."""
-        if cell.task is not None or cell.backlog:
+        if cell.task is not None or cell.backlog or cell.restarting or cell.failing:
             cell.backlog.append((sender, kind, corr, message))
             return
         self._handle(cell, sender, kind, corr, message)
@@ -553,14 +899,23 @@ class Runtime:
             _log.error("%s: receive() raised", cell.address, exc_info=exc)
         if kind == _ASK and sender is not None:
             self._reply_error(cell, sender, corr, exc)
+        parent = cell.parent
+        if (
+            parent is not None
+            and not parent.finished
+            and self._supervisor(parent).strategy.on_error != "resume"
+        ):
+            # Not here, inside the failed handling: in the stop pass of do_work.
+            cell.failing = True
+            self._stopping = True
 
     def _task_done(self, cell: _Cell) -> None:
         """An async receive finished: start the next queued message, or resume draining."""
         cell.task = None
-        if cell.stopping:
-            self._finish(cell, "stopped")
+        if cell.stopping or cell.failing or cell.killing:
+            self._stopping = True  # the stop pass ends it
             return
-        while cell.backlog and cell.task is None and not cell.finished:
+        while cell.backlog and cell.task is None and not cell.finished and not cell.failing:
             self._handle(cell, *cell.backlog.popleft())
         if cell.task is None and not cell.finished:
             self.endpoint.resume(cell.name)
@@ -645,8 +1000,12 @@ class Runtime:
 
     def _system(self, cell: _Cell, sender: str, msg: Any) -> None:
         verb = msg[0] if isinstance(msg, tuple) and msg else None
-        if verb == "stop":
+        if verb == "stop":  # Ref.stop from elsewhere: for good, as Ref.stop here is
+            if cell.parent is not None:
+                self._detach_child(cell.parent, cell.name)
             self.request_stop(cell)
+        elif verb == "kill":
+            self.kill(cell)
         elif verb == "watch":
             cell.watchers.add(sender)
         elif verb == "unwatch":
@@ -709,16 +1068,19 @@ class Runtime:
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
 
-    def _finish(self, cell: _Cell, reason: str) -> None:
+    def _end(self, cell: _Cell, reason: str, *, clean: bool = True) -> None:
+        """The actor in ``cell`` ends for good: children first (latest started first),
+        then on_stop (if ``clean``), its watchers' notices, the name released."""
         if cell.finished:
             return
+        self._stop_children(cell)
         cell.finished = True
         for timer in list(cell.timers):
             timer.cancel()
         if cell.task is not None:
             cell.task.cancel()
         self._return_backlog(cell)
-        if cell.actor is not None:
+        if clean and cell.actor is not None and not cell.restarting:
             try:
                 cell.actor.on_stop()
             except Exception:
@@ -733,9 +1095,7 @@ class Runtime:
                 self._tell_system(cell.name, watcher, ("terminated", cell.address, reason))
         for address in list(cell.watching):
             self.unwatch(cell, address)
-        mine = [c for c, owner in self._ask_owner.items() if owner == cell.name]
-        for corr in mine:
-            self.asks.fail(corr, MailboxClosed(f"{cell.address} stopped while asking"))
+        self._fail_asks_of(cell, "stopped while asking")
         del self.cells[cell.name]
         self.endpoint.unbind(cell.name)
 
@@ -767,8 +1127,7 @@ class Runtime:
         """
         while self.cells:
             if self._stop_all.is_set():
-                for cell in list(self.cells.values()):
-                    self._finish(cell, "stopped")
+                self._end_all()
                 break
             try:
                 if not self.do_work():
@@ -803,12 +1162,26 @@ class Runtime:
             work += self._run_async_once()
         if self._stopping:
             self._stopping = False
-            for cell in [c for c in self.cells.values() if c.stopping]:
-                if cell.task is None:
-                    self._finish(cell, "stopped")
-                else:
+            for cell in [c for c in self.cells.values() if c.stopping or c.failing or c.killing]:
+                if cell.finished:
+                    continue
+                if cell.killing:
+                    self._ended(cell, "killed", abnormal=True, clean=False)
+                elif cell.task is not None:
                     self._stopping = True  # after its async receive ends
+                elif cell.failing:
+                    cell.failing = False
+                    self._ended(cell, "failed", abnormal=True, clean=True)
+                else:
+                    self._ended(cell, "stopped", abnormal=False, clean=True)
         return work
+
+    def _end_all(self) -> None:
+        """Every actor ends cleanly: top-level ones first take their children with them."""
+        for cell in [c for c in self.cells.values() if c.parent is None]:
+            self._end(cell, "stopped")
+        for cell in list(self.cells.values()):
+            self._end(cell, "stopped")
 
     def _run_async_once(self) -> int:
         """Run the asyncio loop's ready callbacks once; settle finished receives."""
@@ -898,8 +1271,7 @@ class Runtime:
         """Stop every actor still hosted and release the mailbox, loop and descriptors."""
         if self._closed:
             return
-        for cell in list(self.cells.values()):
-            self._finish(cell, "stopped")
+        self._end_all()
         self._closed = True
         for w in list(self._watches.values()):
             self._drop_watch(w)

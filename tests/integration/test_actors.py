@@ -644,8 +644,11 @@ def test_public_names_are_pinned() -> None:
         "MailboxFull",
         "MyBusError",
         "NameTaken",
+        "OneForAll",
+        "OneForOne",
         "Ref",
         "ResourceExhausted",
+        "RestForOne",
         "Runtime",
         "SerializationError",
         "Terminated",
@@ -653,6 +656,7 @@ def test_public_names_are_pinned() -> None:
         "connect",
         "run",
         "spawn",
+        "spawn_pool",
     ]
     assert all(hasattr(mb, name) for name in mb.__all__)
     assert issubclass(mb.AskTimeout, TimeoutError)
