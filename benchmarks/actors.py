@@ -186,12 +186,43 @@ class AskMode:
         )
 
 
+@attrs.frozen
+class RingMode:
+    """ThreadRing: ``actors`` in a ring pass a token ``hops`` times (Pykka: fewer)."""
+
+    key: str
+    label: str
+    actors: int
+    hops: int
+    pykka_hops: int  # Pykka's threads pass the token about ten times slower
+
+    @property
+    def size(self) -> int:
+        return 0  # the token is a small int: no MB/s column
+
+    def scaled(self, factor: float) -> RingMode:
+        return attrs.evolve(
+            self,
+            hops=max(2 * self.actors, int(self.hops * factor)),
+            pykka_hops=max(2 * self.actors, int(self.pykka_hops * factor)),
+        )
+
+
 WORKLOADS: Final = (
     Workload("b64", "tell 64 B bytes", 64, 200_000, 3_000),
     Workload("dict", "tell small dict", 0, 200_000, 3_000),
     Workload("b1m", "tell 1 MiB bytes", 1 << 20, 1_500, 100),
 )
 ASK: Final = AskMode("ask", "ask 64 B round trip", 20_000, 1_000)
+# In-process (no Ray: its ray_count is unused). Sized for about 0.5-2 s a run at most.
+IN_WORKLOADS: Final = (
+    Workload("b64", "tell 64 B bytes", 64, 500_000, 0),
+    Workload("dict", "tell small dict", 0, 500_000, 0),
+)
+IN_ASK: Final = AskMode("ask", "ask 64 B round trip", 20_000, 0)
+RING: Final = RingMode(
+    "ring", f"ThreadRing of {_RING_SIZE:,} actors, hops", _RING_SIZE, 200_000, 40_000
+)
 PEERS: Final = {
     "mybus": "mybus",
     "queue": "mp.Queue",
@@ -289,6 +320,94 @@ class Source(mb.Actor):
             self.reply(rtts)
         elif verb == "profile":
             self.reply(self.prof.toggle(message[1]))
+        else:
+            raise ValueError(f"unknown message {message!r}")
+
+
+# -- mybus in-process: children hosted in their parent's process ----------------------------
+
+
+class _Driver(mb.Actor):
+    """What both in-process hosts share: the client to answer, and a notice for it if a
+    child ends (so it fails fast instead of waiting out its timeout)."""
+
+    def __init__(self) -> None:
+        self.client: str | None = None
+        self.start = 0.0
+
+    def _child_ended(self, notice: mb.Terminated) -> None:
+        if self.client is not None:
+            self.tell(self.client, ("ended", notice.address, notice.reason))
+
+
+class PairHost(_Driver):
+    """The driver: hosts A (a `Source`) and B (a `Sink`) as children in this process and
+    times, here, A's tells to B from "go" to B's "done"."""
+
+    def on_start(self) -> None:
+        self.spawn(Sink, _IN_SINK)
+        self.spawn(Source, _IN_SOURCE, args=(_IN_SINK,))
+        self.job: tuple[Any, ...] = ()
+
+    def receive(self, message: Any) -> None:
+        if message == "ok":  # B expects the count: the clock starts with A's "go"
+            self.start = time.perf_counter()
+            self.tell(_IN_SOURCE, self.job)
+        elif isinstance(message, mb.Terminated):
+            self._child_ended(message)
+        elif message[0] == "done":  # from B
+            elapsed = time.perf_counter() - self.start
+            assert self.client is not None
+            self.tell(self.client, ("done", message[1], elapsed))
+        elif message[0] == "tell":  # from the client
+            _, count, size = message
+            self.client, self.job = self.sender, ("go", count, size)
+            self.tell(_IN_SINK, ("expect", count))
+        else:
+            raise ValueError(f"unknown message {message!r}")
+
+
+def _ring_name(k: int) -> str:
+    return f"{_RING_HOST}-{k:04d}"
+
+
+class RingMember(mb.Actor):
+    """One actor of the ring: passes the token on, or tells the host that it is 0."""
+
+    def __init__(self, next_name: str, host: str) -> None:
+        self.next = next_name
+        self.host = host
+
+    def receive(self, token: int) -> None:
+        if token:
+            self.tell(self.next, token - 1)
+        else:
+            self.tell(self.host, ("lap",))
+
+
+class RingHost(_Driver):
+    """Hosts the ring's ``size`` actors as children in this process; times a lap here."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.hops = 0
+
+    def on_start(self) -> None:
+        for k in range(self.size):
+            self.spawn(RingMember, _ring_name(k), args=(_ring_name((k + 1) % self.size), self.name))
+
+    def receive(self, message: Any) -> None:
+        if isinstance(message, mb.Terminated):
+            self._child_ended(message)
+        elif message[0] == "lap":  # the token reached 0
+            elapsed = time.perf_counter() - self.start
+            assert self.client is not None
+            self.tell(self.client, ("ring", self.hops, elapsed))
+        elif message[0] == "ring":  # from the client
+            self.client, self.hops = self.sender, message[1]
+            self.start = time.perf_counter()
+            self.tell(_ring_name(0), self.hops)
         else:
             raise ValueError(f"unknown message {message!r}")
 
@@ -427,15 +546,10 @@ class _MyBus:
         stack.callback(mybus_actors.ref.close_clients)
         self.client = stack.enter_context(mb.connect(runtime_dir=self.runtime_dir))
         self.refs: list[mb.Ref] = []
-        stack.callback(self._stop_refs, cleanup)
+        stack.callback(_stop_refs, self.refs, cleanup)
         self.refs.append(mb.spawn(Sink, _SINK, runtime_dir=self.runtime_dir))
         self.refs.append(mb.spawn(Source, _SOURCE, args=(_SINK,), runtime_dir=self.runtime_dir))
         cleanup.pids.extend(ref.pid for ref in self.refs)
-
-    def _stop_refs(self, cleanup: Cleanup) -> None:
-        for ref in reversed(self.refs):  # the source first: it talks to the sink
-            if not ref.stop(STOP_TIMEOUT):
-                cleanup.problems.append(f"{ref} did not stop cleanly: killed")
 
     def tell(self, wl: Workload) -> float:
         client = self.client
@@ -461,6 +575,63 @@ class _MyBus:
         a = self.client.ask(_SOURCE, msg, timeout=_CONTROL_TIMEOUT)
         b = self.client.ask(_SINK, msg, timeout=_CONTROL_TIMEOUT)
         return a, b
+
+
+def _stop_refs(refs: list[mb.Ref], cleanup: Cleanup) -> None:
+    for ref in reversed(refs):  # the latest first: the source talks to the sink
+        if not ref.stop(STOP_TIMEOUT):
+            cleanup.problems.append(f"{ref} did not stop cleanly: killed")
+
+
+class InPeer(Peer, Protocol):
+    """A peer of the in-process figures: also a ThreadRing of ``ring_actors``."""
+
+    ring_actors: int
+
+    def ring(self, hops: int) -> float:
+        """Seconds for the token's ``hops`` hops around the ring."""
+        ...
+
+
+class _MyBusInProc:
+    """Two mybus processes: the driver with A and B, and the ring host with its ring.
+
+    The client is `_MyBus`'s; every figure is timed in the process hosting the actors.
+    """
+
+    name = IN_MYBUS
+
+    def __init__(self, stack: contextlib.ExitStack, cleanup: Cleanup, bus: _MyBus) -> None:
+        self.client = bus.client
+        self.ring_actors = _RING_SIZE
+        self.refs: list[mb.Ref] = []
+        stack.callback(_stop_refs, self.refs, cleanup)
+        for cls, name, args in ((PairHost, _PAIR_HOST, ()), (RingHost, _RING_HOST, (_RING_SIZE,))):
+            ref = mb.spawn(cls, name, args=args, runtime_dir=bus.runtime_dir)
+            self.refs.append(ref)
+            cleanup.pids.append(ref.pid)
+
+    def _result(self, kind: str, count: int) -> float:
+        reply = self.client.receive(timeout=JOB_TIMEOUT)
+        if not (type(reply) is tuple and reply[:2] == (kind, count) and len(reply) == 3):
+            raise RuntimeError(f"{self.name}: expected ({kind!r}, {count}, seconds), got {reply!r}")
+        seconds: float = reply[2]
+        return seconds
+
+    def tell(self, wl: Workload) -> float:
+        self.client.tell(_PAIR_HOST, ("tell", wl.count, wl.size))
+        return self._result("done", wl.count)
+
+    def ask(self, count: int) -> list[float]:
+        assert self.client.ask(_IN_SINK, ("echo",), timeout=_CONTROL_TIMEOUT) == "ok"
+        rtts: list[float] = self.client.ask(
+            _IN_SOURCE, ("ask", count, _ASK_PAYLOAD), timeout=JOB_TIMEOUT
+        )
+        return rtts
+
+    def ring(self, hops: int) -> float:
+        self.client.tell(_RING_HOST, ("ring", hops))
+        return self._result("ring", hops)
 
 
 class _MpPair:
@@ -599,6 +770,98 @@ class _Pykka:
         return rtts
 
 
+class _Lap:
+    """What the Pykka ring's member that gets the token at 0 sets."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+def _pykka_ring_class() -> type[Any]:
+    import pykka
+
+    class PykkaRingMember(pykka.ThreadingActor):  # type: ignore[misc]
+        def __init__(self, lap: _Lap) -> None:
+            super().__init__()
+            self.lap = lap
+            self.next: Any = None
+
+        def on_receive(self, message: Any) -> Any:
+            if type(message) is int:  # the token
+                if message:
+                    self.next.tell(message - 1)
+                else:
+                    self.lap.done.set()
+                return None
+            _, self.next = message  # ("link", the next member's ref)
+            return "ok"
+
+    return PykkaRingMember
+
+
+class _PykkaInProc:
+    """Pykka's in-process figures: `_Pykka`'s pair for tell and ask, and a ring."""
+
+    name = PEERS["pykka"]
+
+    def __init__(
+        self, stack: contextlib.ExitStack, cleanup: Cleanup, pair: _Pykka, notes: list[str]
+    ) -> None:
+        self.pair = pair
+        self.lap = _Lap()
+        self.members: list[Any] = []
+        stack.callback(self._stop_ring, cleanup)
+        member = _pykka_ring_class()
+        try:
+            for _ in range(_RING_SIZE):
+                self.members.append(member.start(self.lap))
+        except RuntimeError as exc:  # "can't start new thread"
+            started = len(self.members)
+            keep = int(started * _RING_HEADROOM)  # room for the threads the run still needs
+            self._stop_ring(cleanup, self.members[keep:])
+            del self.members[keep:]
+            notes.append(
+                f"Pykka: this machine started only {started:,} of {_RING_SIZE:,} ring threads "
+                f"({exc}); its ThreadRing has {keep:,} actors"
+            )
+            log(f"note: {notes[-1]}")
+        if len(self.members) < 2:
+            raise RuntimeError(f"Pykka: a ring needs 2 actors, {len(self.members)} started")
+        self.ring_actors = len(self.members)
+        for k, ref in enumerate(self.members):
+            nxt = self.members[(k + 1) % len(self.members)]
+            assert ref.ask(("link", nxt), timeout=_CONTROL_TIMEOUT) == "ok"
+
+    def _stop_ring(self, cleanup: Cleanup, members: Sequence[Any] | None = None) -> None:
+        """Stop the members (all at once, then wait for each, within one deadline)."""
+        members = list(self.members if members is None else members)
+        futures = [ref.stop(block=False) for ref in members]
+        deadline = time.monotonic() + STOP_TIMEOUT
+        stuck = 0
+        for future in futures:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                stuck += 1
+        if stuck:
+            cleanup.problems.append(f"Pykka ring: {stuck} of {len(members)} actors did not stop")
+
+    def tell(self, wl: Workload) -> float:
+        return self.pair.tell(wl)
+
+    def ask(self, count: int) -> list[float]:
+        return self.pair.ask(count)
+
+    def ring(self, hops: int) -> float:
+        done = self.lap.done
+        done.clear()  # the previous lap is over: its member set it before we returned
+        start = time.perf_counter()
+        self.members[0].tell(hops)
+        if not done.wait(JOB_TIMEOUT):
+            raise TimeoutError(f"Pykka: {hops:,} ThreadRing hops not done in {JOB_TIMEOUT:g}s")
+        return time.perf_counter() - start
+
+
 # -- Ray: in its own phase -------------------------------------------------------------------
 
 
@@ -690,13 +953,25 @@ class Plan:
     workloads: tuple[Workload, ...]
     ask: AskMode
     reps: int
+    in_workloads: tuple[Workload, ...]
+    in_ask: AskMode
+    ring: RingMode
 
     def config(self) -> dict[str, Any]:
         counts = {wl.key: wl.count for wl in self.workloads}
         counts[self.ask.key] = self.ask.count
         ray_counts = {wl.key: wl.ray_count for wl in self.workloads}
         ray_counts[self.ask.key] = self.ask.ray_count
-        return {"reps": self.reps, "counts": counts, "ray_counts": ray_counts}
+        in_counts = {wl.key: wl.count for wl in self.in_workloads}
+        in_counts[self.in_ask.key] = self.in_ask.count
+        in_counts[f"{self.ring.key} hops"] = self.ring.hops
+        return {
+            "reps": self.reps,
+            "counts": counts,
+            "ray_counts": ray_counts,
+            "inproc_counts": in_counts,
+            "inproc_pykka_ring_hops": self.ring.pykka_hops,
+        }
 
 
 def _count(peer: Peer, wl: Workload) -> int:
@@ -721,13 +996,60 @@ def _measure_ask(peer: Peer, count: int) -> list[float]:
     return rtts
 
 
-def _run(peers: Sequence[Peer], plan: Plan, results: Results) -> None:
-    """Warm every peer up, then measure, interleaving peers within each rep."""
+def _ring_hops(peer: InPeer, mode: RingMode) -> int:
+    return mode.pykka_hops if peer.name == PEERS["pykka"] else mode.hops
+
+
+def _measure_ring(peer: InPeer, mode: RingMode) -> float:
+    """Hops per second."""
+    hops = _ring_hops(peer, mode)
+    with bounded(JOB_TIMEOUT + 10, f"{peer.name}: ThreadRing, {hops:,} hops"):
+        return hops / peer.ring(hops)
+
+
+def _run_inproc(peers: Sequence[InPeer], plan: Plan, tag: str, results: Results) -> None:
+    """One rep of the in-process figures, peers interleaved."""
+    for wl in plan.in_workloads:
+        for peer in peers:
+            rate = _measure_tell(peer, wl)
+            results.setdefault(peer.name, {}).setdefault(wl.key, []).append(rate)
+            log(f"{tag} in-process {wl.label:<18} {peer.name:<16} {rate:>12,.0f} msg/s")
+    for peer in peers:
+        rtts = _measure_ask(peer, plan.in_ask.count)
+        median, tail = record_rtts(results.setdefault(peer.name, {}), plan.in_ask.key, rtts)
+        log(
+            f"{tag} in-process {plan.in_ask.label:<18} {peer.name:<16} median {median:8.1f} us"
+            f"  p99 {tail:8.1f} us"
+        )
+    for peer in peers:
+        rate = _measure_ring(peer, plan.ring)
+        results.setdefault(peer.name, {}).setdefault(plan.ring.key, []).append(rate)
+        log(
+            f"{tag} in-process ThreadRing {peer.ring_actors:,} actors {peer.name:<16} "
+            f"{rate:>12,.0f} hops/s"
+        )
+
+
+def _run(
+    peers: Sequence[Peer],
+    plan: Plan,
+    results: Results,
+    inproc: Sequence[InPeer] = (),
+    in_results: Results | None = None,
+) -> None:
+    """Warm every peer up, then measure, interleaving peers within each rep; the
+    in-process peers (if any) after the others in each rep, into ``in_results``."""
     for peer in peers:
         log(f"warming up {peer.name}")
         for wl in plan.workloads:
             _measure_tell(peer, wl.scaled(_WARMUP_FRACTION))
         _measure_ask(peer, _ask_count(peer, plan.ask.scaled(_WARMUP_FRACTION)))
+    for in_peer in inproc:
+        log(f"warming up {in_peer.name} (in-process)")
+        for wl in plan.in_workloads:
+            _measure_tell(in_peer, wl.scaled(_WARMUP_FRACTION))
+        _measure_ask(in_peer, plan.in_ask.scaled(_WARMUP_FRACTION).count)
+        _measure_ring(in_peer, plan.ring.scaled(_WARMUP_FRACTION))
     for rep in range(plan.reps):
         tag = f"rep {rep + 1}/{plan.reps}"
         for wl in plan.workloads:
@@ -742,6 +1064,9 @@ def _run(peers: Sequence[Peer], plan: Plan, results: Results) -> None:
                 f"{tag} {plan.ask.label:<18} {peer.name:<9} median {median:8.1f} us"
                 f"  p99 {tail:8.1f} us"
             )
+        if inproc:
+            assert in_results is not None
+            _run_inproc(inproc, plan, tag, in_results)
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -755,6 +1080,23 @@ TARGETS: Final = (
 )
 # Ray runs in its own phase: its ratios pair reps measured minutes apart.
 REPORT: Final = Report(PEERS["mybus"], "mybus / peer", TARGETS)
+IN_TARGETS: Final = (
+    Target("in-process tell 64 B >= 3x Pykka", "b64", PEERS["pykka"], 3.0, True),
+    Target("in-process tell small dict >= 3x Pykka", "dict", PEERS["pykka"], 3.0, True),
+    Target(
+        "in-process ask round trip median <= 0.5x Pykka", "ask.median", PEERS["pykka"], 0.5, False
+    ),
+)
+IN_REPORT: Final = Report(IN_MYBUS, f"{IN_MYBUS} / peer", IN_TARGETS)
+
+
+def _render_inproc(results: Results, names: Sequence[str], plan: Plan) -> str:
+    """The in-process tables: as the others, each title marked "In-process"."""
+    text = IN_REPORT.render(results, names, [*plan.in_workloads, plan.ring], [plan.in_ask])
+    return "\n".join(
+        f"## In-process: {line[3:]}" if line.startswith("## ") else line
+        for line in text.splitlines()
+    )
 
 
 def _version(dist: str) -> str | None:
@@ -764,7 +1106,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _header(info: dict[str, Any], config: dict[str, Any], notes: Sequence[str]) -> str:
+def _header(
+    info: dict[str, Any], config: dict[str, Any], notes: Sequence[str], pykka_ring: int
+) -> str:
     lines = [
         *header(
             "mybus actor benchmark",
@@ -779,6 +1123,18 @@ def _header(info: dict[str, Any], config: dict[str, Any], notes: Sequence[str]) 
         'from its tell of "go" to B\'s "done"',
         "- Pykka: ThreadingActors, both in the benchmark process (threads: no copy, no "
         "serialization, one GIL); Queue/Pipe: a source and a sink process",
+        f"- in-process per rep: {counts(config['inproc_counts'])}; Pykka's ring: "
+        f"{config['inproc_pykka_ring_hops']:,} hops",
+        f"- {IN_MYBUS}: A and B are children (self.spawn, process=False) of a driver in "
+        'one process of their own, timed there from the driver\'s "go" to B\'s "done" '
+        f"(client hops not counted); the ThreadRing's {_RING_SIZE:,} actors are children "
+        "of one actor in another process; a hop is one tell, so its msg/s are hops/s",
+        (
+            f"- Pykka in-process: the same pair as above, and a ring of {pykka_ring:,} "
+            "ThreadingActors (threads) in the benchmark process"
+            if pykka_ring
+            else "- Pykka in-process: not run"
+        ),
         *(f"- note: {note}" for note in notes),
         "",
     ]
@@ -849,6 +1205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         workloads=tuple(wl.scaled(factor) for wl in WORKLOADS),
         ask=ASK.scaled(factor),
         reps=args.reps,
+        in_workloads=tuple(wl.scaled(factor) for wl in IN_WORKLOADS),
+        in_ask=IN_ASK.scaled(factor),
+        ring=RING.scaled(factor),
     )
     info = machine(mybus_actors=mb.__version__, pykka=_version("pykka"), ray=_version("ray"))
     config = {**plan.config(), "quick": args.quick}
@@ -856,6 +1215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     results: Results = {}
     names: list[str] = []
+    in_results: Results = {}
+    in_names: list[str] = []
+    pykka_ring = 0
     ray_start: tuple[float, float] | None = None
     started = time.perf_counter()
     try:
@@ -876,12 +1238,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pair.source.expect("ready", START_TIMEOUT)
                     pair.sink.expect("ready", START_TIMEOUT)
                 peers += pairs
+                log("starting the in-process mybus hosts")
+                inproc: list[InPeer] = [_MyBusInProc(stack, cleanup, bus)]
                 if "pykka" in args.peers:
                     pykka_peer = _open_optional("pykka", lambda: _Pykka(stack, cleanup), notes)
-                    if pykka_peer is not None:
+                    if isinstance(pykka_peer, _Pykka):
                         peers.append(pykka_peer)
+                        pykka_pair = pykka_peer
+                        in_pykka = _open_optional(
+                            "pykka", lambda: _PykkaInProc(stack, cleanup, pykka_pair, notes), notes
+                        )
+                        if isinstance(in_pykka, _PykkaInProc):
+                            inproc.append(in_pykka)
+                            pykka_ring = in_pykka.ring_actors
                 names = [p.name for p in peers]
-                _run(peers, plan, results)
+                in_names = [p.name for p in inproc]
+                _run(peers, plan, results, inproc, in_results)
         if "ray" in args.peers and not args.profile:
             with contextlib.ExitStack() as stack:
                 log("starting Ray")
@@ -899,8 +1271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cleanup.reap_children(STOP_TIMEOUT)
     elapsed = time.perf_counter() - started
     if not args.profile:
-        print(_header(info, config, notes))
+        print(_header(info, config, notes, pykka_ring))
         print(REPORT.render(results, names, plan.workloads, [plan.ask]))
+        print()
+        print(_render_inproc(in_results, in_names, plan))
     print(footer(elapsed))
     if args.json is not None:
         raw = {
@@ -913,6 +1287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reps": results,
             "medians": medians(results),
             "ratios_mybus_over_peer": ratios(results, names, PEERS["mybus"]),
+            "inproc": {
+                "units": "b64, dict: messages/s; ring: hops/s; ask keys: us",
+                "pykka_ring_actors": pykka_ring,
+                "reps": in_results,
+                "medians": medians(in_results),
+                "ratios_mybus_over_peer": ratios(in_results, in_names, IN_MYBUS),
+            },
             "cleanup_problems": cleanup.problems,
         }
         args.json.write_text(json.dumps(raw, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """The entry point of a spawned actor's process: ``python -m mybus_actors._boot FD``.
 
-Reads (cls, name, args, kwargs, node, runtime_dir) pickled on stdin, hosts the actor
+Reads (cls, name, args, kwargs, node, runtime_dir, on_error) pickled on stdin, hosts the actor
 with `runtime.run`, and writes one status line to FD: "ok" once the name is registered
 and ``on_start`` has returned, else "<ErrorType> <message>". The actor stops cleanly
 when the process that spawned it exits.
@@ -32,7 +32,9 @@ def main() -> int:
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
     try:
-        cls, name, args, kwargs, node, runtime_dir = pickle.loads(sys.stdin.buffer.read())
+        cls, name, args, kwargs, node, runtime_dir, on_error = pickle.loads(
+            sys.stdin.buffer.read()
+        )
         run(
             cls,
             name,
@@ -42,6 +44,7 @@ def main() -> int:
             runtime_dir=runtime_dir,
             _on_ready=lambda: report("ok"),
             _parent=os.getppid(),
+            _on_error=on_error,
         )
     except BaseException as exc:
         if status_fd < 0:  # it had started: a crash after that is the process's own news

@@ -344,7 +344,7 @@ class Endpoint:
         # The hot path of every local message: kept to a few attribute loads and calls.
         ch = self._out.get((sender, to))
         if ch is None or self._clock() >= ch.next_check:
-            ch = self._channel(sender, to, ch)
+            ch = self._channel(sender, to, ch, timeout if block else 0.0)
         if len(data) <= ch.max_record:
             signal = ch.write(data, meta)
         else:
@@ -370,10 +370,16 @@ class Endpoint:
         if not self._sends & 1023:
             self._maintain_outbound()
 
-    def _channel(self, sender: str, to: str, ch: _Outbound | None) -> _Outbound:
+    def _channel(
+        self, sender: str, to: str, ch: _Outbound | None, restart_wait: float | None = None
+    ) -> _Outbound:
         """The ring ``sender``->``to``, (re)opened if its receiver's process is gone.
 
+        With ``restart_wait`` (seconds), a receiver that has no holder now but that a
+        live supervisor restarts is waited for, up to that long.
+
         Raises:
+            MailboxFull: it was restarting and did not come back within ``restart_wait``.
             RingCorrupted: another process truncated our ring file (what it held is
                 lost with it); the next send opens a new one.
         """
@@ -393,9 +399,34 @@ class Endpoint:
                 self._regateway(ch)
                 return ch
             self._drop_outbound(ch, salvage=True)
-        ch = self._open(sender, to)
+        try:
+            ch = self._open(sender, to)
+        except ActorNotFound:
+            # Not for a restart this very process makes: it cannot happen while we wait.
+            if restart_wait is None or self.registry.restarter(to) in (None, os.getpid()):
+                raise
+            ch = self._open_restarted(sender, to, restart_wait)
         ch.next_check = self._clock() + _LIVENESS_EVERY
         return ch
+
+    def _open_restarted(self, sender: str, to: str, timeout: float) -> _Outbound:
+        """Wait for the next holder of ``to``, whose supervisor is restarting it: what
+        is sent meanwhile waits with its sender, as for a full ring, then MailboxFull."""
+        deadline = self._clock() + timeout
+        pause = 0.001
+        while True:
+            if self._clock() >= deadline:
+                raise MailboxFull(
+                    f"{to!r} is restarting and had not come back within {timeout}s;"
+                    " message not sent"
+                )
+            time.sleep(pause)  # nothing wakes us when a name is registered
+            pause = min(pause * 2, 0.02)
+            try:
+                return self._open(sender, to)
+            except ActorNotFound:
+                if not self.registry.restart_pending(to):
+                    raise
 
     def send_some(self, sender: str, to: str, data: Any, meta: int, sent: int) -> int:
         """Write what fits of a message now, never waiting (for an event loop's sake).

@@ -2,21 +2,31 @@
 
 A pool is a router actor named ``name`` whose children are the workers ``name.0`` …
 ``name.<size-1>``, each restarted permanently (in processes of their own by default).
-The router forwards what it gets to one worker without answering itself: a tell keeps
-its sender, an ask its sender and correlation id, so the worker's reply goes straight
-back to the asker. ``routing="round-robin"`` cycles; ``"least-loaded"`` picks the
-worker with the fewest bytes unread in its mailbox, read from the counters of the
-router's own ring to it (no message asks), a worker asleep on its doorbell (idle)
-before one that is awake with bytes unread (busy). A worker that is restarting is skipped.
-`Broadcast` (what `Ref.broadcast` sends) goes to every worker.
+An exception in a worker does what the pool's parent's ``on_error`` says (resume, for
+a top-level pool). The router forwards what it gets to one worker without answering
+itself: a tell keeps its sender, an ask its sender and correlation id, so the worker's
+reply goes straight back to the asker. ``routing="round-robin"`` cycles;
+``"least-loaded"`` picks the worker with the fewest bytes unread in its mailbox, read
+from the counters of the router's own ring to it (no message asks), a worker asleep on
+its doorbell (idle) before one that is awake with bytes unread (busy). A worker that is
+restarting is skipped; what a worker never read because it ended goes to another
+(the runtime re-sends the records as they were); while no worker takes anything (all
+restarting), messages wait in the router, up to 10,000 and 10 s, then their senders
+get `MailboxFull` (a tell's sender as a dead letter). `Broadcast` (what `Ref.broadcast`
+sends) goes to every worker.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections import deque
+from typing import Any, NamedTuple
+
+import attrs
 
 from mybus_actors.actor import Actor
+from mybus_actors.errors import ActorNotFound, MailboxFull, ResourceExhausted
 from mybus_actors.messages import Broadcast, Terminated
 from mybus_actors.supervision import OneForOne
 
@@ -24,6 +34,18 @@ __all__ = ["ROUTINGS", "PoolRouter"]
 
 _log = logging.getLogger("mybus_actors.pool")
 ROUTINGS = ("least-loaded", "round-robin")
+_HOLD_MAX = 10_000  # messages a pool keeps while no worker takes them
+_HOLD_FOR = 10.0  # seconds it keeps one (a tell's default timeout), then MailboxFull
+_RETRY_EVERY = 0.01
+_RETRY = "_mb-pool-retry"  # from itself (sender None): time to send what waits
+
+
+class _Held(NamedTuple):
+    envelope: tuple[str | None, int, int] | None  # a message received (sender, kind, corr)
+    message: Any
+    meta: int | None  # or a record as it was read from a ring
+    payload: bytes | None
+    deadline: float
 
 
 def check_pool(size: int, routing: str) -> None:
@@ -48,8 +70,11 @@ class PoolRouter(Actor):
         kwargs: dict[str, Any] | None = None,
         process: bool = True,
         routing: str = "least-loaded",
+        on_error: str = "resume",
     ) -> None:
         check_pool(size, routing)
+        # The pool's parent's on_error holds for its workers too: a pool is part of it.
+        self.supervision = attrs.evolve(PoolRouter.supervision, on_error=on_error)  # type: ignore[misc,arg-type]
         self._cls = cls
         self._args = args
         self._kwargs = kwargs
@@ -57,6 +82,9 @@ class PoolRouter(Actor):
         self._least_loaded = routing == "least-loaded"
         self._workers = [f"{self.name}.{i}" for i in range(size)]
         self._next = 0
+        # What no worker could take (all restarting, say): sent as workers come back.
+        self._held: deque[_Held] = deque()
+        self._retry_pending = False
 
     def on_start(self) -> None:
         for worker in self._workers:
@@ -65,17 +93,98 @@ class PoolRouter(Actor):
 
     def receive(self, message: Any) -> None:
         rt = self._mb_rt
-        if isinstance(message, Terminated) and self.sender is None:
-            _log.warning("%s: worker %s ended for good (%s)", self.address, message.address,
-                         message.reason)  # fmt: skip
-            return
+        if self.sender is None:
+            if message == _RETRY:
+                self._retry_pending = False
+                self._flush()
+                return
+            if isinstance(message, Terminated):
+                _log.warning("%s: worker %s ended for good (%s)", self.address,
+                             message.address, message.reason)  # fmt: skip
+                return
         if isinstance(message, Broadcast):
+            envelope = rt.envelope(self._mb_cell)
             for worker in self._workers:
-                rt.forward(self._mb_cell, worker, message.message)
+                try:
+                    rt.forward(self._mb_cell, worker, message.message, envelope)
+                except (ActorNotFound, MailboxFull, ResourceExhausted) as exc:
+                    _log.warning("%s: broadcast to %s not sent: %s", self.address, worker, exc)
             return
-        rt.forward(self._mb_cell, self._pick(), message)
+        self._take(_Held(rt.envelope(self._mb_cell), message, None, None, self._deadline()))
 
-    def _pick(self) -> str:
+    def take_raw(self, dead: str, meta: int, payload: bytes) -> None:
+        """A record worker ``dead`` never read (it ended first): another worker takes it."""
+        self._take(_Held(None, None, meta, payload, self._deadline()), avoid={dead})
+
+    def _deadline(self) -> float:
+        return time.monotonic() + _HOLD_FOR
+
+    def _take(self, held: _Held, avoid: set[str] | None = None) -> None:
+        # Behind what waits already, if anything does: the order of one sender is kept.
+        if self._held or not self._send(held, set(avoid or ())):
+            self._hold(held)
+
+    def _send(self, held: _Held, tried: set[str]) -> bool:
+        """Pass ``held`` to a worker; False when none took it (all restarting or full)."""
+        rt = self._mb_rt
+        while True:
+            worker = self._pick(tried)
+            if worker in tried:
+                return False
+            tried.add(worker)
+            try:
+                if held.payload is not None:
+                    assert held.meta is not None
+                    rt.send_raw(self._mb_cell, worker, held.meta, held.payload)
+                else:
+                    rt.forward(self._mb_cell, worker, held.message, held.envelope)
+                return True
+            except (ActorNotFound, MailboxFull, ResourceExhausted) as exc:
+                # Ended before we heard of it, restarting, or full: try another.
+                _log.debug("%s: %s did not take a message: %s", self.address, worker, exc)
+
+    def _hold(self, held: _Held) -> None:
+        if len(self._held) >= _HOLD_MAX:
+            self._give_back(held, f"the workers of {self.address} are all unavailable and "
+                                  f"{_HOLD_MAX} messages wait already")  # fmt: skip
+            return
+        self._held.append(held)
+        self._retry_soon()
+
+    def _retry_soon(self) -> None:
+        if not self._retry_pending:
+            self._retry_pending = True
+            self.send_after(_RETRY_EVERY, _RETRY)
+
+    def _flush(self) -> None:
+        """Send what waits, oldest first, while workers take it; give back the expired."""
+        now = time.monotonic()
+        while self._held:
+            held = self._held[0]
+            if not self._send(held, set()):
+                if held.deadline <= now:
+                    self._held.popleft()
+                    self._give_back(held, f"no worker of {self.address} came back within "
+                                          f"{_HOLD_FOR}s")  # fmt: skip
+                    continue
+                self._retry_soon()
+                return
+            self._held.popleft()
+
+    def _give_back(self, held: _Held, reason: str) -> None:
+        rt = self._mb_rt
+        if held.payload is not None:
+            assert held.meta is not None
+            rt.bounce_raw(self._mb_cell, held.meta, held.payload, reason)
+        else:
+            rt.forward_failed(self._mb_cell, MailboxFull(reason), held.envelope)
+
+    def pick_other(self, avoid: set[str]) -> str | None:
+        """A worker not in ``avoid`` (for what one of them never read); None if none."""
+        worker = self._pick(avoid)
+        return worker if worker not in avoid else None
+
+    def _pick(self, avoid: set[str] | frozenset[str] = frozenset()) -> str:
         rt = self._mb_rt
         n = len(self._workers)
         start = self._next
@@ -84,7 +193,7 @@ class PoolRouter(Actor):
         best_load = (2, 0)
         for i in range(n):
             worker = self._workers[(start + i) % n]
-            if rt.restarting(self._mb_cell, worker):
+            if worker in avoid or rt.restarting(self._mb_cell, worker):
                 continue
             if not self._least_loaded:
                 return worker

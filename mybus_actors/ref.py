@@ -310,8 +310,13 @@ def spawn(
     kwargs: dict[str, Any] | None = None,
     node: str | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
+    _on_error: str = "resume",
 ) -> Ref:
     """Start ``cls`` as actor ``name`` in a new process; return once it is registered.
+
+    (``_on_error``: what its supervisor's strategy says an exception in ``receive`` does,
+    for a child in a process of its own; "restart" and "stop" end the process's actor
+    abnormally, and the supervisor starts a new process if its restart type says so.)
 
     Raises:
         NameTaken: a live actor already holds ``name``.
@@ -330,7 +335,9 @@ def spawn(
         holder = registry.lookup(name)
         raise NameTaken(f"actor {name!r} is already held by live pid {holder.pid}")
     try:
-        payload = cloudpickle.dumps((cls, name, args, kwargs or {}, node, str(root)), protocol=5)
+        payload = cloudpickle.dumps(
+            (cls, name, args, kwargs or {}, node, str(root), _on_error), protocol=5
+        )
     except Exception as exc:
         raise SerializationError(
             f"cannot send {cls!r} and its arguments to a new process: {exc}"

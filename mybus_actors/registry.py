@@ -401,7 +401,9 @@ class Registry:
         else:
             parent.mkdir(parents=True, exist_ok=True)
         _make_private_dir(self._root)
-        for sub in (self.actors_dir, self.bells_dir, self.rings_dir, self.blobs_dir):
+        for sub in (
+            self.actors_dir, self.bells_dir, self.rings_dir, self.blobs_dir, self.restarts_dir
+        ):
             _make_private_dir(sub)
         self._gen_lock = threading.Lock()
         self._last_gen = 0
@@ -433,6 +435,50 @@ class Registry:
     def blobs_dir(self) -> pathlib.Path:
         """`<root>/blobs`: large messages a gateway assembles from another node."""
         return self._root / "blobs"
+
+    @property
+    def restarts_dir(self) -> pathlib.Path:
+        """`<root>/restarts/<name>`: a live supervisor restarts ``name`` when it ends."""
+        return self._root / "restarts"
+
+    def expect_restart(self, name: str) -> None:
+        """Mark ``name`` as one this process (its supervisor) starts again whenever it
+        ends: a sender that finds no holder waits for the next one (`restart_pending`).
+
+        Raises:
+            ResourceExhausted: no room for the marker (senders then get ActorNotFound
+                while it restarts, as without supervision).
+        """
+        ctime = process_create_time(os.getpid()) or 0.0
+        tmp = self.restarts_dir / f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            tmp.write_text(f"{os.getpid()} {ctime!r}\n")
+            os.replace(tmp, self.restarts_dir / name)
+        except OSError as exc:
+            _unlink(tmp)
+            raise (exhausted(exc, f"mark {name!r} as restarting") or exc) from exc
+
+    def end_restart(self, name: str) -> None:
+        """``name`` will not be restarted (any more): senders stop waiting for it."""
+        _unlink(self.restarts_dir / name)
+
+    def restart_pending(self, name: str) -> bool:
+        """Whether a live supervisor will start ``name`` again (a dead one's mark goes)."""
+        return self.restarter(name) is not None
+
+    def restarter(self, name: str) -> int | None:
+        """The pid of the live supervisor that will start ``name`` again, or None."""
+        path = self.restarts_dir / name
+        try:
+            pid_text, ctime_text = path.read_text().split()
+            pid = int(pid_text)
+            alive = is_alive(pid, float(ctime_text))
+        except (OSError, ValueError):
+            return None
+        if not alive:
+            _unlink(path)
+            return None
+        return pid
 
     @property
     def gateway_expected(self) -> pathlib.Path:
@@ -612,6 +658,13 @@ class Registry:
         for fname in self._listdir(self.bells_dir):
             if self._bell_is_dead(fname):
                 _unlink(self.bells_dir / fname)
+        for fname in self._listdir(self.restarts_dir):
+            if fname.startswith(".tmp-"):  # a mark half written by a process now dead
+                pid = fname.split("-")[1]
+                if pid.isdigit() and _probe(int(pid)) is None:
+                    _unlink(self.restarts_dir / fname)
+            else:
+                self.restart_pending(fname)  # a dead supervisor's mark goes
         drop_outboxes = outboxes and FORWARD_TO not in live
         for fname in rings:
             parsed = parse_ring_filename(fname)

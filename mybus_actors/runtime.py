@@ -77,6 +77,7 @@ _REPLY: Final = int(Kind.REPLY)
 _SYSTEM: Final = int(Kind.SYSTEM)
 _ERROR_REPLY: Final = int(Kind.ERROR_REPLY)
 _DEAD: Final = -1  # a local-queue entry: a dead letter for the sending actor
+_REROUTE: Final = -2  # a local-queue entry: a record a pool's worker never read
 _KIND_MASK: Final = 7
 _PLAIN_MASK: Final = 0x67  # kind bits and the sender/correlation flags of a record's meta
 _BUDGET: Final = 64  # messages per ring per poll: a chatty sender cannot starve others
@@ -211,7 +212,7 @@ class Runtime:
         self._watches: dict[str, _Watch] = {}
         self._by_pidfd: dict[int, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], _Cell] = {}  # async receives, and whose
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -221,6 +222,10 @@ class Runtime:
         self._stop_all = threading.Event()
         self.dead_letters = 0
         self._stopping = False  # some cell has a stop pending
+        # A process child's supervisor is in another process: its on_error comes with
+        # the spawn, for the actor `run` hosts (the names below).
+        self.top_on_error = "resume"
+        self._top_names: set[str] = set()
         self._reply_name: str | None = None
         self._parent_fd: int | None = None
         self._closed = False
@@ -315,7 +320,7 @@ class Runtime:
         """`Ref.stop` of a child: it is stopped for good, not restarted (Erlang's
         terminate_child); the parent hears `Terminated` when it has ended."""
         if threading.get_ident() == self._thread and parent.supervisor is not None:
-            parent.supervisor.remove(name)
+            self._no_restart(parent.supervisor.remove(name))
             timer = parent.restart_timers.pop(name, None)
             if timer is not None:
                 timer.cancel()
@@ -328,7 +333,7 @@ class Runtime:
 
     def _supervisor(self, cell: _Cell) -> Supervisor:
         if cell.supervisor is None:
-            strategy = type(cell.actor).supervision if cell.actor is not None else None
+            strategy = cell.actor.supervision if cell.actor is not None else None
             if strategy is None:
                 strategy = Actor.supervision
             cell.supervisor = Supervisor(strategy, self._clock)
@@ -339,9 +344,21 @@ class Runtime:
         ref = spawn_process(
             spec.cls, spec.name, args=spec.args, kwargs=spec.kwargs,
             node=self.node, runtime_dir=self.registry.root,
+            _on_error=self._supervisor(parent).strategy.on_error,
         )  # fmt: skip
         self.watch(parent, ref.address)
+        if spec.restart != "temporary":
+            # While it lives, and between its end and its successor, a sender that finds
+            # no holder waits for one (up to its timeout) instead of ActorNotFound.
+            try:
+                self.registry.expect_restart(spec.name)
+            except ResourceExhausted as exc:
+                self._short.failed(exc)
         return ref
+
+    def _no_restart(self, spec: ChildSpec | None) -> None:
+        if spec is not None and spec.process:
+            self.registry.end_restart(spec.name)
 
     def _stop_children(self, cell: _Cell) -> None:
         """End every child of ``cell``, latest started first, wherever it runs."""
@@ -352,6 +369,7 @@ class Runtime:
         if sup is None:
             return
         for name in reversed(sup.order()):
+            self._no_restart(sup.children.get(name))
             self._stop_child(cell, name)
             sup.remove(name)
             ref = cell.child_refs.pop(name, None)
@@ -388,7 +406,10 @@ class Runtime:
     ) -> None:
         sup = self._supervisor(parent)
         order = sup.order()
+        spec = sup.children.get(name)
         decision = sup.decide(name, abnormal)
+        if not isinstance(decision, Restart):
+            self._no_restart(spec)
         address = format_address(self.node, name)
         if isinstance(decision, Forget):
             child = self.cells.get(name)
@@ -512,25 +533,70 @@ class Runtime:
         """A pool as a child of ``parent`` (see `Actor.spawn_pool`)."""
         check_pool(size, routing)
         pool_args = {"cls": cls, "size": size, "args": tuple(args), "kwargs": kwargs,
-                     "process": process, "routing": routing}  # fmt: skip
+                     "process": process, "routing": routing,
+                     "on_error": self._supervisor(parent).strategy.on_error}  # fmt: skip
         ref = self.spawn_child(parent, PoolRouter, name, (), pool_args, process=False,
                                restart="permanent")  # fmt: skip
         ref._pool = True
         return ref
 
-    def forward(self, cell: _Cell, to: str, message: Any) -> None:
-        """Pass the current message of ``cell`` on to ``to`` as if its sender had sent it
-        there: a tell keeps its sender, an ask its sender and correlation id (the reply
-        goes straight back). A pool's router does this."""
+    def envelope(self, cell: _Cell) -> tuple[str | None, int, int]:
+        """(sender, kind, correlation id) of ``cell``'s current message, for `forward`."""
         kind = cell.cur_kind if cell.cur_kind in (_USER, _ASK) else _USER
-        corr = cell.cur_corr if kind == _ASK else 0
+        return cell.cur_sender, kind, cell.cur_corr if kind == _ASK else 0
+
+    def forward(
+        self, cell: _Cell, to: str, message: Any,
+        envelope: tuple[str | None, int, int] | None = None,
+    ) -> None:  # fmt: skip
+        """Pass a message ``cell`` got (its current one, or the one of ``envelope``) on
+        to ``to`` as if its sender had sent it there: a tell keeps its sender, an ask
+        its sender and correlation id (the reply goes straight back). A pool's router
+        does this.
+
+        Raises:
+            ActorNotFound, MailboxFull, ResourceExhausted, SerializationError: as tell.
+        """
+        reply_to, kind, corr = envelope if envelope is not None else self.envelope(cell)
+        if kind == _ASK and reply_to in self.cells and to not in self.cells:
+            # An ask of an actor hosted here, going to another process: the reply comes
+            # to this process's reply mailbox (the asker's own rings may be paused while
+            # its async receive awaits it), where its correlation id resolves it.
+            reply_to = self._reply_mailbox()
+        self.tell(cell.name, to, message, kind=kind, corr=corr, reply_to=reply_to)
+
+    def forward_failed(
+        self, cell: _Cell, exc: MyBusError, envelope: tuple[str | None, int, int] | None = None
+    ) -> None:
+        """A message ``cell`` got could not be passed on: an asker hears why (its ask
+        fails with the error); the sender of a tell gets it back as a dead letter."""
+        sender, kind, corr = envelope if envelope is not None else self.envelope(cell)
+        self.dead_letters += 1
+        if sender is None:
+            _log.warning("%s: a message could not be passed on: %s", cell.address, exc)
+        elif kind == _ASK:
+            self._reply_error(cell, sender, corr, exc)
+        else:
+            _log.warning("%s: a message from %s could not be passed on: %s", cell.address,
+                         sender, exc)  # fmt: skip
+
+    def send_raw(self, cell: _Cell, to: str, meta: int, payload: bytes) -> None:
+        """Send a record as it was read (its envelope inside), from ``cell`` to ``to``."""
+        self.endpoint.send(cell.name, to, payload, meta, timeout=1.0)
+
+    def bounce_raw(self, cell: _Cell, meta: int, payload: bytes, reason: str) -> None:
+        """A record that cannot be passed on: an asker hears why; a tell is logged."""
+        self.dead_letters += 1
         try:
-            self.tell(cell.name, to, message, kind=kind, corr=corr, reply_to=cell.cur_sender)
-        except MyBusError as exc:
-            if kind == _ASK and cell.cur_sender is not None:
-                self._reply_error(cell, cell.cur_sender, corr, exc)
-            else:
-                raise
+            kind, origin, corr = codec.peek(meta, payload)
+        except SerializationError:
+            kind, origin, corr = -1, None, 0
+        if kind == _ASK and origin is not None:
+            self._reply_error(cell, origin, corr, ActorNotFound(reason))
+        elif kind == _ASK:
+            self.asks.fail(corr, ActorNotFound(reason))
+        else:
+            _log.warning("%s: a message is lost: %s", cell.address, reason)
 
     def restarting(self, parent: _Cell, name: str) -> bool:
         """Whether child ``name`` of ``parent`` is between two instances."""
@@ -872,7 +938,7 @@ class Runtime:
             loop = self._async_loop()
             task = loop.create_task(self._run_async(cell, actor.receive(msg), sender, kind, corr))
             cell.task = task
-            self._tasks.add(task)
+            self._tasks[task] = cell
             self.endpoint.pause(cell.name)
             return
         try:
@@ -900,11 +966,13 @@ class Runtime:
         if kind == _ASK and sender is not None:
             self._reply_error(cell, sender, corr, exc)
         parent = cell.parent
-        if (
-            parent is not None
-            and not parent.finished
-            and self._supervisor(parent).strategy.on_error != "resume"
-        ):
+        if parent is None:
+            on_error = self.top_on_error if cell.name in self._top_names else "resume"
+        elif parent.finished:
+            on_error = "resume"
+        else:
+            on_error = self._supervisor(parent).strategy.on_error
+        if on_error != "resume":
             # Not here, inside the failed handling: in the stop pass of do_work.
             cell.failing = True
             self._stopping = True
@@ -985,6 +1053,8 @@ class Runtime:
             self.asks.fail(corr, error_from_reply(self._address_of(sender), msg))
         elif kind == _SYSTEM:
             self._system(cell, sender, msg)
+        elif kind == _REROUTE:
+            self._reroute(cell, sender, corr, msg)
         elif kind == _DEAD:
             message, reason = msg
             if cell.actor is not None and not cell.finished:
@@ -994,6 +1064,15 @@ class Runtime:
                     _log.exception("%s: on_dead_letter() raised", cell.address)
         else:
             self._offer(cell, sender, kind, corr, msg)
+
+    def _reroute(self, router: _Cell, dead: str, meta: int, payload: bytes) -> None:
+        """A record worker ``dead`` never read goes to another worker of the pool, as it
+        was (its sender and correlation id are in it), or waits for one."""
+        actor = router.actor
+        if isinstance(actor, PoolRouter):
+            actor.take_raw(dead, meta, payload)
+        else:
+            self.bounce_raw(router, meta, payload, f"{dead} stopped before reading it")
 
     def _address_of(self, sender: str) -> str:
         return sender if "/" in sender else format_address(self.node, sender)
@@ -1029,6 +1108,13 @@ class Runtime:
     def _undelivered(self, sender: str, receiver: str, lost: list[tuple[int, bytes]]) -> None:
         """The endpoint salvaged messages a gone receiver never read."""
         reason = f"{format_address(self.node, receiver)} stopped before reading it"
+        router = self.cells.get(sender)
+        if router is not None and isinstance(router.actor, PoolRouter) and not router.finished:
+            # A pool's worker ended before reading these: another worker takes them
+            # (from the local queue: this runs inside a send).
+            for meta, payload in lost:
+                self._local.append((receiver, sender, _REROUTE, meta, payload))
+            return
         for meta, payload in lost:
             self.dead_letters += 1
             kind = meta & _KIND_MASK
@@ -1193,10 +1279,9 @@ class Runtime:
     def _settle_tasks(self) -> int:
         done = [t for t in self._tasks if t.done()]
         for task in done:
-            self._tasks.discard(task)
-            for cell in list(self.cells.values()):
-                if cell.task is task:
-                    self._task_done(cell)
+            cell = self._tasks.pop(task)
+            if cell.task is task:  # not a task of an instance that was reset meanwhile
+                self._task_done(cell)
         return len(done)
 
     def _has_local(self) -> bool:
@@ -1305,6 +1390,7 @@ def run(
     runtime_dir: str | os.PathLike[str] | None = None,
     _on_ready: Callable[[], None] | None = None,
     _parent: int | None = None,
+    _on_error: str = "resume",
 ) -> None:
     """Host an actor in this process until it stops (the entry point of a worker script).
 
@@ -1316,6 +1402,8 @@ def run(
         InvalidAddress: ``name`` is malformed or reserved.
     """
     with Runtime(node=node, runtime_dir=runtime_dir) as rt:
+        rt.top_on_error = _on_error
+        rt._top_names.add(name)
         rt.host(cls, name, args, kwargs)
         if _parent is not None:
             rt.stop_with(_parent)

@@ -21,12 +21,17 @@ class Worker(mb.Actor):
     With ``notify`` (a client's name), on_stop tells it ("stopped", name).
     """
 
-    def __init__(self, notify: str | None = None, fail_start: str | None = None) -> None:
+    def __init__(
+        self, notify: str | None = None, fail_start: str | None = None,
+        slow_start: str | None = None,
+    ) -> None:  # fmt: skip
         self.count = 0
         self.instance = uuid.uuid4().hex
         self.notify = notify
         if fail_start is not None and os.path.exists(fail_start):
             raise Crash("refusing to start")
+        if slow_start is not None and os.path.exists(slow_start):
+            time.sleep(0.5)  # a successor that takes its time: senders wait for it
 
     def on_stop(self) -> None:
         if self.notify is not None:
@@ -45,7 +50,7 @@ class Worker(mb.Actor):
             case "stop":
                 self.stop()
             case ("hold", path, holding):
-                open(holding, "w").close()  # noqa: SIM115 - a marker, nothing to write
+                open(holding, "w").close()
                 deadline = time.monotonic() + 30
                 while not os.path.exists(path) and time.monotonic() < deadline:
                     time.sleep(0.005)

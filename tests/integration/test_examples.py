@@ -31,6 +31,7 @@ def run(args: list[str], timeout: float = 120) -> str:
         ("ping_pong.py", ["300"], "played 300 rounds"),
         ("worker_pool.py", ["300", "3"], "300 jobs on 3 workers"),
         ("pipeline.py", ["2000"], "order kept: True"),
+        ("supervision_tree.py", ["200"], "and its parser restarted: True"),
     ],
 )
 def test_example_runs(runtime_dir: Path, script: str, args: list[str], expect: str) -> None:

@@ -42,7 +42,7 @@ def answer(me: mb.Client, to: str, message: Any, timeout: float = 0.5) -> Any:
     """The reply, or None while ``to`` is not there (restarting, say)."""
     try:
         return me.ask(to, message, timeout=timeout)
-    except (mb.ActorNotFound, mb.AskTimeout, mb.MailboxClosed):
+    except (mb.ActorNotFound, mb.AskTimeout, mb.MailboxClosed, mb.MailboxFull):
         return None
 
 
@@ -302,6 +302,59 @@ def test_a_process_child_runs_apart_and_comes_back_after_sigkill(actors: Actors)
     assert refs["w"][1] == info["pid"]  # the Ref follows its actor to the new process
 
 
+def test_a_tell_to_a_restarting_process_child_waits_for_its_successor(
+    actors: Actors, tmp_path: Path
+) -> None:
+    sup = actors.spawn(lib.Supervisor, "sup")
+    me = actors.connect()
+    slow = tmp_path / "slow"
+    assert me.ask("sup", ("spawn", "w", "permanent", True, {"slow_start": str(slow)}),
+                  timeout=WAIT)  # fmt: skip
+    spawn_children(me, "sup", ("t", "temporary", True))
+    first = whoami(me, "w")["pid"]
+    slow.touch()  # its successor takes half a second to start
+    teller = actors.connect()  # no ring to w yet: its tell looks the name up
+    os.kill(first, signal.SIGKILL)
+    entry = Path(os.environ["MYBUS_RUNTIME_DIR"]) / "actors" / "w"
+    until(lambda: not entry.exists(), WAIT, "the dead w's entry reclaimed")
+    # No holder now, and a successor coming: the tell waits for it instead of failing.
+    teller.tell("w", "inc", timeout=WAIT)
+    info = whoami(me, "w")
+    assert info["pid"] != first and info["count"] == 1
+    # A temporary child is not restarted: nobody to wait for.
+    gone = whoami(me, "t")["pid"]
+    os.kill(gone, signal.SIGKILL)
+    psutil.Process(gone).wait(WAIT)
+    until(lambda: me.ask("sup", ("terminated",), timeout=WAIT), WAIT, "t reported")
+    fresh = actors.connect()  # no ring to either yet: each send looks the name up
+    with pytest.raises(mb.ActorNotFound):
+        fresh.tell("t", "inc", timeout=WAIT)
+    assert sup.stop(timeout=WAIT)
+    with pytest.raises(mb.ActorNotFound):  # its supervisor is gone: no waiting
+        fresh.tell("w", "inc", timeout=WAIT)
+
+
+@pytest.mark.parametrize("cls", [lib.OneForOneRestart, lib.Supervisor])
+def test_on_error_reaches_a_child_in_its_own_process(actors: Actors, cls: type[mb.Actor]) -> None:
+    # The supervisor's on_error travels with the spawn: "restart" gives a fresh
+    # instance (in a new process), "resume" (the default) keeps the one there is.
+    actors.spawn(cls, "sup")
+    me = actors.connect()
+    spawn_children(me, "sup", ("w", "permanent", True))
+    first = whoami(me, "w")
+    assert [me.ask("w", "inc", timeout=WAIT) for _ in range(2)] == [1, 2]
+    with pytest.raises(mb.ActorError, match="told to crash"):
+        me.ask("w", "crash", timeout=WAIT)
+    if cls is lib.Supervisor:
+        assert me.ask("w", "inc", timeout=WAIT) == 3
+        assert whoami(me, "w")["instance"] == first["instance"]
+        return
+    info = until(lambda: (a := answer(me, "w", "whoami")) and a["pid"] != first["pid"] and a,
+                 WAIT, "w in a new process")  # fmt: skip
+    assert info["instance"] != first["instance"] and info["count"] == 0
+    assert me.ask("sup", ("terminated",), timeout=WAIT) == []
+
+
 @pytest.mark.stress
 @pytest.mark.timeout(240)
 def test_supervision_under_fire_twenty_sigkills_then_max_restarts(actors: Actors) -> None:
@@ -324,7 +377,7 @@ def test_supervision_under_fire_twenty_sigkills_then_max_restarts(actors: Actors
     assert max(back_within) < 1.0, back_within
     for _ in range(4):  # four kills within the window: the 4th is one too many
         os.kill(pid, signal.SIGKILL)
-        info = until(lambda p=pid: (a := answer(me, "w", "whoami", 0.2)) and a["pid"] != p and a
+        info = until(lambda p=pid: ((a := answer(me, "w", "whoami", 0.2)) and a["pid"] != p and a)
                      or not sup.is_alive(), 10, "w back or sup gone")  # fmt: skip
         if not sup.is_alive():
             break
