@@ -1,14 +1,15 @@
 """The `Actor` base class that user code subclasses, and the `Terminated` notice.
 
 Knows what an actor may do; how bytes move is the runtime's business. Every method
-here forwards to the dispatcher hosting the actor (`runtime.Runtime`), which sets the
-actor up before its ``__init__`` runs, so ``__init__`` may already use ``self.name``.
+here forwards to the `ActorContext` hosting the actor (the process's dispatcher,
+`runtime.Runtime`, which this module does not import), set up before the actor's
+``__init__`` runs, so ``__init__`` may already use ``self.name``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mybus_actors.errors import MyBusError
 from mybus_actors.messages import Terminated
@@ -16,12 +17,52 @@ from mybus_actors.supervision import OneForOne, Strategy
 
 if TYPE_CHECKING:
     from mybus_actors.asks import AskFuture
+    from mybus_actors.cell import TimerHandle
     from mybus_actors.ref import Ref
-    from mybus_actors.runtime import Runtime, TimerHandle, _Cell
 
-__all__ = ["Actor", "Terminated"]
+__all__ = ["Actor", "ActorContext", "Terminated"]
 
 _log = logging.getLogger("mybus_actors.actor")
+
+
+class CellView(Protocol):
+    """What an actor reads of its own record in the dispatcher."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def parent(self) -> CellView | None: ...
+
+
+class ActorContext(Protocol):
+    """What hosts an actor: the calls every `Actor` method turns into (its first
+    argument, the actor's cell, is the one the context gave the actor)."""
+
+    node: str
+
+    def sender_of(self, cell: Any) -> str | None: ...
+    def tell(
+        self, sender: str, to: str, message: Any, *, timeout: float = ..., block: bool = ...
+    ) -> None: ...
+    def ask(self, cell: Any, to: str, message: Any, *, timeout: float = ...) -> AskFuture: ...
+    def reply(self, cell: Any, message: Any) -> None: ...
+    def schedule(
+        self, cell: Any, delay: float, interval: float | None, message: Any, to: str | None
+    ) -> TimerHandle: ...
+    def watch(self, cell: Any, address: str) -> None: ...
+    def unwatch(self, cell: Any, address: str) -> None: ...
+    def request_stop(self, cell: Any) -> None: ...
+    def spawn_child(
+        self, parent: Any, cls: type[Actor], name: str, args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None, *, process: bool, restart: str,
+    ) -> Ref: ...  # fmt: skip
+    def spawn_pool(
+        self, parent: Any, cls: type[Actor], name: str, size: int, args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None, *, process: bool, routing: str,
+    ) -> Ref: ...  # fmt: skip
+    def children_of(self, cell: Any) -> dict[str, Ref]: ...
 
 
 class Actor:
@@ -31,8 +72,8 @@ class Actor:
     has returned (or, for ``async def receive``, finished awaiting).
     """
 
-    _mb_rt: Runtime
-    _mb_cell: _Cell
+    _mb_rt: ActorContext
+    _mb_cell: CellView
 
     #: How this actor supervises its children (`OneForOne`, `OneForAll`, `RestForOne`).
     supervision: ClassVar[Strategy] = OneForOne()

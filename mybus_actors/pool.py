@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import attrs
 
@@ -29,6 +29,10 @@ from mybus_actors.actor import Actor
 from mybus_actors.errors import ActorNotFound, MailboxFull, ResourceExhausted
 from mybus_actors.messages import Broadcast, Terminated
 from mybus_actors.supervision import OneForOne
+
+if TYPE_CHECKING:
+    from mybus_actors.cell import Cell
+    from mybus_actors.runtime import Runtime
 
 __all__ = ["ROUTINGS", "PoolRouter"]
 
@@ -92,7 +96,7 @@ class PoolRouter(Actor):
                        process=self._process, restart="permanent")  # fmt: skip
 
     def receive(self, message: Any) -> None:
-        rt = self._mb_rt
+        rt = self._rt
         if self.sender is None:
             if message == _RETRY:
                 self._retry_pending = False
@@ -103,14 +107,23 @@ class PoolRouter(Actor):
                              message.address, message.reason)  # fmt: skip
                 return
         if isinstance(message, Broadcast):
-            envelope = rt.envelope(self._mb_cell)
+            envelope = rt.envelope(self._cell)
             for worker in self._workers:
                 try:
-                    rt.forward(self._mb_cell, worker, message.message, envelope)
+                    rt.forward(self._cell, worker, message.message, envelope)
                 except (ActorNotFound, MailboxFull, ResourceExhausted) as exc:
                     _log.warning("%s: broadcast to %s not sent: %s", self.address, worker, exc)
             return
-        self._take(_Held(rt.envelope(self._mb_cell), message, None, None, self._deadline()))
+        self._take(_Held(rt.envelope(self._cell), message, None, None, self._deadline()))
+
+    @property
+    def _rt(self) -> Runtime:
+        # A router is the runtime's own: it uses more of it than ActorContext declares.
+        return cast("Runtime", self._mb_rt)
+
+    @property
+    def _cell(self) -> Cell:
+        return cast("Cell", self._mb_cell)
 
     def take_raw(self, dead: str, meta: int, payload: bytes) -> None:
         """A record worker ``dead`` never read (it ended first): another worker takes it."""
@@ -126,7 +139,7 @@ class PoolRouter(Actor):
 
     def _send(self, held: _Held, tried: set[str]) -> bool:
         """Pass ``held`` to a worker; False when none took it (all restarting or full)."""
-        rt = self._mb_rt
+        rt = self._rt
         while True:
             worker = self._pick(tried)
             if worker in tried:
@@ -135,9 +148,9 @@ class PoolRouter(Actor):
             try:
                 if held.payload is not None:
                     assert held.meta is not None
-                    rt.send_raw(self._mb_cell, worker, held.meta, held.payload)
+                    rt.send_raw(self._cell, worker, held.meta, held.payload)
                 else:
-                    rt.forward(self._mb_cell, worker, held.message, held.envelope)
+                    rt.forward(self._cell, worker, held.message, held.envelope)
                 return True
             except (ActorNotFound, MailboxFull, ResourceExhausted) as exc:
                 # Ended before we heard of it, restarting, or full: try another.
@@ -172,12 +185,12 @@ class PoolRouter(Actor):
             self._held.popleft()
 
     def _give_back(self, held: _Held, reason: str) -> None:
-        rt = self._mb_rt
+        rt = self._rt
         if held.payload is not None:
             assert held.meta is not None
-            rt.bounce_raw(self._mb_cell, held.meta, held.payload, reason)
+            rt.bounce_raw(self._cell, held.meta, held.payload, reason)
         else:
-            rt.forward_failed(self._mb_cell, MailboxFull(reason), held.envelope)
+            rt.forward_failed(self._cell, MailboxFull(reason), held.envelope)
 
     def pick_other(self, avoid: set[str]) -> str | None:
         """A worker not in ``avoid`` (for what one of them never read); None if none."""
@@ -185,7 +198,7 @@ class PoolRouter(Actor):
         return worker if worker not in avoid else None
 
     def _pick(self, avoid: set[str] | frozenset[str] = frozenset()) -> str:
-        rt = self._mb_rt
+        rt = self._rt
         n = len(self._workers)
         start = self._next
         self._next = (start + 1) % n
@@ -193,13 +206,13 @@ class PoolRouter(Actor):
         best_load = (2, 0)
         for i in range(n):
             worker = self._workers[(start + i) % n]
-            if worker in avoid or rt.restarting(self._mb_cell, worker):
+            if worker in avoid or rt.restarting(self._cell, worker):
                 continue
             if not self._least_loaded:
                 return worker
             # Fewest unread bytes, an idle (asleep) worker before a busy one: in a burst
             # the idle ones have bytes unread too, until they wake.
-            load = rt.load(self._mb_cell, worker)
+            load = rt.load(self._cell, worker)
             if best is None or load < best_load:
                 best, best_load = worker, load
                 if load == (0, 0):

@@ -42,6 +42,7 @@ ORDER = [
     "gateway_config",
     "peers",
     "supervision",
+    "cell",
     "actor",
     "pool",
     "client",
