@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import itertools
 import logging
@@ -34,6 +33,7 @@ from mybus_actors.asks import AskFuture, PendingAsks, error_from_reply, error_re
 from mybus_actors.cell import Cell as _Cell
 from mybus_actors.cell import TimerHandle
 from mybus_actors.cell import Watch as _Watch
+from mybus_actors.children import Children
 from mybus_actors.codec import Kind
 from mybus_actors.errors import (
     ActorNotFound,
@@ -46,10 +46,8 @@ from mybus_actors.errors import (
 )
 from mybus_actors.mailbox import Endpoint, Payload
 from mybus_actors.messages import STOP, Terminated
-from mybus_actors.pool import PoolRouter, check_pool
+from mybus_actors.pool import PoolRouter
 from mybus_actors.pressure import OnceLog, is_exhaustion
-from mybus_actors.ref import Ref
-from mybus_actors.ref import spawn as spawn_process
 from mybus_actors.registry import (
     RESERVED_NAMES,
     Registry,
@@ -60,14 +58,6 @@ from mybus_actors.registry import (
 )
 from mybus_actors.ring import DEFAULT_CAPACITY
 from mybus_actors.routing import GATEWAY, send_to_node
-from mybus_actors.supervision import (
-    RESTART_TYPES,
-    ChildSpec,
-    Forget,
-    GiveUp,
-    Restart,
-    Supervisor,
-)
 from mybus_actors.timers import TimerWheel
 
 __all__ = ["STOP", "Runtime", "TimerHandle", "run"]
@@ -90,7 +80,7 @@ _REPLY_IDS = itertools.count()
 
 
 
-class Runtime:
+class Runtime(Children):
     """A node's presence in this process: hosts actors and dispatches their messages.
 
     Args:
@@ -204,366 +194,6 @@ class Runtime:
         cell.is_async = inspect.iscoroutinefunction(type(actor).receive)
         actor.__init__(*args, **(kwargs or {}))  # type: ignore[misc]
         actor.on_start()
-
-    # -- children and supervision ----------------------------------------------------
-
-    def spawn_child(
-        self,
-        parent: _Cell,
-        cls: type[Actor],
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        *,
-        process: bool,
-        restart: str,
-    ) -> Ref:
-        """Start a child of ``parent`` (see `Actor.spawn`)."""
-        if restart not in RESTART_TYPES:
-            raise ValueError(f"restart must be one of {', '.join(RESTART_TYPES)}; got {restart!r}")
-        if parent.finished or parent.stopping:
-            raise MailboxClosed(f"{parent.address} is stopping: it cannot spawn {name!r}")
-        sup = self._supervisor(parent)
-        spec = ChildSpec(name, cls, tuple(args), dict(kwargs or {}), restart, process)  # type: ignore[arg-type]
-        if process:
-            ref = self._start_process(parent, spec)
-        else:
-            self.host(cls, name, spec.args, spec.kwargs, parent=parent)
-            ref = Ref(format_address(self.node, name), os.getpid(), self.registry.root,
-                      self.node, hosted=self)  # fmt: skip
-        sup.add(spec)
-        parent.child_refs[name] = ref
-        ref._detach = functools.partial(self._detach_child, parent, name)
-        return ref
-
-    def _detach_child(self, parent: _Cell, name: str) -> None:
-        """`Ref.stop` of a child: it is stopped for good, not restarted (Erlang's
-        terminate_child); the parent hears `Terminated` when it has ended."""
-        if threading.get_ident() == self._thread and parent.supervisor is not None:
-            self._no_restart(parent.supervisor.remove(name))
-            timer = parent.restart_timers.pop(name, None)
-            if timer is not None:
-                timer.cancel()
-
-    def children_of(self, cell: _Cell) -> dict[str, Ref]:
-        sup = cell.supervisor
-        if sup is None:
-            return {}
-        return {n: cell.child_refs[n] for n in sup.order() if n in cell.child_refs}
-
-    def _supervisor(self, cell: _Cell) -> Supervisor:
-        if cell.supervisor is None:
-            strategy = cell.actor.supervision if cell.actor is not None else None
-            if strategy is None:
-                strategy = Actor.supervision
-            cell.supervisor = Supervisor(strategy, self._clock)
-        return cell.supervisor
-
-    def _start_process(self, parent: _Cell, spec: ChildSpec) -> Ref:
-        """A child in a process of its own, watched: its end reaches the supervisor."""
-        ref = spawn_process(
-            spec.cls, spec.name, args=spec.args, kwargs=spec.kwargs,
-            node=self.node, runtime_dir=self.registry.root,
-            _on_error=self._supervisor(parent).strategy.on_error,
-        )  # fmt: skip
-        self.watch(parent, ref.address)
-        if spec.restart != "temporary":
-            # While it lives, and between its end and its successor, a sender that finds
-            # no holder waits for one (up to its timeout) instead of ActorNotFound.
-            try:
-                self.registry.expect_restart(spec.name)
-            except ResourceExhausted as exc:
-                self._short.failed(exc)
-        return ref
-
-    def _no_restart(self, spec: ChildSpec | None) -> None:
-        if spec is not None and spec.process:
-            self.registry.end_restart(spec.name)
-
-    def _stop_children(self, cell: _Cell) -> None:
-        """End every child of ``cell``, latest started first, wherever it runs."""
-        for timer in cell.restart_timers.values():
-            timer.cancel()
-        cell.restart_timers.clear()
-        sup = cell.supervisor
-        if sup is None:
-            return
-        for name in reversed(sup.order()):
-            self._no_restart(sup.children.get(name))
-            self._stop_child(cell, name)
-            sup.remove(name)
-            ref = cell.child_refs.pop(name, None)
-            if ref is not None:
-                ref._detach = None
-
-    def _stop_child(self, parent: _Cell, name: str) -> None:
-        """Stop one child for good or for its restart; its supervisor hears nothing."""
-        child = self.cells.get(name)
-        if child is not None and child.parent is parent:
-            if not child.restarting:
-                self._end(child, "stopped")
-            else:  # between instances: nothing to stop but the name and what waits
-                self._end(child, "stopped", clean=False)
-            return
-        ref = parent.child_refs.get(name)
-        if ref is not None and not ref._hosted:
-            self.unwatch(parent, ref.address)
-            try:
-                ref.stop(timeout=5.0)
-            except MyBusError as exc:
-                _log.warning("%s: stopping child %s: %s", parent.address, ref.address, exc)
-
-    def _ended(self, cell: _Cell, reason: str, *, abnormal: bool, clean: bool) -> None:
-        """``cell``'s instance ends: its supervisor (if hosted here) decides what next."""
-        parent = cell.parent
-        if parent is None or parent.finished or parent.supervisor is None:
-            self._end(cell, reason, clean=clean)
-            return
-        self._decide(parent, cell.name, reason, abnormal=abnormal, clean=clean)
-
-    def _decide(
-        self, parent: _Cell, name: str, reason: str, *, abnormal: bool, clean: bool
-    ) -> None:
-        sup = self._supervisor(parent)
-        order = sup.order()
-        spec = sup.children.get(name)
-        decision = sup.decide(name, abnormal)
-        if not isinstance(decision, Restart):
-            self._no_restart(spec)
-        address = format_address(self.node, name)
-        if isinstance(decision, Forget):
-            child = self.cells.get(name)
-            if child is not None and child.parent is parent:
-                self._end(child, reason, clean=clean)
-            ref = parent.child_refs.pop(name, None)
-            if ref is not None:
-                ref._detach = None
-            self._tell_parent(parent, Terminated(address, reason))
-        elif isinstance(decision, GiveUp):
-            _log.error("%s: more than %d restarts within %ss: giving up", parent.address,
-                       sup.strategy.max_restarts, sup.strategy.within)  # fmt: skip
-            child = self.cells.get(name)
-            if child is not None and child.parent is parent:
-                self._end(child, reason, clean=clean)
-            sup.remove(name)
-            parent.child_refs.pop(name, None)
-            self._stop_children(parent)
-            self._ended(parent, "max restarts", abnormal=True, clean=True)
-        else:
-            self._restart(parent, decision, order, name, clean=clean)
-
-    def _restart(
-        self, parent: _Cell, decision: Restart, order: list[str], failed: str, *, clean: bool
-    ) -> None:
-        _log.info("%s: restarting %s in %.3fs", parent.address, ", ".join(decision.names),
-                     decision.delay)  # fmt: skip
-        for name in reversed(order):  # latest started first
-            if name not in decision.names and name not in decision.dropped:
-                continue
-            child = self.cells.get(name)
-            hosted = child is not None and child.parent is parent
-            if name in decision.dropped:
-                self._stop_child(parent, name)
-                ref = parent.child_refs.pop(name, None)
-                if ref is not None:
-                    ref._detach = None
-                self._tell_parent(parent, Terminated(format_address(self.node, name), "stopped"))
-            elif hosted:
-                assert child is not None
-                self._reset(child, clean=clean if name == failed else True)
-            elif name != failed:  # a sibling in its own process: stopped, started anew
-                self._stop_child(parent, name)
-        for name in decision.names:
-            old = parent.restart_timers.pop(name, None)
-            if old is not None:
-                old.cancel()
-            parent.restart_timers[name] = self.wheel.schedule(
-                self._clock() + decision.delay, functools.partial(self._rebuild, parent, name)
-            )
-
-    def _reset(self, cell: _Cell, *, clean: bool) -> None:
-        """End ``cell``'s instance but keep its name: what arrives waits for the next."""
-        self._stop_children(cell)
-        for timer in list(cell.timers):
-            timer.cancel()
-        if cell.task is not None:
-            cell.task.cancel()
-            cell.task = None
-        if clean and cell.actor is not None and not cell.restarting:
-            try:
-                cell.actor.on_stop()
-            except Exception:
-                _log.exception("%s: on_stop() raised", cell.address)
-        self._fail_asks_of(cell, "restarted while asking")
-        cell.actor = None
-        cell.supervisor = None
-        cell.restarting = True
-        cell.failing = cell.killing = cell.stopping = False
-        self.endpoint.pause(cell.name)
-
-    def _rebuild(self, parent: _Cell, name: str) -> None:
-        """A restart's backoff has passed: a fresh instance of child ``name``."""
-        parent.restart_timers.pop(name, None)
-        sup = parent.supervisor
-        spec = sup.children.get(name) if sup is not None else None
-        if parent.finished or spec is None:
-            return
-        if spec.process:
-            try:
-                ref = self._start_process(parent, spec)
-            except MyBusError as exc:
-                _log.error("%s: child %s did not start again: %s", parent.address, name, exc)
-                self._decide(parent, name, "failed", abnormal=True, clean=False)
-                return
-            old = parent.child_refs.get(name)
-            if old is not None:  # the Ref handed out follows its actor to the new process
-                old._pid, old._process = ref._pid, ref._process
-            else:
-                parent.child_refs[name] = ref
-            return
-        cell = self.cells.get(name)
-        if cell is None or not cell.restarting:
-            return
-        try:
-            self._construct(cell, spec.cls, spec.args, spec.kwargs)
-        except Exception:
-            _log.exception("%s: on_start() of the restarted %s raised", parent.address, name)
-            self._stop_children(cell)
-            cell.actor = None
-            self._decide(parent, name, "failed", abnormal=True, clean=False)
-            return
-        cell.restarting = False
-        while cell.backlog and cell.task is None and not cell.finished and not cell.failing:
-            self._handle(cell, *cell.backlog.popleft())
-        if cell.task is None and not cell.finished:
-            self.endpoint.resume(cell.name)
-
-    def spawn_pool(
-        self,
-        parent: _Cell,
-        cls: type[Actor],
-        name: str,
-        size: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        *,
-        process: bool,
-        routing: str,
-    ) -> Ref:
-        """A pool as a child of ``parent`` (see `Actor.spawn_pool`)."""
-        check_pool(size, routing)
-        pool_args = {"cls": cls, "size": size, "args": tuple(args), "kwargs": kwargs,
-                     "process": process, "routing": routing,
-                     "on_error": self._supervisor(parent).strategy.on_error}  # fmt: skip
-        ref = self.spawn_child(parent, PoolRouter, name, (), pool_args, process=False,
-                               restart="permanent")  # fmt: skip
-        ref._pool = True
-        return ref
-
-    def envelope(self, cell: _Cell) -> tuple[str | None, int, int]:
-        """(sender, kind, correlation id) of ``cell``'s current message, for `forward`."""
-        kind = cell.cur_kind if cell.cur_kind in (_USER, _ASK) else _USER
-        return cell.cur_sender, kind, cell.cur_corr if kind == _ASK else 0
-
-    def forward(
-        self, cell: _Cell, to: str, message: Any,
-        envelope: tuple[str | None, int, int] | None = None,
-    ) -> None:  # fmt: skip
-        """Pass a message ``cell`` got (its current one, or the one of ``envelope``) on
-        to ``to`` as if its sender had sent it there: a tell keeps its sender, an ask
-        its sender and correlation id (the reply goes straight back). A pool's router
-        does this.
-
-        Raises:
-            ActorNotFound, MailboxFull, ResourceExhausted, SerializationError: as tell.
-        """
-        reply_to, kind, corr = envelope if envelope is not None else self.envelope(cell)
-        if kind == _ASK and reply_to in self.cells and to not in self.cells:
-            # An ask of an actor hosted here, going to another process: the reply comes
-            # to this process's reply mailbox (the asker's own rings may be paused while
-            # its async receive awaits it), where its correlation id resolves it.
-            reply_to = self._reply_mailbox()
-        self.tell(cell.name, to, message, kind=kind, corr=corr, reply_to=reply_to)
-
-    def forward_failed(
-        self, cell: _Cell, exc: MyBusError, envelope: tuple[str | None, int, int] | None = None
-    ) -> None:
-        """A message ``cell`` got could not be passed on: an asker hears why (its ask
-        fails with the error); the sender of a tell gets it back as a dead letter."""
-        sender, kind, corr = envelope if envelope is not None else self.envelope(cell)
-        self.dead_letters += 1
-        if sender is None:
-            _log.warning("%s: a message could not be passed on: %s", cell.address, exc)
-        elif kind == _ASK:
-            self._reply_error(cell, sender, corr, exc)
-        else:
-            _log.warning("%s: a message from %s could not be passed on: %s", cell.address,
-                         sender, exc)  # fmt: skip
-
-    def send_raw(self, cell: _Cell, to: str, meta: int, payload: bytes) -> None:
-        """Send a record as it was read (its envelope inside), from ``cell`` to ``to``."""
-        self.endpoint.send(cell.name, to, payload, meta, timeout=1.0)
-
-    def bounce_raw(self, cell: _Cell, meta: int, payload: bytes, reason: str) -> None:
-        """A record that cannot be passed on: an asker hears why; a tell is logged."""
-        self.dead_letters += 1
-        try:
-            kind, origin, corr = codec.peek(meta, payload)
-        except SerializationError:
-            kind, origin, corr = -1, None, 0
-        if kind == _ASK and origin is not None:
-            self._reply_error(cell, origin, corr, ActorNotFound(reason))
-        elif kind == _ASK:
-            self.asks.fail(corr, ActorNotFound(reason))
-        else:
-            _log.warning("%s: a message is lost: %s", cell.address, reason)
-
-    def restarting(self, parent: _Cell, name: str) -> bool:
-        """Whether child ``name`` of ``parent`` is between two instances."""
-        if name in parent.restart_timers:
-            return True
-        cell = self.cells.get(name)
-        return cell is not None and cell.restarting
-
-    def load(self, cell: _Cell, to: str) -> tuple[int, int]:
-        """How busy ``to`` looks to ``cell``: (awake and with unread bytes: 1, else 0;
-        bytes ``cell`` told it that it has not read yet). For an actor hosted here, what
-        waits in its queue counts, 64 bytes a message."""
-        target = self.cells.get(to)
-        if target is not None:
-            return (1 if target.backlog else 0, 64 * len(target.backlog))
-        return self.endpoint.load(cell.name, to)
-
-    def _tell_parent(self, parent: _Cell, notice: Terminated) -> None:
-        if not parent.finished:
-            self._local.append((None, parent.name, _USER, 0, notice))
-
-    def _process_child_ended(self, parent: _Cell, name: str, reason: str) -> None:
-        self._decide(parent, name, reason, abnormal=reason != "stopped", clean=False)
-
-    def _process_child_of(self, cell_name: str, address: str) -> tuple[_Cell, str] | None:
-        cell = self.cells.get(cell_name)
-        if cell is None or cell.supervisor is None:
-            return None
-        node, name = parse_address(address, self.node)
-        spec = cell.supervisor.children.get(name)
-        if node != self.node or spec is None or not spec.process:
-            return None
-        return cell, name
-
-    def kill(self, cell: _Cell) -> None:
-        """End ``cell`` now, without on_stop (an abnormal end for its supervisor)."""
-        if cell.finished:
-            return
-        cell.killing = True
-        self._stopping = True
-        if threading.get_ident() != self._thread:
-            self._wake()
-
-    def _fail_asks_of(self, cell: _Cell, why: str) -> None:
-        mine = [c for c, owner in self._ask_owner.items() if owner == cell.name]
-        for corr in mine:
-            self.asks.fail(corr, MailboxClosed(f"{cell.address} {why}"))
 
     def stop_with(self, pid: int) -> None:
         """Stop every actor cleanly when process ``pid`` exits (a spawned actor's parent:

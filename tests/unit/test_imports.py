@@ -47,6 +47,7 @@ ORDER = [
     "pool",
     "client",
     "ref",
+    "children",
     "runtime",
     "demo",
     "cli",
