@@ -17,7 +17,6 @@ from mybus_actors.supervision import OneForOne, Strategy
 
 if TYPE_CHECKING:
     from mybus_actors.asks import AskFuture
-    from mybus_actors.cell import TimerHandle
     from mybus_actors.ref import Ref
 
 __all__ = ["Actor", "ActorContext", "Terminated"]
@@ -36,6 +35,12 @@ class CellView(Protocol):
     def parent(self) -> CellView | None: ...
 
 
+class Timer(Protocol):
+    """What `Actor.send_after` and `Actor.every` return (a `TimerHandle`)."""
+
+    def cancel(self) -> None: ...
+
+
 class ActorContext(Protocol):
     """What hosts an actor: the calls every `Actor` method turns into (its first
     argument, the actor's cell, is the one the context gave the actor)."""
@@ -50,7 +55,7 @@ class ActorContext(Protocol):
     def reply(self, cell: Any, message: Any) -> None: ...
     def schedule(
         self, cell: Any, delay: float, interval: float | None, message: Any, to: str | None
-    ) -> TimerHandle: ...
+    ) -> Timer: ...
     def watch(self, cell: Any, address: str) -> None: ...
     def unwatch(self, cell: Any, address: str) -> None: ...
     def request_stop(self, cell: Any) -> None: ...
@@ -144,11 +149,11 @@ class Actor:
         """
         self._mb_rt.reply(self._mb_cell, message)
 
-    def send_after(self, delay: float, message: Any, *, to: str | None = None) -> TimerHandle:
+    def send_after(self, delay: float, message: Any, *, to: str | None = None) -> Timer:
         """Deliver ``message`` to ``to`` (default: this actor) after ``delay`` seconds."""
         return self._mb_rt.schedule(self._mb_cell, delay, None, message, to)
 
-    def every(self, interval: float, message: Any, *, to: str | None = None) -> TimerHandle:
+    def every(self, interval: float, message: Any, *, to: str | None = None) -> Timer:
         """Deliver ``message`` every ``interval`` seconds until the handle is cancelled."""
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval!r}")

@@ -431,9 +431,7 @@ class Children:
         if cell.finished:
             return
         cell.killing = True
-        rt._stopping = True
-        if threading.get_ident() != rt._thread:
-            rt._wake()
+        rt._to_stop_pass()
 
     def _fail_asks_of(self, cell: _Cell, why: str) -> None:
         rt = self._rt

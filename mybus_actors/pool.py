@@ -21,18 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import attrs
 
 from mybus_actors.actor import Actor
-from mybus_actors.errors import ActorNotFound, MailboxFull, ResourceExhausted
+from mybus_actors.errors import ActorNotFound, MailboxFull, MyBusError, ResourceExhausted
 from mybus_actors.messages import Broadcast, Terminated
 from mybus_actors.supervision import OneForOne
-
-if TYPE_CHECKING:
-    from mybus_actors.cell import Cell
-    from mybus_actors.runtime import Runtime
 
 __all__ = ["ROUTINGS", "PoolRouter"]
 
@@ -44,8 +40,28 @@ _RETRY_EVERY = 0.01
 _RETRY = "_mb-pool-retry"  # from itself (sender None): time to send what waits
 
 
+Envelope = tuple[str | None, int, int]  # a received message's sender, kind, correlation id
+
+
+class RouterHost(Protocol):
+    """What a router needs of the dispatcher hosting it, besides `ActorContext`
+    (`runtime.Runtime` is one; ``cell`` is the router's own)."""
+
+    def envelope(self, cell: Any) -> Envelope: ...
+    def forward(
+        self, cell: Any, to: str, message: Any, envelope: Envelope | None = ...
+    ) -> None: ...
+    def forward_failed(
+        self, cell: Any, exc: MyBusError, envelope: Envelope | None = ...
+    ) -> None: ...
+    def send_raw(self, cell: Any, to: str, meta: int, payload: bytes) -> None: ...
+    def bounce_raw(self, cell: Any, meta: int, payload: bytes, reason: str) -> None: ...
+    def restarting(self, parent: Any, name: str) -> bool: ...
+    def load(self, cell: Any, to: str) -> tuple[int, int]: ...
+
+
 class _Held(NamedTuple):
-    envelope: tuple[str | None, int, int] | None  # a message received (sender, kind, corr)
+    envelope: Envelope | None  # a message received (sender, kind, corr)
     message: Any
     meta: int | None  # or a record as it was read from a ring
     payload: bytes | None
@@ -117,13 +133,13 @@ class PoolRouter(Actor):
         self._take(_Held(rt.envelope(self._cell), message, None, None, self._deadline()))
 
     @property
-    def _rt(self) -> Runtime:
+    def _rt(self) -> RouterHost:
         # A router is the runtime's own: it uses more of it than ActorContext declares.
-        return cast("Runtime", self._mb_rt)
+        return cast(RouterHost, self._mb_rt)
 
     @property
-    def _cell(self) -> Cell:
-        return cast("Cell", self._mb_cell)
+    def _cell(self) -> Any:
+        return self._mb_cell
 
     def take_raw(self, dead: str, meta: int, payload: bytes) -> None:
         """A record worker ``dead`` never read (it ended first): another worker takes it."""

@@ -707,6 +707,11 @@ class Runtime(Children):
         if cell.finished:
             return
         cell.stopping = True
+        self._to_stop_pass()
+
+    def _to_stop_pass(self) -> None:
+        """Some cell is to end (stop, kill, failure): the next duty cycle's stop pass
+        ends it, woken from another thread if need be."""
         self._stopping = True
         if threading.get_ident() != self._thread:
             self._wake()
