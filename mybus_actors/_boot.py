@@ -14,6 +14,7 @@ import pickle
 import sys
 import traceback
 
+from mybus_actors.allocator import keep_freed_memory
 from mybus_actors.runtime import run
 
 
@@ -27,6 +28,7 @@ def main() -> int:
             os.close(status_fd)
             status_fd = -1
 
+    keep_freed_memory()
     logging.basicConfig(
         level=os.environ.get("MYBUS_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",

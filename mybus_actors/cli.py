@@ -18,7 +18,12 @@ from collections.abc import Sequence
 
 from mybus_actors import ring
 from mybus_actors.errors import RingCorrupted
-from mybus_actors.registry import Registry, parse_ring_filename, resolve_runtime_dir
+from mybus_actors.registry import (
+    Registry,
+    mailbox_name,
+    parse_ring_filename,
+    resolve_runtime_dir,
+)
 
 __all__ = ["main"]
 
@@ -43,6 +48,19 @@ def _ls(registry: Registry) -> int:
     print(f"{'actor':<32}{'pid':>8}")
     for e in entries:
         print(f"{e.name:<32}{e.pid:>8}")
+    # A ring joins two processes' mailboxes: shown as the actors each one hosts.
+    hosted: dict[str, list[str]] = {}
+    for e in entries:
+        hosted.setdefault(mailbox_name(e.doorbell), []).append(e.name)
+
+    def end(mailbox: str) -> str:
+        names = hosted.get(mailbox)
+        if not names:
+            return mailbox
+        public = [n for n in names if not n.startswith("_")] or names
+        shown = ",".join(public[:3])
+        return shown + (f",+{len(public) - 3}" if len(public) > 3 else "")
+
     rings = sorted(os.listdir(registry.rings_dir))
     if rings:
         print(f"\n{'ring':<48}{'written':>10}{'read':>10}{'unread B':>10}{'full':>6}")
@@ -50,12 +68,13 @@ def _ls(registry: Registry) -> int:
         parsed = parse_ring_filename(fname)
         if parsed is None:
             continue
+        label = f"{end(parsed[0])} -> {end(parsed[1])}"
         stats = _ring_stats(str(registry.rings_dir / fname))
         if stats is None:
-            print(f"{parsed[0] + ' -> ' + parsed[1]:<48}  (unreadable)")
+            print(f"{label:<48}  (unreadable)")
             continue
         print(
-            f"{parsed[0] + ' -> ' + parsed[1]:<48}{stats.messages_written:>10}"
+            f"{label:<48}{stats.messages_written:>10}"
             f"{stats.messages_read:>10}{stats.used:>10}{stats.full_events:>6}"
         )
     return 0

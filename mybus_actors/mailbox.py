@@ -1,16 +1,30 @@
-"""Mailboxes: ring files per (sender, receiver) pair, doorbells, fair draining, backpressure.
+"""Mailboxes: a ring per pair of processes, channels inside it, doorbells, backpressure.
 
-One `Endpoint` per process. It owns the process's doorbell (a FIFO under
-``bells/``), the names this process receives for, the rings it reads (inbound) and the
-rings it writes (outbound). It knows ring files and processes; it does not know actors'
-code, envelopes or TCP.
+One `Endpoint` per process (or per client). It owns the process's doorbell (a FIFO
+under ``bells/``), its *mailbox* (the name rings to and from it are known by:
+`registry.mailbox_name`), the names it receives for, the rings it reads (inbound) and
+the rings it writes (outbound). It knows ring files and processes; it does not know
+actors' code, envelopes or TCP.
 
 Guarantees:
 
-- One ring per (sender name, receiver name) pair, created by the sender on its first
-  message (``rings/<from>~<to>.<gen>``) and announced on the receiver's doorbell, so a
-  slow receiver only ever holds back its own senders.
-- FIFO per pair, across ring generations too: a newer generation from the same sender is
+- One ring per (writing process, reading process) pair, created by the writer on its
+  first message (``rings/<from mailbox>~<to mailbox>.<gen>``) and announced on the
+  reader's doorbell. Every (sender name, receiver name) pair is a *channel* of it: a
+  SELECT record (`ring.Producer.select`) switches the ring to a channel, declaring its
+  id and both names the first time, so a run of messages of one pair costs no
+  per-message header and a dispatcher reads one channel per poll. `/dev/shm` and
+  descriptors grow with pairs of processes, not pairs of actors. The gateway's rings
+  are named by its role (``gateway``), so a successor's ring is a newer generation of
+  its predecessor's.
+- A slow receiver holds back only its own senders: the reader never stops reading a
+  ring. What comes for a paused name (an async receive under way, a restart) is held
+  in its queue; past ``hold_bytes`` the reader marks that name's channels in the ring's
+  channel page (a byte per channel after the ring buffer), and their senders wait
+  there, then get `MailboxFull`. A name unbound here marks its channels gone: senders
+  look it up again; what was under way comes out of `poll_batches` for a name no longer
+  bound, for the caller to return to its senders.
+- FIFO per pair, across ring generations too: a newer generation from the same writer is
   read only after the older one is closed and drained.
 - Nothing is dropped: a full ring makes `Endpoint.send` wait for the consumer up to a
   timeout, then raise `MailboxFull`. A message is either wholly published or (when the
@@ -21,7 +35,9 @@ Guarantees:
   release), because x86-64 may move a store after a later load. Sleeps are bounded.
 - Rings idle for ``channel_idle`` are closed by the sender (when everything it wrote was
   read) and unlinked by the receiver, through activity tables; rings of a dead peer are
-  drained and unlinked. What a dead receiver never read is counted as undelivered.
+  drained and unlinked. What a dead receiver never read is counted as undelivered, per
+  channel (a consumer publishes the channel in force at its head, so a writer reading
+  its ring back knows whose each message is).
 - A ring into the gateway for another node (a *forward* ring, `registry.forward_name`,
   one per sender and remote actor) is the gateway's outbox: it outlives its reader. A
   sender never salvages it: when the gateway dies it keeps writing (until full: then
@@ -51,6 +67,7 @@ import select
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
@@ -70,6 +87,7 @@ from mybus_actors.registry import (
     Entry,
     Registry,
     is_alive,
+    mailbox_name,
     parse_forward_name,
     parse_ring_filename,
     process_create_time,
@@ -92,6 +110,14 @@ _STATE: Final = _ring.STATE_MASK
 _WAITING: Final = _ring.WAITING
 _HOT_SPIN: Final = 50e-6  # spin without yielding for this long, then yield each round
 _LIVENESS_EVERY: Final = 0.05  # seconds between checks that a ring's receiver lives
+# A ring to a process is followed by a page of channel states, one byte per channel id
+# (ids 1.._PAGE-1 per ring generation), which its reader writes and its writer reads.
+_PAGE: Final = 4096
+_OPEN: Final = 0
+_HELD: Final = 1  # the receiver's queue for that name is full: wait, then MailboxFull
+_GONE: Final = 2  # that name is no longer received there: look it up again
+_ID: Final = struct.Struct("<H")  # a channel's id, the head of its SELECT tag
+_NO_PAGE: Final = bytearray(1)  # a forward ring's one channel (id 0) is always open
 # Several endpoints may live in one process (a runtime and a client, or tests): each
 # gets its own doorbell.
 _ENDPOINT_INDEX = itertools.count()
@@ -133,48 +159,101 @@ class _Fence:
 
 
 class _Outbound:
+    """A ring we write: to one receiving process (every pair of names between the two
+    shares it), or, into the gateway, one forward ring per (sender, remote actor)."""
+
     __slots__ = (
+        "chans",
         "closed",
+        "cur",
         "file",
         "forward",
+        "key",
+        "label",
         "max_record",
         "next_check",
+        "next_id",
+        "page",
         "peer",
         "producer",
         "rung",
         "seen",
-        "sender",
-        "to",
         "write",
     )
 
     def __init__(
-        self, file: RingFile, producer: _ring.Producer, sender: str, to: str, peer: Entry
+        self,
+        file: RingFile,
+        producer: _ring.Producer,
+        key: str,
+        peer: Entry,
+        label: str,
+        page: Any,
+        *,
+        forward: bool,
     ):
         self.closed = False
         self.file = file
         self.producer = producer
         self.write = producer.write
         self.max_record = producer.max_record
-        self.sender = sender
-        self.to = to
-        self.forward = to != peer.name  # into the gateway, for another node
+        self.key = key  # the receiver's mailbox, or the forward ring's file name head
+        self.label = label  # for messages: the name it was opened for
+        self.forward = forward  # into the gateway, for another node
         self.peer = peer
+        self.page = page  # the receiver's channel states (`_OPEN`, `_HELD`, `_GONE`)
+        self.chans: dict[int, _Chan] = {}
+        self.next_id = 1
+        self.cur: _Chan | None = None  # the channel the last SELECT named
         self.seen = -1  # messages written as of the last sweep: unchanged means idle
         self.next_check = 0.0  # when to re-check that the receiver's process lives
         self.rung = 0  # the consumer's signal word we last rang its doorbell for
 
 
-class _Inbound:
-    __slots__ = ("consumer", "file", "key", "receiver", "sender", "used")
+class _Chan:
+    """One (sender name, receiver name) pair on a ring: its id there, and the SELECT tag
+    that switches the ring to it (the id, and the names until they were declared)."""
 
-    def __init__(self, file: RingFile, consumer: _ring.Consumer, sender: str, receiver: str):
+    __slots__ = ("id", "page", "ring", "sender", "tag", "to")
+
+    def __init__(self, ring: _Outbound, cid: int, sender: str, to: str, tag: bytes):
+        self.ring = ring
+        self.id = cid
+        self.page = ring.page
+        self.sender = sender
+        self.to = to
+        self.tag = tag
+
+
+class _Held:
+    """What was read for a paused name and waits for it: batches, and their bytes."""
+
+    __slots__ = ("batches", "size")
+
+    def __init__(self) -> None:
+        self.batches: deque[tuple[str, Sequence[tuple[int, Payload]]]] = deque()
+        self.size = 0
+
+
+class _Inbound:
+    __slots__ = ("chans", "consumer", "file", "key", "names", "page", "pair", "sender", "used")
+
+    def __init__(
+        self, file: RingFile, consumer: _ring.Consumer, sender: str, receiver: str, page: Any
+    ):
         self.file = file
         self.consumer = consumer
-        self.sender = sender
-        self.receiver = receiver
+        self.sender = sender  # the writing process's mailbox
         self.key = (sender, receiver)
+        self.page = page
+        self.chans: dict[bytes, tuple[str, str]] = {}  # SELECT tag -> (sender, receiver)
+        self.names: set[str] = set()  # receivers declared here (for `_routes_to`)
+        self.pair: tuple[str, str] | None = None  # the channel being read
         self.used = True
+
+
+def _size(items: Sequence[tuple[int, Payload]]) -> int:
+    return sum(len(p) for _, p in items) + 16 * len(items)
 
 
 class Endpoint:
@@ -195,6 +274,8 @@ class Endpoint:
             without reading them (salvaged from the ring, so none vanishes unseen).
         on_stream_ring: for the gateway: called with the file name of each forward ring
             to a name bound here, which this endpoint does not read itself.
+        hold_bytes: bytes read for a paused name (`pause`) beyond which its senders are
+            held back (they wait, then `MailboxFull`); default: ``ring_capacity``.
     """
 
     def __init__(
@@ -207,6 +288,7 @@ class Endpoint:
         clock: Callable[[], float] = time.monotonic,
         on_undelivered: Callable[[str, str, list[tuple[int, bytes]]], None] | None = None,
         on_stream_ring: Callable[[str], None] | None = None,
+        hold_bytes: int | None = None,
     ) -> None:
         _ring.buffer_size(ring_capacity)  # validates
         if channel_idle <= 0:
@@ -220,6 +302,7 @@ class Endpoint:
         self._clock = clock
         self._on_undelivered = on_undelivered
         self._on_stream_ring = on_stream_ring
+        self._hold_bytes = ring_capacity if hold_bytes is None else hold_bytes
         self._relayed = Dedup()  # what the gateway delivered, per stream: duplicates go
         self._fence = _Fence()
         self.pid = os.getpid()
@@ -227,25 +310,32 @@ class Endpoint:
         assert ctime is not None
         self._token = _ms(ctime)
         self._names: set[str] = set()
-        self._out: dict[tuple[str, str], _Outbound] = {}
-        # Inbound rings: the active generation per pair is first in its list.
+        # Sending: a channel per (sender, receiver) pair, on a ring per receiving process
+        # (keyed by its mailbox) or, into the gateway, on a forward ring of its own.
+        self._out: dict[tuple[str, str], _Chan] = {}
+        self._rings: dict[str, _Outbound] = {}
+        # Receiving: rings per writing process; the active generation is first in its list.
         self._in: dict[tuple[str, str], list[_Inbound]] = {}
         self._active: list[_Inbound] = []
         self._rr = 0
         self._by_file: dict[str, _Inbound] = {}
+        self._routes_to: dict[str, list[tuple[_Inbound, int]]] = {}  # name -> channels
+        self._paused: set[str] = set()
+        self._holding: set[str] = set()  # paused, or with held records still to hand out
+        self._held: dict[str, _Held] = {}
+        self._ready: set[str] = set()  # resumed names whose held records go out first
+        self._flagged: set[str] = set()  # names whose senders are held back
         now = clock()
-        self._out_table: ActivityTable[tuple[str, str], _Outbound] = ActivityTable(
-            idle=channel_idle, now=now
-        )
+        self._out_table: ActivityTable[str, _Outbound] = ActivityTable(idle=channel_idle, now=now)
         self._in_table: ActivityTable[str, _Inbound] = ActivityTable(idle=channel_idle, now=now)
         self._sweep_every = min(1.0, channel_idle / 4)
         self._next_out_sweep = self._next_in_sweep = now + self._sweep_every
         self._sends = 0
         self._polls = 0
-        self._paused: set[str] = set()
         self._ignored: set[str] = set()  # files in rings/ that are not rings: not retried
         self.undelivered = 0
         self.bell_path = registry.doorbell_path(self.pid, index=next(_ENDPOINT_INDEX))
+        self.mailbox = mailbox_name(self.bell_path)  # what rings to and from us are named by
         # The doorbell is a FIFO: a wake-up is one byte written on a descriptor the
         # sender keeps open while it has a ring to us (no path lookup per ring), and
         # one read drains them all.
@@ -274,45 +364,65 @@ class Endpoint:
         self._check_open()
         entry = self.registry.register(validate_name(name), doorbell=self.bell_path)
         self._names.add(name)
+        if name == FORWARD_TO:
+            # The gateway's rings are named by its role, not its process: a successor's
+            # ring to an actor is then a newer generation of the same pair, read after
+            # what its predecessor wrote (the relay positions' order depends on it).
+            self.mailbox = FORWARD_TO
         self._scan_rings()
         return entry
 
-    def unbind(self, name: str) -> None:
-        """Stop receiving for ``name``: close its rings, unlink them, unregister it."""
+    def unbind(self, name: str) -> list[Batch]:
+        """Stop receiving for ``name``: unregister it, and tell its senders it is gone
+        (they look it up again, or get `ActorNotFound`).
+
+        Returns:
+            What was read for ``name`` and not handed out yet (it was paused): the
+            caller returns it to its senders. Records for it that are still in rings
+            come out of `poll_batches` with a receiver no longer bound: the same.
+        """
         if name not in self._names:
-            return
-        # Open the rings announced but not read yet, so that their consumer end is
-        # closed too: their writers then know it stopped (it did not die).
+            return []
+        # Open the rings announced but not read yet: their channels to it are marked too.
         self._read_bell()
         self._scan_rings()
         self._names.discard(name)
-        for key in [k for k in self._in if k[1] == name]:
-            for ch in self._in.pop(key):
-                self._drop_inbound(ch)
-        for key in [k for k in self._out if k[0] == name]:
-            # Closing our producer end loses nothing: the receiver drains the file.
-            self._drop_outbound(self._out[key])
-        self._paused.discard(name)
         try:
             self.registry.unregister(name)
         except ResourceExhausted as exc:
             # The entry stays until this process exits; then it is stale and reclaimed.
             self._short.failed(exc)
-        self._rebuild_active()
+        for inb, cid in self._routes_to.pop(name, ()):
+            inb.page[cid] = _GONE
+            inb.names.discard(name)
+        for key in [k for k in self._out if k[0] == name]:
+            self._forget(self._out[key])
+        self._paused.discard(name)
+        self._holding.discard(name)
+        self._ready.discard(name)
+        self._flagged.discard(name)
+        held = self._held.pop(name, None)
+        return [] if held is None else [(s, name, items) for s, items in held.batches]
 
     def receiver_closed(self, sender: str, to: str) -> bool:
-        """Whether the receiver of our ring ``sender``->``to`` closed it (a clean stop)."""
-        ch = self._out.get((sender, to))
-        return ch is not None and ch.producer.consumer_closed
+        """Whether the receiver of our channel ``sender``->``to`` stopped receiving for
+        it (a clean stop)."""
+        c = self._out.get((sender, to))
+        return c is not None and (c.page[c.id] == _GONE or c.ring.producer.consumer_closed)
 
     def pause(self, name: str) -> None:
-        """Stop draining rings to ``name`` (its senders feel backpressure) until `resume`."""
+        """Hold back what comes for ``name`` until `resume`; past ``hold_bytes`` of it,
+        its senders wait (then `MailboxFull`). Other names' messages go on."""
         self._paused.add(name)
-        self._rebuild_active()
+        self._holding.add(name)
+        self._ready.discard(name)
 
     def resume(self, name: str) -> None:
         self._paused.discard(name)
-        self._rebuild_active()
+        if name in self._held:
+            self._ready.add(name)  # handed out before anything newer for it
+        else:
+            self._holding.discard(name)
 
     # -- sending -------------------------------------------------------------------
 
@@ -326,14 +436,15 @@ class Endpoint:
         timeout: float = 10.0,
         block: bool = True,
     ) -> None:
-        """Write one message into the ring from ``sender`` to ``to``.
+        """Write one message on the channel from ``sender`` to ``to``.
 
         Args:
             sender: a name bound on this endpoint.
             to: a registered name on this node.
             data: the message bytes (any bytes-like object of format "B", any size).
             meta: an opaque integer below 2**24 delivered with the bytes.
-            timeout: how long to wait for room when the ring is full.
+            timeout: how long to wait for room when the ring is full, or while the
+                receiver holds its senders back.
             block: False raises `MailboxFull` at once instead of waiting.
 
         Raises:
@@ -342,17 +453,22 @@ class Endpoint:
             MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
         """
         # The hot path of every local message: kept to a few attribute loads and calls.
-        ch = self._out.get((sender, to))
-        if ch is None or self._clock() >= ch.next_check:
-            ch = self._channel(sender, to, ch, timeout if block else 0.0)
+        c = self._out.get((sender, to))
+        if c is None or self._clock() >= c.ring.next_check:
+            c = self._channel(sender, to, c, timeout if block else 0.0)
+        if c.page[c.id]:
+            c = self._held_back(c, timeout, block)
+        ch = c.ring
+        if ch.cur is not c:
+            self._select(c, timeout, block)
         if len(data) <= ch.max_record:
             signal = ch.write(data, meta)
         else:
-            signal = self._send_fragments(ch, data, meta, timeout, block)
+            signal = self._send_fragments(c, data, meta, timeout, block)
         if signal:
             if signal < 0:
                 write = ch.write
-                signal = self._wait_for_room(ch, lambda: write(data, meta), timeout, block)
+                signal = self._wait_for_room(c, lambda: write(data, meta), timeout, block)
             if signal & _STATE == _WAITING:
                 if signal != ch.rung:  # once per sleep of the receiver
                     ch.rung = signal
@@ -365,15 +481,57 @@ class Endpoint:
                         self.send(sender, to, data, meta, timeout=timeout, block=block)
                         return
             elif signal:
-                self._consumer_gone(ch, data, meta, timeout, block)
+                self._consumer_gone(c, data, meta, timeout, block)
         self._sends += 1
         if not self._sends & 1023:
             self._maintain_outbound()
 
+    def _select(self, c: _Chan, timeout: float, block: bool) -> None:
+        """Switch the ring to channel ``c`` (declaring it, the first time)."""
+        ch = c.ring
+        select_ = ch.producer.select
+        tag = c.tag
+        if not select_(tag):
+            self._wait_for_room(c, lambda: 0 if select_(tag) else _ring.FULL, timeout, block)
+        ch.cur = c
+        c.tag = tag[:2]  # declared: from now on its id names it
+
+    def _held_back(self, c: _Chan, timeout: float, block: bool) -> _Chan:
+        """The receiver marked channel ``c``: wait while it holds its senders back (then
+        MailboxFull); look the name up again when it is gone from that process."""
+        deadline = self._clock() + timeout
+        pause = 1e-5
+        lookups = 0
+        while True:
+            state = c.page[c.id]
+            if state == _OPEN:
+                return c
+            if state == _GONE:
+                if lookups:
+                    raise ActorNotFound(f"actor {c.to!r} stopped before reading its mailbox")
+                lookups += 1
+                self._forget(c)
+                if c.ring.producer.consumer_closed:  # its whole endpoint closed: salvage
+                    self._drop_outbound(c.ring, salvage=True)
+                c = self._channel(c.sender, c.to, None, max(0.0, deadline - self._clock()))
+                continue
+            if not block:
+                raise MailboxFull(f"mailbox of {c.to!r} is full")
+            now = self._clock()
+            if now >= deadline:
+                raise MailboxFull(
+                    f"{c.to!r} was held back (its queue full) for {timeout}s; message not sent"
+                )
+            if now >= c.ring.next_check:
+                c = self._channel(c.sender, c.to, c, max(0.0, deadline - now))
+                continue
+            time.sleep(pause)  # nothing wakes us when the mark goes
+            pause = min(pause * 2, 1e-3)
+
     def _channel(
-        self, sender: str, to: str, ch: _Outbound | None, restart_wait: float | None = None
-    ) -> _Outbound:
-        """The ring ``sender``->``to``, (re)opened if its receiver's process is gone.
+        self, sender: str, to: str, c: _Chan | None, restart_wait: float | None = None
+    ) -> _Chan:
+        """The channel ``sender``->``to``, reopened if its receiver's process is gone.
 
         With ``restart_wait`` (seconds), a receiver that has no holder now but that a
         live supervisor restarts is waited for, up to that long.
@@ -383,7 +541,8 @@ class Endpoint:
             RingCorrupted: another process truncated our ring file (what it held is
                 lost with it); the next send opens a new one.
         """
-        if ch is not None:
+        if c is not None:
+            ch = c.ring
             # A receiver killed while busy neither closes its end nor answers a bell:
             # without this check a new holder of the name is never reached.
             ch.next_check = self._clock() + _LIVENESS_EVERY
@@ -394,22 +553,22 @@ class Endpoint:
                     " this message was not sent, and what the ring held may be lost"
                 )
             if is_alive(ch.peer.pid, ch.peer.create_time):
-                return ch
+                return c
             if ch.forward:
                 self._regateway(ch)
-                return ch
+                return c
             self._drop_outbound(ch, salvage=True)
         try:
-            ch = self._open(sender, to)
+            c = self._open(sender, to)
         except ActorNotFound:
             # Not for a restart this very process makes: it cannot happen while we wait.
             if restart_wait is None or self.registry.restarter(to) in (None, os.getpid()):
                 raise
-            ch = self._open_restarted(sender, to, restart_wait)
-        ch.next_check = self._clock() + _LIVENESS_EVERY
-        return ch
+            c = self._open_restarted(sender, to, restart_wait)
+        c.ring.next_check = self._clock() + _LIVENESS_EVERY
+        return c
 
-    def _open_restarted(self, sender: str, to: str, timeout: float) -> _Outbound:
+    def _open_restarted(self, sender: str, to: str, timeout: float) -> _Chan:
         """Wait for the next holder of ``to``, whose supervisor is restarting it: what
         is sent meanwhile waits with its sender, as for a full ring, then MailboxFull."""
         deadline = self._clock() + timeout
@@ -428,54 +587,85 @@ class Endpoint:
                 if not self.registry.restart_pending(to):
                     raise
 
-    def send_some(self, sender: str, to: str, data: Any, meta: int, sent: int) -> int:
-        """Write what fits of a message now, never waiting (for an event loop's sake).
-
-        A message of at most ``max_record`` bytes goes whole or not at all; a longer one
-        goes fragment by fragment: call again with the returned count until it is the
-        message's length. In between, send nothing else on this pair.
-
-        Returns:
-            Bytes of ``data`` written so far; -1 when a short message found no room.
-
-        Raises:
-            ActorNotFound: no live receiver holds ``to`` (a half-sent message is dropped
-                with its ring: the receiver never sees part of it).
-        """
-        ch = self._out.get((sender, to))
-        if ch is None or self._clock() >= ch.next_check:
-            fresh = self._channel(sender, to, ch)
-            if sent and fresh is not ch:  # the rest of a message cannot start a new ring
-                raise ActorNotFound(f"the ring to {to!r} closed mid-message")
-            ch = fresh
-        total = len(data)
-        if total <= ch.max_record and not sent:
-            signal = ch.write(data, meta)
-            if signal == _ring.FULL:
-                return -1
-            done = total
-            if signal & _STATE == _WAITING and signal != ch.rung:
-                ch.rung = signal
-                self._ring_bell(ch)
-        else:
-            view = data if isinstance(data, bytes) else memoryview(data).cast("B")
-            done, signal = self._stream(ch, view, meta, sent)
-            if signal == _ring.FULL:
-                return sent
-        if signal & _STATE == _ring.CLOSED:
-            self._check_receiver(ch, pending=1 if done == total else 0)
-        return done
-
-    def _consumer_gone(
-        self, ch: _Outbound, data: Any, meta: int, timeout: float, block: bool
-    ) -> None:
+    def _consumer_gone(self, c: _Chan, data: Any, meta: int, timeout: float, block: bool) -> None:
         """The receiver closed its end as we published: was our message read?"""
+        ch = c.ring
         unread = ch.producer.unread
         self._drop_outbound(ch, salvage=True, keep_last=1 if unread > 0 else 0)
         if unread > 0:
             # Ours was not read. A new incarnation of the name may take it; if there is
             # none, the lookup raises ActorNotFound.
-            self.send(ch.sender, ch.to, data, meta, timeout=timeout, block=block)
+            self.send(c.sender, c.to, data, meta, timeout=timeout, block=block)
+
+    def _open(self, sender: str, to: str) -> _Chan:
+        """A new channel ``sender``->``to``: on our ring to the process that holds ``to``
+        (created, allocated and announced if we have none), or on a forward ring of its
+        own into the gateway.
+
+        Raises:
+            ActorNotFound: no live receiver holds ``to``.
+            ResourceExhausted: out of descriptors or shared memory (nothing was sent).
+            MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
+        """
+        self._check_open()
+        if sender not in self._names:
+            raise MailboxClosed(f"sender {sender!r} is not bound on this endpoint")
+        if parse_forward_name(to):
+            peer = self.registry.lookup(FORWARD_TO)
+            ch = self._new_ring(f"{sender}~{to}", sender, to, peer, to, forward=True)
+            c = _Chan(ch, 0, sender, to, b"")
+            ch.cur = c  # one channel: no SELECT
+        else:
+            peer = self.registry.lookup(to)
+            mailbox = FORWARD_TO if to == FORWARD_TO else mailbox_name(peer.doorbell)
+            found = self._rings.get(mailbox)
+            if found is not None and found.next_id >= _PAGE:
+                self._drop_outbound(found)  # its channel table is full: the next generation
+                found = None
+            if found is None:
+                found = self._new_ring(mailbox, self.mailbox, mailbox, peer, to, forward=False)
+            ch = found
+            cid = ch.next_id
+            ch.next_id = cid + 1
+            c = _Chan(ch, cid, sender, to, _ID.pack(cid) + f"{sender}\0{to}".encode("ascii"))
+        ch.chans[c.id] = c
+        self._out[(sender, to)] = c
+        return c
+
+    def _new_ring(
+        self, key: str, writer: str, reader: str, peer: Entry, label: str, *, forward: bool
+    ) -> _Outbound:
+        """Create, allocate and announce the ring ``writer``->``reader``."""
+        for _ in range(100):
+            gen = time.time_ns()
+            path = self.registry.rings_dir / ring_filename(writer, reader, gen)
+            try:
+                file = RingFile.create(path, self.ring_capacity, 0 if forward else _PAGE)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise (exhausted(exc, f"create a ring to {label!r}") or exc) from exc
+            break
+        else:  # pragma: no cover - a clock that never moves
+            raise RuntimeError(f"could not create a ring file for {writer}->{reader}")
+        producer = _ring.Producer(file.map)
+        producer.set_identity(self.pid, self._token)
+        if forward:
+            page: Any = _NO_PAGE
+        else:
+            end = _ring.buffer_size(self.ring_capacity)
+            page = memoryview(file.map)[end : end + _PAGE]
+        ch = _Outbound(file, producer, key, peer, label, page, forward=forward)
+        self._bells.acquire(peer.doorbell)
+        self._rings[key] = ch
+        self._out_table.put(key, ch, self._clock())
+        try:
+            self._announce(peer, path.name)
+        except ActorNotFound:
+            file.unlink()
+            self._drop_outbound(ch)
+            raise
+        return ch
 
     def _gateway_live(self) -> bool:
         try:
@@ -498,44 +688,6 @@ class Endpoint:
                 ch.rung = 0
                 with contextlib.suppress(ActorNotFound):
                     self._announce(peer, ch.file.path.name)
-
-    def _open(self, sender: str, to: str) -> _Outbound:
-        """Create, allocate and announce a new ring ``sender``->``to``.
-
-        Raises:
-            ActorNotFound: no live receiver holds ``to``.
-            ResourceExhausted: out of descriptors or shared memory (nothing was sent).
-            MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
-        """
-        self._check_open()
-        if sender not in self._names:
-            raise MailboxClosed(f"sender {sender!r} is not bound on this endpoint")
-        peer = self.registry.lookup(FORWARD_TO if parse_forward_name(to) else to)
-        for _ in range(100):
-            gen = time.time_ns()
-            path = self.registry.rings_dir / ring_filename(sender, to, gen)
-            try:
-                file = RingFile.create(path, self.ring_capacity)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise (exhausted(exc, f"create a ring to {to!r}") or exc) from exc
-            break
-        else:  # pragma: no cover - a clock that never moves
-            raise RuntimeError(f"could not create a ring file for {sender}->{to}")
-        producer = _ring.Producer(file.map)
-        producer.set_identity(self.pid, self._token)
-        ch = _Outbound(file, producer, sender, to, peer)
-        self._bells.acquire(peer.doorbell)
-        self._out[(sender, to)] = ch
-        self._out_table.put((sender, to), ch, self._clock())
-        try:
-            self._announce(peer, path.name)
-        except ActorNotFound:
-            file.unlink()
-            self._drop_outbound(ch)
-            raise
-        return ch
 
     def _announce(self, peer: Entry, fname: str) -> None:
         # Unlike a wake-up, an announcement must not be lost: retried for a while
@@ -576,7 +728,7 @@ class Endpoint:
             else:
                 self._check_receiver(ch, pending=1)
 
-    def _check_receiver(self, ch: _Outbound, *, pending: int) -> None:
+    def _check_receiver(self, ch: _Outbound, *, pending: int, to: str = "") -> None:
         """Raise ActorNotFound (dropping the ring) when the receiver is gone.
 
         The last ``pending`` unread messages belong to the caller's current send, which
@@ -589,14 +741,15 @@ class Endpoint:
             return
         if ch.producer.consumer_closed or not is_alive(ch.peer.pid, ch.peer.create_time):
             self._drop_outbound(ch, salvage=True, keep_last=pending)
-            raise ActorNotFound(f"actor {ch.to!r} stopped before reading its mailbox")
+            raise ActorNotFound(f"actor {to or ch.label!r} stopped before reading its mailbox")
 
     def _wait_for_room(
-        self, ch: _Outbound, attempt: Callable[[], int], timeout: float, block: bool
+        self, c: _Chan, attempt: Callable[[], int], timeout: float, block: bool
     ) -> int:
         """Retry ``attempt`` until it stops returning FULL; return its last result."""
         if not block:
-            raise MailboxFull(f"mailbox of {ch.to!r} is full")
+            raise MailboxFull(f"mailbox of {c.to!r} is full")
+        ch = c.ring
         clock = self._clock
         start = clock()
         deadline = start + timeout
@@ -609,10 +762,10 @@ class Endpoint:
             now = clock()
             if now >= next_check:
                 next_check = now + 0.05
-                self._check_receiver(ch, pending=0)
+                self._check_receiver(ch, pending=0, to=c.to)
             if now >= deadline:
                 raise MailboxFull(
-                    f"mailbox of {ch.to!r} stayed full for {timeout}s; message not sent"
+                    f"mailbox of {c.to!r} stayed full for {timeout}s; message not sent"
                 )
             if ch.producer.consumer_waiting:
                 self._ring_bell(ch)
@@ -640,8 +793,9 @@ class Endpoint:
         return done, signal
 
     def _send_fragments(
-        self, ch: _Outbound, data: Any, meta: int, timeout: float, block: bool
+        self, c: _Chan, data: Any, meta: int, timeout: float, block: bool
     ) -> int:
+        ch = c.ring
         view = data if isinstance(data, bytes) else memoryview(data).cast("B")
         total = len(view)
         sent = 0
@@ -654,13 +808,13 @@ class Endpoint:
         try:
             signal = step()
             if signal == _ring.FULL:
-                signal = self._wait_for_room(ch, step, timeout, block)
+                signal = self._wait_for_room(c, step, timeout, block)
             while sent < total:
                 if signal & _STATE == _ring.CLOSED:
-                    self._check_receiver(ch, pending=0)
+                    self._check_receiver(ch, pending=0, to=c.to)
                 signal = step()
                 if signal == _ring.FULL:
-                    signal = self._wait_for_room(ch, step, timeout, True)
+                    signal = self._wait_for_room(c, step, timeout, True)
         except MailboxFull:
             if sent and not ch.closed:
                 # Part of the message sits in the ring of a receiver that is alive and
@@ -678,6 +832,13 @@ class Endpoint:
             raise
         return signal
 
+    def _forget(self, c: _Chan) -> None:
+        """Stop using channel ``c`` (its receiver is gone from that process); the ring
+        stays for the other channels on it, and keeps ``c``'s id for salvage."""
+        key = (c.sender, c.to)
+        if self._out.get(key) is c:
+            del self._out[key]
+
     def _drop_outbound(self, ch: _Outbound, *, salvage: bool = False, keep_last: int = 0) -> None:
         """Forget a ring we write; with ``salvage``, hand its unread messages back.
 
@@ -686,16 +847,19 @@ class Endpoint:
         one is dropped, as its sender was told by an exception). The last ``keep_last``
         messages are the current send's, reported by its exception instead.
         """
-        key = (ch.sender, ch.to)
-        if self._out.get(key) is ch:
-            del self._out[key]
+        if self._rings.get(ch.key) is ch:
+            del self._rings[ch.key]
             with contextlib.suppress(KeyError):
-                self._out_table.pop(key)
+                self._out_table.pop(ch.key)
+        for c in ch.chans.values():
+            self._forget(c)
         if ch.closed:
             return
         ch.closed = True
         self._bells.release(ch.peer.doorbell)
-        lost: list[tuple[int, bytes]] = []
+        if isinstance(ch.page, memoryview):
+            ch.page.release()
+        lost: list[tuple[bytes, int, bytes]] = []
         if not ch.file.intact():
             # Truncated under us: touching its pages is SIGBUS. What it held is lost.
             _log.error("ring file %s was truncated by another process", ch.file.path.name)
@@ -706,24 +870,27 @@ class Endpoint:
             if keep_last:
                 del lost[-keep_last:]
         drained = ch.forward and ch.producer.empty
+        gone = not ch.forward and not is_alive(ch.peer.pid, ch.peer.create_time)
         ch.producer.close()
         ch.file.close(ch.producer)
-        if drained and not self._gateway_live():
-            # An outbox with nothing left to send and no gateway to remove it (the last
-            # one was stopped, or is yet to come): ours to tidy away.
+        if gone or (drained and not self._gateway_live()):
+            # A dead reader never unlinks what it read. And an outbox with nothing left
+            # to send and no gateway to remove it (the last one was stopped, or is yet
+            # to come) is ours to tidy away.
             with contextlib.suppress(FileNotFoundError):
                 ch.file.path.unlink()
         if lost:
             self.undelivered += len(lost)
-            if self._on_undelivered is not None:
-                self._on_undelivered(ch.sender, ch.to, lost)
-            else:
-                _log.warning(
-                    "%d message(s) from %r to %r were never read: the receiver is gone",
-                    len(lost),
-                    ch.sender,
-                    ch.to,
-                )
+            for (sender, to), items in _by_channel(ch, lost):
+                if self._on_undelivered is not None:
+                    self._on_undelivered(sender, to, items)
+                else:
+                    _log.warning(
+                        "%d message(s) from %r to %r were never read: the receiver is gone",
+                        len(items),
+                        sender,
+                        to,
+                    )
 
     # -- receiving -----------------------------------------------------------------
 
@@ -736,7 +903,9 @@ class Endpoint:
         return [Delivery(s, r, m, p) for s, r, items in self.poll_batches(budget) for m, p in items]
 
     def poll_batches(self, budget: int = 64) -> list[Batch]:
-        """Like `poll`, grouped per ring: (sender, receiver, [(meta, payload), ...]).
+        """Like `poll`, grouped per run of one channel: (sender, receiver, [(meta,
+        payload), ...]). A receiver that is no longer bound here (it was unbound while
+        messages to it were under way) is the caller's to return to their senders.
 
         The dispatcher's hot path: no object per message beyond the ring's own pair.
         """
@@ -744,6 +913,8 @@ class Endpoint:
         if not self._polls & 7:
             self._read_bell()
         out: list[Batch] = []
+        if self._ready:
+            self._release_held(out, budget)
         active = self._active
         n = len(active)
         if n:
@@ -752,32 +923,118 @@ class Endpoint:
             for i in range(n):
                 ch = active[(start + i) % n]
                 try:
-                    items = ch.consumer.poll(budget)
+                    got = self._read(ch, budget, out)
                 except RingCorrupted:
                     self._discard_corrupt(ch)
                     continue
-                if items:
+                if got:
                     ch.used = True
-                    if ch.sender == FORWARD_TO:
-                        out.append((ch.sender, ch.receiver, self._unrelay(items)))
-                    else:
-                        out.append((ch.sender, ch.receiver, items))
                 elif ch.consumer.producer_closed and not ch.consumer.pending:
                     # Its writer closed it and we have read it all (closed is read
                     # before the tail: nothing is published after the close). Unlinked
                     # now, not at the idle sweep: a peer that comes and goes (a
                     # short-lived client) must not cost us a descriptor for 30 s.
                     self._retire(ch)
-                    self._peer_left(ch.receiver, ch.sender)
+                    self._peer_left(ch.sender)
                 elif len(self._in[ch.key]) > 1 and not _peer_alive(
                     # A SIGKILLed writer never closes its ring: a new incarnation of
-                    # the name must not wait behind it until the idle sweep.
+                    # the process must not wait behind it until the idle sweep.
                     *ch.consumer.producer_identity
                 ):
                     self._retire(ch)
         if not out:
             self.maintain()
         return out
+
+    def _read(self, ch: _Inbound, budget: int, out: list[Batch]) -> int:
+        """Read up to ``budget`` records of ``ch``, a run of one channel per poll."""
+        consumer = ch.consumer
+        got = 0
+        while got < budget:
+            selects = consumer.selects
+            items = consumer.poll(budget - got)
+            if consumer.selects != selects:
+                ch.pair = self._selected(ch, consumer.selected)
+            if not items:
+                if consumer.selects == selects:
+                    break
+                continue
+            got += len(items)
+            pair = ch.pair
+            if pair is None:
+                _log.error("%d record(s) in %s name no channel", len(items), ch.file.path.name)
+                self.undelivered += len(items)
+                continue
+            sender, receiver = pair
+            batch: Sequence[tuple[int, Payload]] = items
+            if sender == FORWARD_TO:
+                batch = self._unrelay(items)
+                if not batch:
+                    continue
+            if receiver in self._holding:
+                self._hold(receiver, sender, batch)
+            else:
+                out.append((sender, receiver, batch))
+        return got
+
+    def _selected(self, ch: _Inbound, tag: bytes) -> tuple[str, str] | None:
+        """The channel a SELECT names; one it declares (its id and names) is learned,
+        and its state set: open, held back, or gone (no such name here)."""
+        pair = ch.chans.get(tag)
+        if pair is not None or len(tag) <= _ID.size:
+            return pair
+        cid = _ID.unpack_from(tag)[0]
+        try:
+            sender, receiver = tag[_ID.size :].decode("ascii").split("\0")
+        except ValueError:  # UnicodeDecodeError too
+            _log.error("a malformed channel declaration in %s", ch.file.path.name)
+            return None
+        if not 0 < cid < _PAGE:
+            _log.error("channel id %d in %s is out of range", cid, ch.file.path.name)
+            return None
+        pair = (sender, receiver)
+        ch.chans[tag[: _ID.size]] = pair
+        if receiver in self._names:
+            self._routes_to.setdefault(receiver, []).append((ch, cid))
+            ch.names.add(receiver)
+            ch.page[cid] = _HELD if receiver in self._flagged else _OPEN
+        else:
+            ch.page[cid] = _GONE
+        return pair
+
+    def _hold(self, name: str, sender: str, items: Sequence[tuple[int, Payload]]) -> None:
+        held = self._held.get(name)
+        if held is None:
+            held = self._held[name] = _Held()
+        held.batches.append((sender, items))
+        held.size += _size(items)
+        if held.size > self._hold_bytes and name not in self._flagged:
+            # Its queue is full: its senders wait at the source (the channels' marks),
+            # and what is already in the rings is still taken, so no ring stalls.
+            self._flagged.add(name)
+            self._mark(name, _HELD)
+
+    def _release_held(self, out: list[Batch], budget: int) -> None:
+        """Hand out what waited for resumed names, before anything newer for them."""
+        for name in list(self._ready):
+            held = self._held.get(name)
+            taken = 0
+            while held is not None and held.batches and taken < budget:
+                sender, items = held.batches.popleft()
+                held.size -= _size(items)
+                out.append((sender, name, items))
+                taken += len(items)
+            if held is None or not held.batches:
+                self._held.pop(name, None)
+                self._ready.discard(name)
+                self._holding.discard(name)
+            if name in self._flagged and (held is None or held.size <= self._hold_bytes // 2):
+                self._flagged.discard(name)
+                self._mark(name, _OPEN)
+
+    def _mark(self, name: str, state: int) -> None:
+        for inb, cid in self._routes_to.get(name, ()):
+            inb.page[cid] = state
 
     def _unrelay(self, items: list[tuple[int, bytes]]) -> list[tuple[int, Payload]]:
         """Strip the gateway's relay prefixes, drop what was delivered before, read blobs."""
@@ -829,6 +1086,26 @@ class Endpoint:
         """Records from the gateway dropped because they had been delivered before."""
         return self._relayed.duplicates
 
+    def _ready_to_offer(self, sender: str, to: str) -> _Chan | None:
+        """The channel for an offer, switched to; None when it cannot take one now."""
+        c = self._out.get((sender, to))
+        if c is None or self._clock() >= c.ring.next_check:
+            c = self._channel(sender, to, c)
+        if c.page[c.id]:
+            try:
+                c = self._held_back(c, 0.0, False)
+            except MailboxFull:
+                return None
+        ch = c.ring
+        if ch.cur is not c:
+            if not ch.producer.select(c.tag):
+                if ch.producer.consumer_closed:
+                    self._check_receiver(ch, pending=0, to=to)
+                return None
+            ch.cur = c
+            c.tag = c.tag[: _ID.size]
+        return c
+
     def offer_batch(self, sender: str, to: str, items: list[tuple[bytes, int]]) -> int:
         """Write as many whole messages (each at most the ring's record size) as fit now,
         publish them at once, ring at most once; never wait. Returns how many went.
@@ -837,9 +1114,10 @@ class Endpoint:
             ActorNotFound: no live receiver holds ``to``.
             MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
         """
-        ch = self._out.get((sender, to))
-        if ch is None or self._clock() >= ch.next_check:
-            ch = self._channel(sender, to, ch)
+        c = self._ready_to_offer(sender, to)
+        if c is None:
+            return 0
+        ch = c.ring
         written = ch.producer.offer_batch(items)
         if written:
             signal = ch.producer.signal()
@@ -850,10 +1128,10 @@ class Endpoint:
                 # Published as it closed: what it did not read is salvaged and returned
                 # (on_undelivered), so these count as written either way.
                 with contextlib.suppress(ActorNotFound):
-                    self._check_receiver(ch, pending=0)
+                    self._check_receiver(ch, pending=0, to=to)
             self._sends += written
         elif ch.producer.consumer_closed:
-            self._check_receiver(ch, pending=0)
+            self._check_receiver(ch, pending=0, to=to)
         return written
 
     def load(self, sender: str, to: str) -> tuple[int, int]:
@@ -862,36 +1140,41 @@ class Endpoint:
 
         Both come from the ring's shared words: no message asks. A receiver asleep
         with bytes unread is about to read them; one awake with bytes unread is busy.
+        One that holds its senders back counts as fuller than any ring.
         """
-        ch = self._out.get((sender, to))
-        if ch is None or ch.closed:
+        c = self._out.get((sender, to))
+        if c is None or c.ring.closed:
             return (0, 0)
-        producer = ch.producer
+        producer = c.ring.producer
+        if c.page[c.id] == _HELD:
+            return (1, 1 << 62)
         return (0 if producer.consumer_waiting else 1, producer.unread_bytes)
 
     def max_record(self, sender: str, to: str) -> int:
         """The largest message the ring ``sender``->``to`` takes as one record (the
         default ring's when there is none yet)."""
-        ch = self._out.get((sender, to))
-        return ch.max_record if ch is not None else self.ring_capacity // 4
+        c = self._out.get((sender, to))
+        return c.ring.max_record if c is not None else self.ring_capacity // 4
 
     def offer(self, sender: str, to: str, data: Any, meta: int = 0) -> bool:
         """Write one whole message now or not at all, never waiting; the gateway's way
         into local rings (a reader never sees part of it, even if the gateway dies).
 
         Returns:
-            True when written, False when the ring has no room for it now.
+            True when written, False when the ring has no room for it now (or its
+            receiver holds its senders back).
 
         Raises:
             ActorNotFound: no live receiver holds ``to``.
             MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
         """
-        ch = self._out.get((sender, to))
-        if ch is None or self._clock() >= ch.next_check:
-            ch = self._channel(sender, to, ch)
+        c = self._ready_to_offer(sender, to)
+        if c is None:
+            return False
+        ch = c.ring
         if not ch.producer.offer_message(data, meta):
             if ch.producer.consumer_closed:
-                self._check_receiver(ch, pending=0)
+                self._check_receiver(ch, pending=0, to=to)
             return False
         signal = ch.producer.signal()
         if signal & _STATE == _WAITING and signal != ch.rung:
@@ -900,20 +1183,21 @@ class Endpoint:
         elif signal & _STATE == _ring.CLOSED:
             # As in offer_batch: unread, it is salvaged and returned; written either way.
             with contextlib.suppress(ActorNotFound):
-                self._check_receiver(ch, pending=0)
+                self._check_receiver(ch, pending=0, to=to)
         self._sends += 1
         return True
 
-    def _peer_left(self, name: str, peer: str) -> None:
-        """``peer`` closed its ring to ``name``: drop ours to it too if it closed that end."""
-        ch = self._out.get((name, peer))
+    def _peer_left(self, mailbox: str) -> None:
+        """Process ``mailbox`` closed its ring to us: drop ours to it too if it closed
+        that end."""
+        ch = self._rings.get(mailbox)
         if ch is not None and ch.producer.consumer_closed:
             with contextlib.suppress(ActorNotFound):
                 self._check_receiver(ch, pending=0)
 
     def pending(self) -> bool:
-        """Some inbound ring has unread records."""
-        return any(ch.consumer.pending for ch in self._active)
+        """Some inbound ring has unread records, or held ones are ready."""
+        return bool(self._ready) or any(ch.consumer.pending for ch in self._active)
 
     @property
     def bell_fd(self) -> int:
@@ -1005,7 +1289,7 @@ class Endpoint:
         parsed = parse_ring_filename(fname)
         if parsed is None or fname in self._by_file:
             return
-        if parsed[1] not in self._names:
+        if parsed[1] != self.mailbox:
             streams = self._on_stream_ring is not None and FORWARD_TO in self._names
             if streams and parse_forward_name(parsed[1]) is not None:
                 assert self._on_stream_ring is not None
@@ -1024,12 +1308,15 @@ class Endpoint:
             return  # gone already, or not a ring: a periodic scan reclaims litter
         try:
             consumer = _ring.Consumer(file.map)
+            end = _ring.buffer_size(consumer.capacity)
+            if file.size < end + _PAGE:
+                raise RingCorrupted(f"{file.size} bytes leave no room for channel states")
         except RingCorrupted as exc:
             self._ignore(fname, exc)
             file.close(None)
             return
         self._short.ok()
-        ch = _Inbound(file, consumer, sender, receiver)
+        ch = _Inbound(file, consumer, sender, receiver, memoryview(file.map)[end : end + _PAGE])
         gens = self._in.setdefault(ch.key, [])
         gens.append(ch)
         gens.sort(key=lambda c: parse_ring_filename(c.file.path.name) or ("", "", 0))
@@ -1043,8 +1330,7 @@ class Endpoint:
         self._ignored.add(fname)
 
     def _rebuild_active(self) -> None:
-        paused = self._paused
-        self._active = [g[0] for key, g in self._in.items() if g and key[1] not in paused]
+        self._active = [g[0] for g in self._in.values() if g]
 
     def _retire(self, ch: _Inbound) -> None:
         """Close a drained (or dead) generation; the next one of its pair becomes active."""
@@ -1061,9 +1347,15 @@ class Endpoint:
         self._by_file.pop(fname, None)
         with contextlib.suppress(KeyError):
             self._in_table.pop(fname)
+        for name in ch.names:
+            routes = self._routes_to.get(name)
+            if routes is not None:
+                routes[:] = [r for r in routes if r[0] is not ch]
+        ch.names.clear()
         ch.consumer.discard_partial()
         if ch.file.intact():  # a truncated page is SIGBUS: then tell the writer nothing
             ch.consumer.close()
+        ch.page.release()
         ch.file.unlink()
         ch.file.close(ch.consumer)
         if ch in self._active:
@@ -1091,7 +1383,7 @@ class Endpoint:
             if fname not in self._by_file and fname not in self._ignored:
                 parsed = parse_ring_filename(fname)
                 if parsed is not None and (
-                    parsed[1] in self._names or (streams and parse_forward_name(parsed[1]))
+                    parsed[1] == self.mailbox or (streams and parse_forward_name(parsed[1]))
                 ):
                     self._open_inbound(fname)
 
@@ -1108,7 +1400,7 @@ class Endpoint:
         if now < self._next_out_sweep:
             return
         self._next_out_sweep = now + self._sweep_every
-        for key, out in list(self._out.items()):
+        for key, out in list(self._rings.items()):
             written = out.producer.written
             out.producer.publish_counters()  # for `mybus ls`: write() skips them
             if written != out.seen:
@@ -1146,22 +1438,37 @@ class Endpoint:
                 self._retire(inb)
         self._scan_rings()
 
-    # -- shutdown ------------------------------------------------------------------
-
     def _check_open(self) -> None:
         if self._closed:
             raise MailboxClosed("this endpoint is closed")
 
+    # -- shutdown ------------------------------------------------------------------
+
     def close(self) -> None:
-        """Close every ring (unlinking inbound ones), unregister names, remove the doorbell."""
+        """Close every ring (unlinking inbound ones), unregister names, remove the doorbell.
+
+        What was held for a paused name is dropped with a warning: a caller that cares
+        unbinds its names first (`unbind` returns it).
+        """
         if self._closed:
             return
         self._closed = True
+        for name in list(self._names):
+            held = self.unbind(name)
+            if held:
+                _log.warning(
+                    "%d message(s) held for %r dropped as its endpoint closed",
+                    sum(len(b[2]) for b in held),
+                    name,
+                )
         # Consumer ends first: a peer that sees our producer end closed then finds our
         # consumer end closed too, and drops its ring to us at once (`_peer_left`).
-        for name in list(self._names):
-            self.unbind(name)
-        for out in list(self._out.values()):
+        for gens in list(self._in.values()):
+            for inb in gens:
+                self._drop_inbound(inb)
+        self._in.clear()
+        self._rebuild_active()
+        for out in list(self._rings.values()):
             self._drop_outbound(out)
         self._poller.unregister(self._bell_fd)
         self._doorbell.close()
@@ -1174,17 +1481,35 @@ class Endpoint:
         self.close()
 
 
-def _salvage(file: RingFile) -> list[tuple[int, bytes]]:
-    """Read what a gone consumer left in a ring (we are its only reader now)."""
+def _salvage(file: RingFile) -> list[tuple[bytes, int, bytes]]:
+    """Read what a gone consumer left in a ring (we are its only reader now): (the
+    SELECT tag in force, meta, payload) per message."""
     consumer = _ring.Consumer(file.map)
     try:
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[bytes, int, bytes]] = []
         while True:
+            selects = consumer.selects
             batch = consumer.poll(1024)
             if not batch:
-                return out
-            out.extend(batch)
+                if consumer.selects == selects:
+                    return out
+                continue
+            tag = consumer.selected
+            out.extend((tag, meta, payload) for meta, payload in batch)
     except RingCorrupted:
         return out
     finally:
         consumer.release()
+
+
+def _by_channel(
+    ch: _Outbound, lost: list[tuple[bytes, int, bytes]]
+) -> list[tuple[tuple[str, str], list[tuple[int, bytes]]]]:
+    """Salvaged messages grouped by their (sender, receiver) pair, each in order."""
+    groups: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
+    for tag, meta, payload in lost:
+        cid = _ID.unpack_from(tag)[0] if len(tag) >= _ID.size else 0
+        c = ch.chans.get(cid)
+        if c is not None:
+            groups.setdefault((c.sender, c.to), []).append((meta, payload))
+    return list(groups.items())

@@ -21,7 +21,9 @@ What it guarantees:
 
 What it does not know: ring layouts and doorbell FIFOs. It knows only how their files are
 named (`rings/<from>~<to>.<gen>`, `bells/<pid>-<create_time_ms>`), so that it can delete a
-dead process's files; `mailbox.py` creates and opens them.
+dead process's files; `mailbox.py` creates and opens them. A ring between two processes
+is named by their *mailboxes* (`mailbox_name`: "_" and the doorbell's file name), whose
+liveness is the doorbell's: its pid and create time.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ __all__ = [
     "forward_name",
     "is_alive",
     "is_forward_ring",
+    "mailbox_name",
     "parse_forward_name",
     "parse_ring_filename",
     "process_create_time",
@@ -225,6 +228,21 @@ def is_forward_ring(fname: str) -> bool:
     writer and its reader, and which only a gateway retires."""
     parsed = parse_ring_filename(fname)
     return parsed is not None and parse_forward_name(parsed[1]) is not None
+
+
+def mailbox_name(doorbell: str | os.PathLike[str]) -> str:
+    """The name of the process mailbox whose doorbell is ``doorbell``: "_" and the
+    doorbell's file name (``_<pid>-<create_time_ms>[.<index>]``). Rings between two
+    processes are named by their mailboxes, not by the actors they carry messages for."""
+    return "_" + pathlib.Path(doorbell).name
+
+
+def _mailbox_alive(name: str) -> bool | None:
+    """Whether the process of mailbox ``name`` lives; None if ``name`` is no mailbox."""
+    match = _BELL_RE.fullmatch(name[1:]) if name.startswith("_") else None
+    if match is None:
+        return None
+    return is_alive(int(match[1]), int(match[2]) / 1000)
 
 
 def _valid_name(_inst: object, _attr: object, value: str) -> None:
@@ -673,7 +691,7 @@ class Registry:
             if is_forward_ring(fname):  # an outbox: the next gateway sends what is in it
                 if drop_outboxes and parsed[0] not in live:
                     _unlink(self.rings_dir / fname)
-            elif parsed[0] not in live and parsed[1] not in live:
+            elif not any(end in live or _mailbox_alive(end) for end in parsed[:2]):
                 _unlink(self.rings_dir / fname)
         if drop_outboxes:
             for fname in self._listdir(self.blobs_dir):
@@ -834,7 +852,17 @@ class Registry:
                 self.remove_rings_of(name, keep_to_live=unread)
                 if doorbell:
                     self._unlink_dead_doorbell(held.doorbell)
+                    self._remove_rings_of_dead_mailbox(mailbox_name(held.doorbell))
             return _unlink(path)
+
+    def _remove_rings_of_dead_mailbox(self, mailbox: str) -> None:
+        """A dead process's rings to and from other processes (its mailbox's)."""
+        if _mailbox_alive(mailbox) is not False:
+            return
+        for fname in self._listdir(self.rings_dir):
+            parsed = parse_ring_filename(fname)
+            if parsed is not None and mailbox in parsed[:2]:
+                _unlink(self.rings_dir / fname)
 
     def _unlink_dead_doorbell(self, doorbell: str) -> None:
         bell = pathlib.Path(doorbell)

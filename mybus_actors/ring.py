@@ -22,6 +22,10 @@ Guarantees:
 - Reading is not releasing: a `Reader` reads records at its own position and advances
   the head (frees the space) only when told, up to a position it has read. What it has
   read and not released is still there for a successor, who starts at the head.
+- A ring may carry several streams: a SELECT record (`Producer.select`) names, with an
+  opaque tag, the stream of the records after it, up to the next SELECT; a `Consumer`
+  stops before a SELECT so that one `poll` returns records of one stream, and exposes
+  the tag (`Consumer.selected`). SELECTs are not messages: no counter counts them.
 - "Full" is a return value (``False`` / no progress), never an exception: waiting is the
   caller's business.
 
@@ -30,11 +34,13 @@ Layout (word = 8 bytes)::
     0    magic, version, capacity, max_record           (read-only after create)
     64   tail, messages written, bytes written, full events, producer closed,
          producer identity (two words the caller fills, e.g. a pid and its start time)
-    128  head, consumer signal (running / waiting / closed), messages read, bytes read
+    128  head, consumer signal (running / waiting / closed), messages read, bytes read,
+         the length and first 8 bytes of the SELECT tag in force at the head
     256  data[capacity]                                   (capacity: a power of two)
 
 Record header word: bits 0-31 payload length, bits 32-39 record type, bits 40-63 the
 caller's ``meta`` (opaque here; the codec puts the envelope's kind and tag in it).
+Record types: WHOLE, FIRST, MIDDLE, LAST (fragments), PAD, SELECT (payload: the tag).
 Fragment payloads begin with: FIRST, the total length (u64); MIDDLE and LAST, the end
 position of their FIRST record and their offset in the message (u64 each).
 """
@@ -62,6 +68,7 @@ __all__ = [
     "MIDDLE",
     "PAD",
     "RUNNING",
+    "SELECT",
     "STATE_MASK",
     "WAITING",
     "WHOLE",
@@ -75,7 +82,7 @@ __all__ = [
 ]
 
 MAGIC: Final = 0x3130474E_49525542  # b"BURING01", little-endian
-VERSION: Final = 2
+VERSION: Final = 3
 HEADER_SIZE: Final = 256
 DEFAULT_CAPACITY: Final = 1 << 21
 MIN_CAPACITY: Final = 128  # room for fragments of at least 8 bytes of data
@@ -88,7 +95,7 @@ MIN_MAX_RECORD: Final = 24
 # Word indices into the buffer viewed as unsigned 64-bit words.
 _MAGIC, _VERSION, _CAPACITY, _MAX_RECORD = 0, 1, 2, 3
 _TAIL, _MSGS_W, _BYTES_W, _FULL, _P_CLOSED, _P_ID, _P_TOKEN = 8, 9, 10, 11, 12, 13, 14
-_HEAD, _SIGNAL, _MSGS_R, _BYTES_R = 16, 17, 18, 19
+_HEAD, _SIGNAL, _MSGS_R, _BYTES_R, _SEL_LEN, _SEL_HEAD = 16, 17, 18, 19, 20, 21
 
 # The consumer's signal word, which `Producer.write` reads right after publishing: a
 # state in the low two bits and, with WAITING, the number of that sleep above them, so
@@ -105,6 +112,8 @@ FIRST: Final = 2
 MIDDLE: Final = 3
 LAST: Final = 4
 PAD: Final = 5
+SELECT: Final = 6  # the records after it belong to the stream its payload (a tag) names
+MAX_TAG: Final = 1024
 
 _LEN_MASK: Final = 0xFFFFFFFF
 _FIRST_PREFIX: Final = 8  # a FIRST fragment's payload begins with the total length
@@ -354,6 +363,24 @@ class Producer(_RingView):
         self._release()
         return words[_SIGNAL]
 
+    def select(self, tag: bytes) -> bool:
+        """Write and publish a SELECT record: the records after it, up to the next
+        SELECT, belong to the stream ``tag`` names (opaque here, at most `MAX_TAG`
+        bytes). Not a message: no counter moves, and no doorbell need ring for it.
+
+        Returns:
+            False when there is no room now.
+        """
+        if not 0 < len(tag) <= MAX_TAG:
+            raise ValueError(f"a SELECT tag has 1 to {MAX_TAG} bytes, got {len(tag)}")
+        tail = self._put(self._tail, tag, len(tag), SELECT, 0)
+        if tail < 0:
+            self._note_full()
+            return False
+        self._tail = tail
+        self._words[_TAIL] = tail
+        return True
+
     def _put(self, tail: int, data: Any, n: int, rtype: int, meta: int) -> int:
         """Write one record at ``tail`` without publishing; return the new tail or -1."""
         size = (n + 15) & ~7
@@ -545,6 +572,12 @@ class Consumer(_ConsumerSide):
         self._frag_meta = 0
         self._frag_len = 0  # the announced total of the message being reassembled
         self._frag_first = 0  # the end of its FIRST record, which the others name
+        # The tag of the last SELECT read: the stream being read. A consumer that takes
+        # over a ring (a sender reading back what a gone reader left) starts with the
+        # first 8 bytes of the one in force, which every consumer publishes.
+        n = min(int(w[_SEL_LEN]), 8)
+        self.selected = int(w[_SEL_HEAD]).to_bytes(8, "little")[:n]
+        self.selects = 0  # SELECT records read so far
 
     @property
     def pending(self) -> bool:
@@ -564,8 +597,10 @@ class Consumer(_ConsumerSide):
         """Read up to ``budget`` whole messages; publish the head once.
 
         Returns:
-            (meta, payload) pairs in the order written. Fragments are reassembled: a
-            long message appears once, whole, after its last fragment.
+            (meta, payload) pairs in the order written, all of one stream: a SELECT is
+            read only first (then `selected` names the stream), and ends the read
+            otherwise. Fragments are reassembled: a long message appears once, whole,
+            after its last fragment.
 
         Raises:
             RingCorrupted: a record header no producer of this layout writes.
@@ -580,6 +615,7 @@ class Consumer(_ConsumerSide):
         out: list[tuple[int, bytes]] = []
         append = out.append
         nbytes = 0
+        selected = False
         while head != tail and budget > 0:
             off = head & mask
             h = words[(HEADER_SIZE + off) >> 3]
@@ -594,6 +630,17 @@ class Consumer(_ConsumerSide):
                 head += size
             elif rtype == PAD and n == self.capacity - off - 8:
                 head += n + 8
+            elif rtype == SELECT and 0 < n <= MAX_TAG and size <= self.capacity - off:
+                if out or selected:
+                    break  # the next stream is read by the next poll
+                if self._frag is not None:
+                    raise RingCorrupted("SELECT inside a fragmented message")
+                tag = self.selected = mv[s : s + n].tobytes()
+                self.selects += 1
+                words[_SEL_LEN] = n
+                words[_SEL_HEAD] = int.from_bytes(tag[:8].ljust(8, b"\0"), "little")
+                selected = True
+                head += size
             elif FIRST <= rtype <= LAST and size <= self.capacity - off:
                 done = self._fragment(rtype, h >> 40, mv[s : s + n], head + size)
                 if done is not None:

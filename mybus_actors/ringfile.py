@@ -47,15 +47,18 @@ class RingFile:
         self.size = size
 
     @classmethod
-    def create(cls, path: Path, capacity: int) -> RingFile:
+    def create(cls, path: Path, capacity: int, extra: int = 0) -> RingFile:
         """Create ``path`` (exclusively), allocate it, map it and write a fresh header.
+
+        ``extra`` bytes (zeroed) follow the ring, at ``ring.buffer_size(capacity)``: the
+        caller's.
 
         Raises:
             FileExistsError: ``path`` exists (the caller picks another generation).
             ResourceExhausted: out of descriptors, shared memory or memory.
             OSError: any other failure of the file system.
         """
-        size = _ring.buffer_size(capacity)
+        size = _ring.buffer_size(capacity) + extra
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:

@@ -560,7 +560,7 @@ class Runtime(Children):
             if receiver == self._reply_name:
                 self._deliver_replies(sender, items)
             else:
-                _log.warning("%d message(s) for %r, not hosted here", len(items), receiver)
+                self._bounce(sender, receiver, items)
             return
         for meta, payload in items:
             kind = meta & _KIND_MASK
@@ -589,6 +589,33 @@ class Runtime(Children):
         else:
             _log.error("%s: a message from %s could not be decoded: %s", cell.address,
                        origin or sender, exc)  # fmt: skip
+
+    def _bounce(self, sender: str, receiver: str, items: Sequence[tuple[int, Payload]]) -> None:
+        """Records for an actor that was no longer here when they were read (it stopped
+        as they came): an asker gets `ActorNotFound`, a teller its dead letter."""
+        reason = f"{format_address(self.node, receiver)} stopped before reading it"
+        via = self._reply_mailbox()  # a name of ours that outlives the actor
+        for meta, payload in items:
+            self.dead_letters += 1
+            try:
+                kind, origin, corr = codec.peek(meta, payload)
+            except SerializationError:
+                kind, origin, corr = -1, None, 0
+            to = origin or sender
+            try:
+                if kind == _ASK:
+                    self.tell(via, to, error_reply(ActorNotFound(reason)), kind=_ERROR_REPLY,
+                              corr=corr, timeout=1.0)  # fmt: skip
+                elif kind == _USER:
+                    notice = ("dead-raw", meta, bytes(payload), reason)
+                    self.tell(via, to, notice, kind=_SYSTEM, timeout=1.0)
+                else:
+                    _log.warning("a message from %s is lost: %s", to, reason)
+            except (MyBusError, OSError) as err:
+                if is_exhaustion(err):
+                    self._short.failed(err)
+                else:
+                    _log.warning("a dead letter for %s could not be returned: %s", to, err)
 
     def _deliver_replies(self, sender: str, items: Sequence[tuple[int, Payload]]) -> None:
         for meta, payload in items:
@@ -754,7 +781,8 @@ class Runtime(Children):
             self.unwatch(cell, address)
         self._fail_asks_of(cell, "stopped while asking")
         del self.cells[cell.name]
-        self.endpoint.unbind(cell.name)
+        for sender, receiver, items in self.endpoint.unbind(cell.name):
+            self._bounce(sender, receiver, items)
 
     def _return_backlog(self, cell: _Cell) -> None:
         """Messages taken from the rings but never handled go back as dead letters."""

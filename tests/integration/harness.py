@@ -18,6 +18,7 @@ from typing import Any
 
 import mybus_actors as mb
 from mybus_actors.ref import close_clients
+from mybus_actors.registry import Registry, mailbox_name
 
 
 class Actors:
@@ -70,8 +71,15 @@ def stopping_while_held(
     the stop must have been clean.
     """
 
-    def stop_ring(fname: str) -> bool:  # rings/<sender>~<receiver>.<generation>
-        return fname.startswith("_client-") and fname.split(".")[0].endswith("~sink")
+    # rings/<writer>~<reader>.<generation>, named by process mailboxes: the stop goes on
+    # a ring from this process's other endpoint (the Ref's client) to the sink's process.
+    sink_box = mailbox_name(Registry(runtime_dir).lookup("sink").doorbell)
+    here = f"_{os.getpid()}-"
+    mine = me._endpoint.mailbox
+
+    def stop_ring(fname: str) -> bool:
+        writer, _, rest = fname.partition("~")
+        return writer.startswith(here) and writer != mine and rest.startswith(f"{sink_box}.")
 
     me.tell("sink", ("hold", str(release)))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

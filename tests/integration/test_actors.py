@@ -26,6 +26,7 @@ import pytest
 
 import mybus_actors as mb
 from mybus_actors.ref import close_clients
+from mybus_actors.registry import Registry, mailbox_name
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -515,12 +516,15 @@ def test_stop_removes_the_registry_entry_and_rings(actors: Actors, runtime_dir: 
     assert me.ask("tidy", "hello", timeout=WAIT) == "hello"
     assert ref.ask("hello", timeout=WAIT) == "hello"
     assert "tidy" in os.listdir(runtime_dir / "actors")
-    assert any("tidy" in f for f in os.listdir(runtime_dir / "rings"))
+    # Rings join processes: they are named by the process mailboxes, not by actors.
+    mailbox = mailbox_name(Registry(runtime_dir).lookup("tidy").doorbell)
+    assert any(f.startswith(f"{mailbox}~") for f in os.listdir(runtime_dir / "rings"))
+    assert any(f"~{mailbox}." in f for f in os.listdir(runtime_dir / "rings"))
 
     assert ref.stop(timeout=5)
     assert "tidy" not in os.listdir(runtime_dir / "actors")
-    # The rings the actor read are unlinked by the actor itself.
-    assert [f for f in os.listdir(runtime_dir / "rings") if "~tidy." in f] == []
+    # The rings the actor's process read are unlinked by that process itself.
+    assert [f for f in os.listdir(runtime_dir / "rings") if f"~{mailbox}." in f] == []
 
     me.close()
     close_clients()

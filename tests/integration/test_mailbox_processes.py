@@ -306,7 +306,7 @@ def test_idle_ring_closed_by_both_ends_and_reopened(peers: list[Peer], runtime_d
             raise AssertionError("no echo")
 
         assert ask(b"one") == b"one"
-        first = [r for r in rings() if r.startswith("me~echo.")]
+        first = [r for r in rings() if r.startswith(f"{ep.mailbox}~")]  # to echo's process
         assert len(first) == 1
         deadline = time.monotonic() + 10
         while rings():
@@ -314,7 +314,7 @@ def test_idle_ring_closed_by_both_ends_and_reopened(peers: list[Peer], runtime_d
             ep.poll()
             ep.wait(0.05)
         assert ask(b"two") == b"two"
-        second = [r for r in rings() if r.startswith("me~echo.")]
+        second = [r for r in rings() if r.startswith(f"{ep.mailbox}~")]
         assert len(second) == 1 and second != first
         ep.send("me", "echo", b"stop")
         assert echo.result(timeout=10) == {"echoed": 2}

@@ -448,7 +448,9 @@ def test_a_truncated_ring_file_is_an_error_to_its_sender_who_lives(
         assert first_line(quiet) == "ready"
         sender = start("-c", TRUNCATED_SENDER, str(runtime_dir))
         assert first_line(sender) == "sent"
-        (ring,) = [p for p in registry.rings_dir.iterdir() if p.name.startswith("me~")]
+        # Rings are named by process mailboxes (_<pid>-<start ms>): the sender's is ours.
+        mine = f"_{sender.pid}-"
+        (ring,) = [p for p in registry.rings_dir.iterdir() if p.name.startswith(mine)]
         os.truncate(ring, 0)  # by this process: not the sender's
         out, _ = sender.communicate("go\n", timeout=WAIT)
         lines = out.splitlines()  # none at all had it died of SIGBUS (exit -7)

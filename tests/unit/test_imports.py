@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mybus_actors"
 # configuration between them, as the table's `relay`, `peers`, `gateway_config` rows.
 ORDER = [
     "errors",
+    "allocator",
     "timers",
     "pressure",
     "ring",

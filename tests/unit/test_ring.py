@@ -34,12 +34,12 @@ from mybus_actors.ring import (
     init_ring,
 )
 
-# Layout version 2: word indices (8-byte words) and record types; MIDDLE and LAST
+# Layout version 3: word indices (8-byte words) and record types; MIDDLE and LAST
 # fragments begin with the end position of their FIRST and their offset (u64 each).
 MAGIC_WORD, VERSION_WORD, CAPACITY_WORD, MAX_RECORD_WORD = 0, 1, 2, 3
 TAIL_WORD, HEAD_WORD = 8, 16
 DATA_WORD = HEADER_SIZE // 8
-WHOLE, FIRST, MIDDLE, LAST, PAD = 1, 2, 3, 4, 5
+WHOLE, FIRST, MIDDLE, LAST, PAD, SELECT = 1, 2, 3, 4, 5, 6
 
 CAP = 1024  # max_record defaults to CAP // 4 == 256
 
@@ -519,6 +519,113 @@ def test_offer_above_max_record_raises() -> None:
     assert c.poll() == [(0, bytes(p.max_record))]
 
 
+# -- streams: SELECT records -------------------------------------------------------------
+
+
+def read_streams(cons: Consumer, budget: int = 64) -> list[tuple[bytes, list[Message]]]:
+    """Everything readable, as (tag, messages) per poll, the way a demultiplexer reads."""
+    out: list[tuple[bytes, list[Message]]] = []
+    while True:
+        selects = cons.selects
+        batch = cons.poll(budget)
+        if not batch:
+            if cons.selects == selects:
+                return out
+            continue
+        out.append((cons.selected, batch))
+
+
+def test_a_poll_returns_one_stream_and_names_it() -> None:
+    _buf, prod, cons = make_ring()
+    assert prod.select(b"a")
+    prod.write(b"a1", 1)
+    prod.write(b"a2", 2)
+    assert prod.select(b"bb")
+    prod.write(b"b1", 3)
+    assert prod.select(b"a")
+    prod.write(b"a3", 4)
+    assert read_streams(cons) == [
+        (b"a", [(1, b"a1"), (2, b"a2")]),
+        (b"bb", [(3, b"b1")]),
+        (b"a", [(4, b"a3")]),
+    ]
+    assert not cons.pending
+
+
+def test_selects_are_not_messages() -> None:
+    _buf, prod, cons = make_ring()
+    prod.select(b"x")
+    prod.write(b"m")
+    prod.select(b"y")
+    prod.select(b"z")  # a stream switched to and left without a message
+    prod.write(b"n")
+    assert prod.written == 2
+    assert prod.unread == 2
+    streams = read_streams(cons)
+    assert streams == [(b"x", [(0, b"m")]), (b"z", [(0, b"n")])]
+    assert cons.selects == 3
+    assert prod.unread == 0 and prod.empty
+
+
+def test_select_is_refused_when_full_and_never_half_written() -> None:
+    _buf, prod, cons = make_ring()
+    while prod.write(b"x") != FULL:  # 16-byte records fill it to the byte
+        pass
+    assert not prod.select(b"tag")
+    cons.poll(2)
+    assert prod.select(b"tag")
+    assert prod.write(b"after") != FULL
+    *_, last = read_streams(cons)
+    assert last == (b"tag", [(0, b"after")])
+
+
+def test_a_consumer_taking_over_knows_the_stream_in_force() -> None:
+    """A sender reading back what a gone reader left must know whose the records are,
+    though the SELECT naming them was read (and freed) by that reader."""
+    buf, prod, cons = make_ring()
+    prod.select(b"\x01\x00and-a-long-declaration")
+    for i in range(3):
+        prod.write(bytes([i]))
+    assert cons.poll(1) == [(0, b"\x00")]
+    successor = Consumer(buf)
+    assert successor.selected == b"\x01\x00and-a-"  # its first 8 bytes
+    assert successor.poll() == [(0, b"\x01"), (0, b"\x02")]
+    assert Consumer(make_ring()[0]).selected == b""  # none yet
+
+
+@pytest.mark.parametrize("tag", [b"", b"t" * 1025])
+def test_select_tag_length_is_bounded(tag: bytes) -> None:
+    _buf, prod, _cons = make_ring()
+    with pytest.raises(ValueError, match="SELECT tag"):
+        prod.select(tag)
+
+
+def test_a_select_inside_a_fragmented_message_is_corruption() -> None:
+    _buf, prod, cons = make_ring()
+    data = bytes(range(256)) * 16
+    done = prod.offer_fragments(data, 0, 0)  # FIRST and more, not LAST: the ring is small
+    assert 0 < done < len(data)
+    cons.poll(64)  # reads the fragments so far
+    prod.select(b"s")
+    with pytest.raises(RingCorrupted, match="SELECT inside a fragmented message"):
+        cons.poll(64)
+
+
+def test_fragments_keep_their_stream() -> None:
+    _buf, prod, cons = make_ring()
+    prod.select(b"big")
+    data = bytes(range(256)) * 2
+    sent = 0
+    out: list[tuple[bytes, list[Message]]] = []
+    while sent < len(data):
+        sent = prod.offer_fragments(data, 7, sent)
+        out += read_streams(cons)
+    prod.select(b"small")
+    prod.write(b"s", 1)
+    out += read_streams(cons)
+    assert [(t, m) for t, m in out if m] == [(b"big", [(7, data)]), (b"small", [(1, b"s")])]
+
+
 # -- corruption -------------------------------------------------------------------------
 
 
@@ -529,8 +636,8 @@ def test_offer_above_max_record_raises() -> None:
         (MAGIC_WORD, 0, "bad magic 0x0"),
         (MAGIC_WORD, int.from_bytes(b"BURING02", "little"), "bad magic"),
         (VERSION_WORD, 0, "layout version 0"),
-        (VERSION_WORD, 1, "layout version 1"),
-        (VERSION_WORD, 3, "layout version 3"),
+        (VERSION_WORD, 2, "layout version 2"),  # before SELECT records
+        (VERSION_WORD, 4, "layout version 4"),
         (CAPACITY_WORD, 0, "capacity 0 "),
         (CAPACITY_WORD, 64, "capacity 64 "),
         (CAPACITY_WORD, 1000, "capacity 1000 is not a power of two"),
@@ -581,7 +688,9 @@ def test_buffer_longer_than_needed_and_not_a_multiple_of_8_is_fine() -> None:
     [
         pytest.param(0, 8, id="zeroed-memory"),
         pytest.param(header(8, 0), 16, id="type-0"),
-        pytest.param(header(8, 6), 16, id="unknown-type"),
+        pytest.param(header(8, 7), 16, id="unknown-type"),
+        pytest.param(header(0, SELECT), 16, id="select-empty"),
+        pytest.param(header(2000, SELECT), 16, id="select-too-long"),
         pytest.param(header(8, 0xFF, MAX_META), 16, id="type-255"),
         pytest.param(header(CAP, WHOLE), 16, id="whole-past-buffer-end"),
         pytest.param(header(0xFFFFFFFF, WHOLE), 16, id="whole-huge-length"),
