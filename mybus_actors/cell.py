@@ -100,9 +100,12 @@ class Cell:
 
 
 class Watch:
-    __slots__ = ("address", "cells", "pidfd")
+    __slots__ = ("address", "cells", "pidfd", "registrant")
 
     def __init__(self, address: str, pidfd: int | None) -> None:
         self.address = address
         self.pidfd = pidfd
         self.cells: set[str] = set()
+        # The cell whose name the watch request went under: the notice comes to it,
+        # even after it has gone (the runtime passes a notice for a gone cell on).
+        self.registrant = ""

@@ -239,7 +239,7 @@ class Children:
             old = parent.restart_timers.pop(name, None)
             if old is not None:
                 old.cancel()
-            parent.restart_timers[name] = rt.wheel.schedule(
+            parent.restart_timers[name] = rt.scheduler.at(
                 rt._clock() + decision.delay, functools.partial(rt._rebuild, parent, name)
             )
 

@@ -29,10 +29,10 @@ from typing import Any, Final
 from mybus_actors import codec
 from mybus_actors.actor import Actor
 from mybus_actors.address import format_address, parse_address
+from mybus_actors.aio import AsyncReceives
 from mybus_actors.asks import AskFuture, PendingAsks, error_from_reply, error_reply
 from mybus_actors.cell import Cell as _Cell
 from mybus_actors.cell import TimerHandle
-from mybus_actors.cell import Watch as _Watch
 from mybus_actors.children import Children
 from mybus_actors.codec import Kind
 from mybus_actors.errors import (
@@ -50,15 +50,16 @@ from mybus_actors.pool import PoolRouter
 from mybus_actors.pressure import OnceLog, is_exhaustion
 from mybus_actors.registry import (
     RESERVED_NAMES,
+    Entry,
     Registry,
     default_node,
-    is_alive,
     resolve_runtime_dir,
     validate_name,
 )
 from mybus_actors.ring import DEFAULT_CAPACITY
-from mybus_actors.routing import GATEWAY, send_to_node
-from mybus_actors.timers import TimerWheel
+from mybus_actors.routing import send_to_node
+from mybus_actors.scheduling import Scheduler
+from mybus_actors.watches import Watches
 
 __all__ = ["STOP", "Runtime", "TimerHandle", "run"]
 
@@ -113,15 +114,17 @@ class Runtime(Children):
             on_undelivered=self._undelivered,
         )
         self._thread = threading.get_ident()
-        self.wheel: TimerWheel[Callable[[], None]] = TimerWheel(tick=0.001, now=self._clock())
+        self.scheduler = Scheduler(
+            self._clock,
+            lambda cell, message: self._offer(cell, None, _USER, 0, message),
+            lambda cell, to, message: self.tell(cell.name, to, message),
+        )
         self.cells: dict[str, _Cell] = {}
         self._local: deque[tuple[str | None, str, int, int, Any]] = deque()
         self.asks = PendingAsks(self._thread)
         self._ask_owner: dict[int, str] = {}
-        self._watches: dict[str, _Watch] = {}
-        self._by_pidfd: dict[int, str] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: dict[asyncio.Task[None], _Cell] = {}  # async receives, and whose
+        self.watches = Watches(self)
+        self.aio = AsyncReceives()  # the loop of async receives, made on first use
         self._routes: dict[str, tuple[str, str]] = {}  # parsed addresses (see `_route`)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -286,7 +289,7 @@ class Runtime(Children):
         def expire() -> None:
             self.asks.fail(corr, AskTimeout(f"no reply from {address} within {timeout}s"))
 
-        handle = self.wheel.schedule(self._clock() + timeout, expire)
+        handle = self.scheduler.at(self._clock() + timeout, expire)
 
         def settled(_: AskFuture) -> None:
             handle.cancel()
@@ -345,144 +348,45 @@ class Runtime(Children):
     def schedule(
         self, cell: _Cell, delay: float, interval: float | None, message: Any, to: str | None
     ) -> TimerHandle:
-        if delay < 0:
-            raise ValueError(f"delay must be >= 0, got {delay!r}")
         if to is not None:
             parse_address(to, self.node)  # a malformed target fails now, not later
-        timer = TimerHandle(cell, interval, message, to)
-        cell.timers.add(timer)
-        self._arm(timer, self._clock() + delay)
-        return timer
+        return self.scheduler.timer(cell, delay, interval, message, to)
 
-    def _arm(self, timer: TimerHandle, deadline: float) -> None:
-        def fire() -> None:
-            if timer.cancelled or timer.cell.finished:
-                return
-            if timer.interval is not None:
-                # From the deadline, not from now: the rate does not drift.
-                self._arm(timer, max(deadline + timer.interval, self._clock()))
-            else:
-                timer.cell.timers.discard(timer)
-            if timer.to is None:
-                self._offer(timer.cell, None, _USER, 0, timer.message)
-            else:
-                try:
-                    self.tell(timer.cell.name, timer.to, timer.message)
-                except (MyBusError, OSError) as err:
-                    _log.warning("%s: timer message not sent: %s", timer.cell.address, err)
-
-        timer._wheel_handle = self.wheel.schedule(deadline, fire)
-
-    # -- watching ------------------------------------------------------------------
+    # -- watching (watches.py; what it needs of us: `WatchHost`) ---------------------
 
     def watch(self, cell: _Cell, address: str) -> None:
-        node, name = parse_address(address, self.node)
-        address = format_address(node, name)
-        cell.watching.add(address)
-        w = self._watches.get(address)
-        if w is not None:
-            w.cells.add(cell.name)
-            return
-        if node != self.node:
-            self._watch_remote(cell, address)
-            return
-        target = self.cells.get(name)
-        if target is not None:  # same process: no pidfd, the notice is enough
-            w = _Watch(address, None)
-        else:
-            pidfd = self._open_pidfd(name)
-            if pidfd is None:
-                self._not_watchable(cell, address, "not found")
-                return
-            w = _Watch(address, pidfd)
-            self._by_pidfd[pidfd] = address
-            self._poller.register(pidfd, select.POLLIN)
-        w.cells.add(cell.name)
-        self._watches[address] = w
-        if target is not None:
-            target.watchers.add(cell.name)
-        else:
-            self._tell_system(cell.name, name, ("watch",))
-
-    def _watch_remote(self, cell: _Cell, address: str) -> None:
-        """Ask the remote actor for its notice; the gateway reports its node unreachable."""
-        w = _Watch(address, None)
-        w.cells.add(cell.name)
-        self._watches[address] = w
-        if not (
-            self._tell_system(cell.name, address, ("watch",))
-            and self._tell_system(cell.name, GATEWAY, ("watch-remote", address))
-        ):
-            self._drop_watch(w)
-            self._not_watchable(cell, address, "node unreachable")
-
-    def _not_watchable(self, cell: _Cell, address: str, reason: str) -> None:
-        cell.watching.discard(address)
-        # Queued, not handed over: watch() may be running inside receive().
-        self._local.append((None, cell.name, _USER, 0, Terminated(address, reason)))
-
-    def _open_pidfd(self, name: str) -> int | None:
-        try:
-            entry = self.registry.lookup(name)
-            pidfd = os.pidfd_open(entry.pid)
-        except (ActorNotFound, ProcessLookupError):
-            return None
-        # The pid might have died and been reused between the lookup and the open.
-        if not is_alive(entry.pid, entry.create_time):
-            os.close(pidfd)
-            return None
-        return pidfd
+        self.watches.watch(cell, address)
 
     def unwatch(self, cell: _Cell, address: str) -> None:
-        node, name = parse_address(address, self.node)
-        address = format_address(node, name)
-        cell.watching.discard(address)
-        w = self._watches.get(address)
-        if w is None:
-            return
-        w.cells.discard(cell.name)
-        if not w.cells:
-            self._drop_watch(w)
-        target = self.cells.get(name) if node == self.node else None
-        if target is not None:
-            target.watchers.discard(cell.name)
+        self.watches.unwatch(cell, address)
+
+    def lookup(self, name: str) -> Entry:
+        return self.registry.lookup(name)
+
+    def tell_system(self, sender: str, to: str, message: tuple[Any, ...]) -> bool:
+        return self._tell_system(sender, to, message)
+
+    def notify_later(self, cell: _Cell, message: Terminated) -> None:
+        self._local.append((None, cell.name, _USER, 0, message))
+
+    def notify(self, cell: _Cell, message: Terminated) -> None:
+        self._offer(cell, None, _USER, 0, message)
+
+    def receiver_closed(self, sender: str, name: str) -> bool:
+        return self.endpoint.receiver_closed(sender, name)
+
+    def supervised(self, cell_name: str, address: str) -> Callable[[str], None] | None:
+        child = self._process_child_of(cell_name, address)
+        if child is None:
+            return None
+        parent, name = child
+        return lambda reason: self._process_child_ended(parent, name, reason)
+
+    def poll_fd(self, fd: int, on: bool) -> None:
+        if on:
+            self._poller.register(fd, select.POLLIN)
         else:
-            self._tell_system(cell.name, address, ("unwatch",))
-            if node != self.node:
-                self._tell_system(cell.name, GATEWAY, ("unwatch-remote", address))
-
-    def _drop_watch(self, w: _Watch) -> None:
-        self._watches.pop(w.address, None)
-        if w.pidfd is not None:
-            self._by_pidfd.pop(w.pidfd, None)
-            self._poller.unregister(w.pidfd)
-            os.close(w.pidfd)
-
-    def _end_reason(self, address: str) -> str:
-        """Why a watched process ended without a notice: "stopped" if it closed the ring
-        our watch request went on (it stopped cleanly before reading it), else "died"."""
-        w = self._watches.get(address)
-        name = parse_address(address, self.node)[1]
-        if w is not None and any(self.endpoint.receiver_closed(c, name) for c in w.cells):
-            return "stopped"
-        return "died"
-
-    def _terminated(self, address: str, reason: str) -> None:
-        w = self._watches.get(address)
-        if w is None:
-            return
-        self._drop_watch(w)
-        for name in list(w.cells):
-            child = self._process_child_of(name, address)
-            if child is not None:  # its supervisor decides; it is told only if it ends
-                w.cells.discard(name)
-                child[0].watching.discard(address)
-                self._process_child_ended(child[0], child[1], reason)
-        for name in w.cells:
-            cell = self.cells.get(name)
-            if cell is not None and not cell.finished:
-                cell.watching.discard(address)
-                self._offer(cell, None, _USER, 0, Terminated(address, reason))
+            self._poller.unregister(fd)
 
     # -- receiving -----------------------------------------------------------------
 
@@ -501,10 +405,8 @@ class Runtime(Children):
         cell.cur_kind = kind
         cell.cur_corr = corr
         if cell.is_async:
-            loop = self._async_loop()
-            task = loop.create_task(self._run_async(cell, actor.receive(msg), sender, kind, corr))
-            cell.task = task
-            self._tasks[task] = cell
+            coro = self._run_async(cell, actor.receive(msg), sender, kind, corr)
+            cell.task = self.aio.start(cell, coro)
             self.endpoint.pause(cell.name)
             return
         try:
@@ -602,6 +504,8 @@ class Runtime(Children):
             except SerializationError:
                 kind, origin, corr = -1, None, 0
             to = origin or sender
+            if kind == _SYSTEM and self._notice_for_gone_watcher(meta, payload):
+                continue
             try:
                 if kind == _ASK:
                     self.tell(via, to, error_reply(ActorNotFound(reason)), kind=_ERROR_REPLY,
@@ -616,6 +520,19 @@ class Runtime(Children):
                     self._short.failed(err)
                 else:
                     _log.warning("a dead letter for %s could not be returned: %s", to, err)
+
+    def _notice_for_gone_watcher(self, meta: int, payload: Payload) -> bool:
+        """A ("terminated", ...) notice for a watcher that has gone: the others that
+        watch the same actor under its request still learn of it."""
+        try:
+            msg = codec.decode_fields(meta, payload)[3]
+        except SerializationError:
+            return False
+        if isinstance(msg, tuple) and len(msg) == 3 and msg[0] == "terminated":
+            self.dead_letters -= 1  # not a dead letter: it was for all of them
+            self.watches.terminated(str(msg[1]), str(msg[2]))
+            return True
+        return False
 
     def _deliver_replies(self, sender: str, items: Sequence[tuple[int, Payload]]) -> None:
         for meta, payload in items:
@@ -683,7 +600,7 @@ class Runtime(Children):
         elif verb == "unwatch":
             cell.watchers.discard(sender)
         elif verb == "terminated" and len(msg) == 3:
-            self._terminated(str(msg[1]), str(msg[2]))
+            self.watches.terminated(str(msg[1]), str(msg[2]))
         elif verb == "dead" and len(msg) == 3:
             self.dead_letters += 1
             self._dispatch(cell, sender, _DEAD, 0, (msg[1], str(msg[2])))
@@ -799,11 +716,6 @@ class Runtime(Children):
 
     # -- the dispatcher ------------------------------------------------------------
 
-    def _async_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop
-
     def run_until_stopped(self) -> None:
         """Dispatch until every hosted actor has stopped.
 
@@ -824,11 +736,8 @@ class Runtime(Children):
     def do_work(self) -> int:
         """One duty cycle: due timers, local messages, one poll of the rings."""
         work = 0
-        if len(self.wheel):
-            due = self.wheel.advance(self._clock())
-            for fire in due:
-                fire()
-            work += len(due)
+        if len(self.scheduler):
+            work += self.scheduler.fire_due()
         local = self._local
         if local:
             n = len(local)
@@ -843,8 +752,8 @@ class Runtime(Children):
         for sender, receiver, items in self.endpoint.poll_batches(_BUDGET):
             work += len(items)
             self._deliver(sender, receiver, items)
-        if self._tasks:
-            work += self._run_async_once()
+        if self.aio:
+            work += self._settle(self.aio.run_once())
         if self._stopping:
             self._stopping = False
             for cell in [c for c in self.cells.values() if c.stopping or c.failing or c.killing]:
@@ -868,17 +777,9 @@ class Runtime(Children):
         for cell in list(self.cells.values()):
             self._end(cell, "stopped")
 
-    def _run_async_once(self) -> int:
-        """Run the asyncio loop's ready callbacks once; settle finished receives."""
-        loop = self._async_loop()
-        loop.call_soon(loop.stop)
-        loop.run_forever()
-        return self._settle_tasks()
-
-    def _settle_tasks(self) -> int:
-        done = [t for t in self._tasks if t.done()]
-        for task in done:
-            cell = self._tasks.pop(task)
+    def _settle(self, done: list[tuple[asyncio.Task[None], _Cell]]) -> int:
+        """Finished async receives: their actors' next messages start."""
+        for task, cell in done:
             if cell.task is task:  # not a task of an instance that was reset meanwhile
                 self._task_done(cell)
         return len(done)
@@ -887,7 +788,7 @@ class Runtime(Children):
         return bool(self._local)
 
     def _sleep_timeout(self) -> float:
-        deadline = self.wheel.next_deadline()
+        deadline = self.scheduler.next_deadline()
         timeout = 3600.0 if deadline is None else deadline - self._clock()
         return self.endpoint.sleep_bound(timeout)
 
@@ -899,7 +800,7 @@ class Runtime(Children):
         ready: list[int] = []
         try:
             timeout = self._sleep_timeout()
-            if self._tasks:
+            if self.aio:
                 ready = self._sleep_in_asyncio(timeout)
             elif timeout > 0:
                 ready = [fd for fd, _ in self._poller.poll(timeout * 1000.0)]
@@ -913,13 +814,11 @@ class Runtime(Children):
             elif fd == self._parent_fd:
                 _log.warning("the process that spawned this one exited: stopping")
                 self.stop_all()
-            elif fd in self._by_pidfd:
+            elif fd in self.watches:
                 # Read what the process published before it ended (a clean stop's
                 # notice) before deciding that it died.
                 self.do_work()
-                address = self._by_pidfd.get(fd)
-                if address is not None:
-                    self._terminated(address, self._end_reason(address))
+                if self.watches.process_exited(fd):
                     try:
                         self.registry.reclaim()
                     except ResourceExhausted as exc:  # the next reclaim does it
@@ -927,28 +826,11 @@ class Runtime(Children):
 
     def _sleep_in_asyncio(self, timeout: float) -> list[int]:
         """Sleep in the asyncio loop, so awaiting receives make progress meanwhile."""
-        loop = self._async_loop()
-        ready: list[int] = []
-        fds = [self.endpoint.bell_fd, self._wake_r.fileno(), *self._by_pidfd]
+        fds = [self.endpoint.bell_fd, self._wake_r.fileno(), *self.watches.pidfds]
         if self._parent_fd is not None:
             fds.append(self._parent_fd)
-
-        def woke(fd: int) -> None:
-            ready.append(fd)
-            loop.stop()
-
-        for fd in fds:
-            loop.add_reader(fd, woke, fd)
-        for task in self._tasks:
-            task.add_done_callback(lambda _: loop.stop())
-        timer = loop.call_later(max(timeout, 0.0), loop.stop)
-        try:
-            loop.run_forever()
-        finally:
-            timer.cancel()
-            for fd in fds:
-                loop.remove_reader(fd)
-        self._settle_tasks()
+        ready = self.aio.sleep(fds, timeout)
+        self._settle(self.aio.settle())
         return ready
 
     def close(self) -> None:
@@ -957,15 +839,9 @@ class Runtime(Children):
             return
         self._end_all()
         self._closed = True
-        for w in list(self._watches.values()):
-            self._drop_watch(w)
+        self.watches.close()
         self.asks.fail_all(lambda f: MailboxClosed(f"{f.description}: the runtime closed"))
-        if self._loop is not None:
-            for task in self._tasks:
-                task.cancel()
-            if self._tasks:
-                self._loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
-            self._loop.close()
+        self.aio.close()
         self.endpoint.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -161,10 +161,26 @@ def test_a_restart_inside_a_100_mib_message_neither_wedges_nor_loses_it(cluster:
     assert me.ask("beta/sink", "log?", timeout=WAIT) == []
     size = 100 << 20
     data = lib.pattern(size)
-    me.tell("beta/sink", data, timeout=60)  # the last of it is in the ring when this returns
-    blobs = cluster.dir("beta") / "blobs"
-    lib.until(lambda: any(blobs.iterdir()), 30, "beta's gateway began the large message")
-    cluster.restart_gateway("beta")
+    # Told in a thread: the restart must come while the message is under way. Once the
+    # tell returns, beta may have had it all and the sink read it (its blob gone).
+    told: list[BaseException | None] = []
+
+    def tell() -> None:
+        try:
+            me.tell("beta/sink", data, timeout=60)
+            told.append(None)
+        except BaseException as exc:  # reported by the assertion below
+            told.append(exc)
+
+    sending = threading.Thread(target=tell)
+    sending.start()
+    try:
+        blobs = cluster.dir("beta") / "blobs"
+        lib.until(lambda: any(blobs.iterdir()), 30, "beta's gateway began the large message")
+        cluster.restart_gateway("beta")
+    finally:
+        sending.join(90)
+    assert told == [None]
     arrived = waiting.receive_until(observer, lambda m: m[0] == "arrived", 90)
     assert arrived[2:] == (size, zlib.crc32(data))
     for i in range(100):
