@@ -27,7 +27,9 @@ class AsyncReceives:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: dict[asyncio.Task[None], Cell] = {}
+        # The receives running, and whose: the dispatcher tests it once per duty cycle
+        # (a dict's truth, not a call).
+        self.tasks: dict[asyncio.Task[None], Cell] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -37,12 +39,12 @@ class AsyncReceives:
 
     def __bool__(self) -> bool:
         """Some receive is running."""
-        return bool(self._tasks)
+        return bool(self.tasks)
 
     def start(self, cell: Cell, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` (an async receive of ``cell``'s actor) as a task of the loop."""
         task = self.loop.create_task(coro)
-        self._tasks[task] = cell
+        self.tasks[task] = cell
         return task
 
     def run_once(self) -> list[tuple[asyncio.Task[None], Cell]]:
@@ -53,8 +55,8 @@ class AsyncReceives:
         return self.settle()
 
     def settle(self) -> list[tuple[asyncio.Task[None], Cell]]:
-        done = [t for t in self._tasks if t.done()]
-        return [(task, self._tasks.pop(task)) for task in done]
+        done = [t for t in self.tasks if t.done()]
+        return [(task, self.tasks.pop(task)) for task in done]
 
     def sleep(self, fds: Sequence[int], timeout: float) -> list[int]:
         """Run the loop until one of ``fds`` is readable, a task finishes, or ``timeout``
@@ -68,7 +70,7 @@ class AsyncReceives:
 
         for fd in fds:
             loop.add_reader(fd, woke, fd)
-        for task in self._tasks:
+        for task in self.tasks:
             task.add_done_callback(lambda _: loop.stop())
         timer = loop.call_later(max(timeout, 0.0), loop.stop)
         try:
@@ -83,9 +85,9 @@ class AsyncReceives:
         """Cancel what still runs, let it unwind, close the loop."""
         if self._loop is None:
             return
-        for task in self._tasks:
+        for task in self.tasks:
             task.cancel()
-        if self._tasks:
-            self._loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
-        self._tasks.clear()
+        if self.tasks:
+            self._loop.run_until_complete(asyncio.gather(*self.tasks, return_exceptions=True))
+        self.tasks.clear()
         self._loop.close()

@@ -214,7 +214,18 @@ class _Chan:
     """One (sender name, receiver name) pair on a ring: its id there, and the SELECT tag
     that switches the ring to it (the id, and the names until they were declared)."""
 
-    __slots__ = ("id", "page", "ring", "sender", "tag", "to")
+    __slots__ = (
+        "current",
+        "id",
+        "max_record",
+        "next_check",
+        "page",
+        "ring",
+        "sender",
+        "tag",
+        "to",
+        "write",
+    )
 
     def __init__(self, ring: _Outbound, cid: int, sender: str, to: str, tag: bytes):
         self.ring = ring
@@ -223,6 +234,11 @@ class _Chan:
         self.sender = sender
         self.to = to
         self.tag = tag
+        # Copied from the ring for the send's hot path (one attribute load each).
+        self.write = ring.write
+        self.max_record = ring.max_record
+        self.next_check = 0.0
+        self.current = False  # the ring's last SELECT named this channel
 
 
 class _Held:
@@ -236,7 +252,18 @@ class _Held:
 
 
 class _Inbound:
-    __slots__ = ("chans", "consumer", "file", "key", "names", "page", "pair", "sender", "used")
+    __slots__ = (
+        "chans",
+        "consumer",
+        "file",
+        "key",
+        "names",
+        "page",
+        "pair",
+        "plain",
+        "sender",
+        "used",
+    )
 
     def __init__(
         self, file: RingFile, consumer: _ring.Consumer, sender: str, receiver: str, page: Any
@@ -249,7 +276,16 @@ class _Inbound:
         self.chans: dict[bytes, tuple[str, str]] = {}  # SELECT tag -> (sender, receiver)
         self.names: set[str] = set()  # receivers declared here (for `_routes_to`)
         self.pair: tuple[str, str] | None = None  # the channel being read
+        self.plain: tuple[str, str] | None = None  # the same, if not the gateway's
         self.used = True
+
+
+def _switch(ch: _Outbound, c: _Chan) -> None:
+    """The ring's SELECT now names ``c``."""
+    if ch.cur is not None:
+        ch.cur.current = False
+    ch.cur = c
+    c.current = True
 
 
 def _size(items: Sequence[tuple[int, Payload]]) -> int:
@@ -454,20 +490,18 @@ class Endpoint:
         """
         # The hot path of every local message: kept to a few attribute loads and calls.
         c = self._out.get((sender, to))
-        if c is None or self._clock() >= c.ring.next_check:
-            c = self._channel(sender, to, c, timeout if block else 0.0)
-        if c.page[c.id]:
-            c = self._held_back(c, timeout, block)
-        ch = c.ring
-        if ch.cur is not c:
-            self._select(c, timeout, block)
-        if len(data) <= ch.max_record:
-            signal = ch.write(data, meta)
+        # The clock first: a due check finds a ring another process truncated before
+        # anything of it (the channel page too) is touched.
+        if c is None or self._clock() >= c.next_check or not c.current or c.page[c.id]:
+            c = self._prepare(sender, to, c, timeout, block)
+        if len(data) <= c.max_record:
+            signal = c.write(data, meta)
         else:
             signal = self._send_fragments(c, data, meta, timeout, block)
         if signal:
+            ch = c.ring
             if signal < 0:
-                write = ch.write
+                write = c.write
                 signal = self._wait_for_room(c, lambda: write(data, meta), timeout, block)
             if signal & _STATE == _WAITING:
                 if signal != ch.rung:  # once per sleep of the receiver
@@ -486,6 +520,19 @@ class Endpoint:
         if not self._sends & 1023:
             self._maintain_outbound()
 
+    def _prepare(
+        self, sender: str, to: str, c: _Chan | None, timeout: float, block: bool
+    ) -> _Chan:
+        """The channel ``sender``->``to``, ready for a write: its receiver checked when
+        due, waited for while it holds us back, the ring switched to it."""
+        if c is None or self._clock() >= c.next_check:
+            c = self._channel(sender, to, c, timeout if block else 0.0)
+        if c.page[c.id]:
+            c = self._held_back(c, timeout, block)
+        if not c.current:
+            self._select(c, timeout, block)
+        return c
+
     def _select(self, c: _Chan, timeout: float, block: bool) -> None:
         """Switch the ring to channel ``c`` (declaring it, the first time)."""
         ch = c.ring
@@ -493,7 +540,7 @@ class Endpoint:
         tag = c.tag
         if not select_(tag):
             self._wait_for_room(c, lambda: 0 if select_(tag) else _ring.FULL, timeout, block)
-        ch.cur = c
+        _switch(ch, c)
         c.tag = tag[:2]  # declared: from now on its id names it
 
     def _held_back(self, c: _Chan, timeout: float, block: bool) -> _Chan:
@@ -522,7 +569,7 @@ class Endpoint:
                 raise MailboxFull(
                     f"{c.to!r} was held back (its queue full) for {timeout}s; message not sent"
                 )
-            if now >= c.ring.next_check:
+            if now >= c.next_check:
                 c = self._channel(c.sender, c.to, c, max(0.0, deadline - now))
                 continue
             time.sleep(pause)  # nothing wakes us when the mark goes
@@ -545,7 +592,7 @@ class Endpoint:
             ch = c.ring
             # A receiver killed while busy neither closes its end nor answers a bell:
             # without this check a new holder of the name is never reached.
-            ch.next_check = self._clock() + _LIVENESS_EVERY
+            ch.next_check = c.next_check = self._clock() + _LIVENESS_EVERY
             if not ch.file.intact():
                 self._drop_outbound(ch)
                 raise RingCorrupted(
@@ -565,7 +612,7 @@ class Endpoint:
             if restart_wait is None or self.registry.restarter(to) in (None, os.getpid()):
                 raise
             c = self._open_restarted(sender, to, restart_wait)
-        c.ring.next_check = self._clock() + _LIVENESS_EVERY
+        c.ring.next_check = c.next_check = self._clock() + _LIVENESS_EVERY
         return c
 
     def _open_restarted(self, sender: str, to: str, timeout: float) -> _Chan:
@@ -614,7 +661,7 @@ class Endpoint:
             peer = self.registry.lookup(FORWARD_TO)
             ch = self._new_ring(f"{sender}~{to}", sender, to, peer, to, forward=True)
             c = _Chan(ch, 0, sender, to, b"")
-            ch.cur = c  # one channel: no SELECT
+            _switch(ch, c)  # its one channel: no SELECT
         else:
             peer = self.registry.lookup(to)
             mailbox = FORWARD_TO if to == FORWARD_TO else mailbox_name(peer.doorbell)
@@ -920,10 +967,25 @@ class Endpoint:
         if n:
             start = self._rr % n
             self._rr = start + 1
+            holding = self._holding
             for i in range(n):
                 ch = active[(start + i) % n]
+                consumer = ch.consumer
+                selects = consumer.selects
                 try:
-                    got = self._read(ch, budget, out)
+                    items = consumer.poll(budget)
+                    if consumer.selects == selects and not consumer.at_select:
+                        # The common cases, inline: nothing, or one channel's run.
+                        if not items:
+                            got = 0
+                        elif (pair := ch.plain) is not None and pair[1] not in holding:
+                            out.append((pair[0], pair[1], items))
+                            ch.used = True
+                            continue
+                        else:
+                            got = self._read(ch, budget, out, items, selects)
+                    else:
+                        got = self._read(ch, budget, out, items, selects)
                 except RingCorrupted:
                     self._discard_corrupt(ch)
                     continue
@@ -946,15 +1008,28 @@ class Endpoint:
             self.maintain()
         return out
 
-    def _read(self, ch: _Inbound, budget: int, out: list[Batch]) -> int:
-        """Read up to ``budget`` records of ``ch``, a run of one channel per poll."""
+    def _read(
+        self,
+        ch: _Inbound,
+        budget: int,
+        out: list[Batch],
+        items: list[tuple[int, bytes]],
+        selects: int,
+    ) -> int:
+        """Hand out ``items`` (what a poll of ``ch`` just returned, ``selects`` being
+        its SELECT count before) and read on, a run of one channel per poll, up to
+        ``budget`` records in all."""
         consumer = ch.consumer
         got = 0
+        first = True
         while got < budget:
-            selects = consumer.selects
-            items = consumer.poll(budget - got)
+            if not first:
+                selects = consumer.selects
+                items = consumer.poll(budget - got)
+            first = False
             if consumer.selects != selects:
-                ch.pair = self._selected(ch, consumer.selected)
+                pair = ch.pair = self._selected(ch, consumer.selected)
+                ch.plain = pair if pair is not None and pair[0] != FORWARD_TO else None
             if not items:
                 if consumer.selects == selects:
                     break
@@ -975,6 +1050,8 @@ class Endpoint:
                 self._hold(receiver, sender, batch)
             else:
                 out.append((sender, receiver, batch))
+            if not consumer.at_select:
+                break  # all read, or the budget: no second look at an empty ring
         return got
 
     def _selected(self, ch: _Inbound, tag: bytes) -> tuple[str, str] | None:
@@ -1089,7 +1166,7 @@ class Endpoint:
     def _ready_to_offer(self, sender: str, to: str) -> _Chan | None:
         """The channel for an offer, switched to; None when it cannot take one now."""
         c = self._out.get((sender, to))
-        if c is None or self._clock() >= c.ring.next_check:
+        if c is None or self._clock() >= c.next_check:
             c = self._channel(sender, to, c)
         if c.page[c.id]:
             try:
@@ -1097,12 +1174,12 @@ class Endpoint:
             except MailboxFull:
                 return None
         ch = c.ring
-        if ch.cur is not c:
+        if not c.current:
             if not ch.producer.select(c.tag):
                 if ch.producer.consumer_closed:
                     self._check_receiver(ch, pending=0, to=to)
                 return None
-            ch.cur = c
+            _switch(ch, c)
             c.tag = c.tag[: _ID.size]
         return c
 
@@ -1197,7 +1274,13 @@ class Endpoint:
 
     def pending(self) -> bool:
         """Some inbound ring has unread records, or held ones are ready."""
-        return bool(self._ready) or any(ch.consumer.pending for ch in self._active)
+        # On every round of a spin: a plain loop (a generator costs more than the check).
+        if self._ready:
+            return True
+        for ch in self._active:  # noqa: SIM110 - any() and a generator cost more here
+            if ch.consumer.pending:
+                return True
+        return False
 
     @property
     def bell_fd(self) -> int:

@@ -578,6 +578,7 @@ class Consumer(_ConsumerSide):
         n = min(int(w[_SEL_LEN]), 8)
         self.selected = int(w[_SEL_HEAD]).to_bytes(8, "little")[:n]
         self.selects = 0  # SELECT records read so far
+        self.at_select = False  # the last poll stopped before a SELECT (more to read)
 
     @property
     def pending(self) -> bool:
@@ -608,6 +609,7 @@ class Consumer(_ConsumerSide):
         words = self._words
         head = self._head
         tail = words[_TAIL]
+        self.at_select = False
         if head == tail:
             return []
         mv = self._mv
@@ -632,6 +634,7 @@ class Consumer(_ConsumerSide):
                 head += n + 8
             elif rtype == SELECT and 0 < n <= MAX_TAG and size <= self.capacity - off:
                 if out or selected:
+                    self.at_select = True
                     break  # the next stream is read by the next poll
                 if self._frag is not None:
                     raise RingCorrupted("SELECT inside a fragmented message")

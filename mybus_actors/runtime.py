@@ -119,6 +119,7 @@ class Runtime(Children):
             lambda cell, message: self._offer(cell, None, _USER, 0, message),
             lambda cell, to, message: self.tell(cell.name, to, message),
         )
+        self._wheel = self.scheduler.wheel
         self.cells: dict[str, _Cell] = {}
         self._local: deque[tuple[str | None, str, int, int, Any]] = deque()
         self.asks = PendingAsks(self._thread)
@@ -289,7 +290,7 @@ class Runtime(Children):
         def expire() -> None:
             self.asks.fail(corr, AskTimeout(f"no reply from {address} within {timeout}s"))
 
-        handle = self.scheduler.at(self._clock() + timeout, expire)
+        handle = self._wheel.schedule(self._clock() + timeout, expire)
 
         def settled(_: AskFuture) -> None:
             handle.cancel()
@@ -736,7 +737,7 @@ class Runtime(Children):
     def do_work(self) -> int:
         """One duty cycle: due timers, local messages, one poll of the rings."""
         work = 0
-        if len(self.scheduler):
+        if len(self._wheel):  # the wheel itself: a call less per duty cycle
             work += self.scheduler.fire_due()
         local = self._local
         if local:
@@ -752,7 +753,7 @@ class Runtime(Children):
         for sender, receiver, items in self.endpoint.poll_batches(_BUDGET):
             work += len(items)
             self._deliver(sender, receiver, items)
-        if self.aio:
+        if self.aio.tasks:
             work += self._settle(self.aio.run_once())
         if self._stopping:
             self._stopping = False
@@ -800,7 +801,7 @@ class Runtime(Children):
         ready: list[int] = []
         try:
             timeout = self._sleep_timeout()
-            if self.aio:
+            if self.aio.tasks:
                 ready = self._sleep_in_asyncio(timeout)
             elif timeout > 0:
                 ready = [fd for fd, _ in self._poller.poll(timeout * 1000.0)]
