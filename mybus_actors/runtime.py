@@ -35,6 +35,7 @@ from mybus_actors.cell import Cell as _Cell
 from mybus_actors.cell import TimerHandle
 from mybus_actors.children import Children
 from mybus_actors.codec import Kind
+from mybus_actors.dispatcher import Dispatcher
 from mybus_actors.errors import (
     ActorNotFound,
     AskTimeout,
@@ -74,7 +75,6 @@ _DEAD: Final = -1  # a local-queue entry: a dead letter for the sending actor
 _REROUTE: Final = -2  # a local-queue entry: a record a pool's worker never read
 _KIND_MASK: Final = 7
 _PLAIN_MASK: Final = 0x67  # kind bits and the sender/correlation flags of a record's meta
-_BUDGET: Final = 64  # messages per ring per poll: a chatty sender cannot starve others
 _ROUTES: Final = 4096  # parsed addresses remembered
 
 _REPLY_IDS = itertools.count()
@@ -133,6 +133,9 @@ class Runtime(Children):
         self._poller = select.poll()
         self._poller.register(self.endpoint.bell_fd, select.POLLIN)
         self._poller.register(self._wake_r.fileno(), select.POLLIN)
+        self.dispatcher = Dispatcher(
+            self, self.endpoint, self.scheduler, self.aio, self._poller, self._clock, spin
+        )
         self._stop_all = threading.Event()
         self.dead_letters = 0
         self._stopping = False  # some cell has a stop pending
@@ -735,41 +738,77 @@ class Runtime(Children):
                 self._idle()
 
     def do_work(self) -> int:
-        """One duty cycle: due timers, local messages, one poll of the rings."""
-        work = 0
-        if len(self._wheel):  # the wheel itself: a call less per duty cycle
-            work += self.scheduler.fire_due()
+        """One duty cycle (dispatcher.py): due timers, local messages, one poll of the
+        rings, a pass of async receives, the stop pass."""
+        return self.dispatcher.do_work()
+
+    # -- what the dispatcher needs of us (`DispatchHost`) ---------------------------
+
+    def run_local(self) -> int:
+        """Hand out what actors of this process told each other (as queued so far)."""
         local = self._local
-        if local:
-            n = len(local)
-            work += n
-            for _ in range(n):
-                sender, receiver, kind, corr, msg = local.popleft()
-                cell = self.cells.get(receiver)
-                if cell is not None:
-                    self._dispatch(cell, sender, kind, corr, msg)
-                else:
-                    _log.warning("dead letter for %s (stopped): %r", receiver, msg)
-        for sender, receiver, items in self.endpoint.poll_batches(_BUDGET):
-            work += len(items)
-            self._deliver(sender, receiver, items)
-        if self.aio.tasks:
-            work += self._settle(self.aio.run_once())
-        if self._stopping:
-            self._stopping = False
-            for cell in [c for c in self.cells.values() if c.stopping or c.failing or c.killing]:
-                if cell.finished:
-                    continue
-                if cell.killing:
-                    self._ended(cell, "killed", abnormal=True, clean=False)
-                elif cell.task is not None:
-                    self._stopping = True  # after its async receive ends
-                elif cell.failing:
-                    cell.failing = False
-                    self._ended(cell, "failed", abnormal=True, clean=True)
-                else:
-                    self._ended(cell, "stopped", abnormal=False, clean=True)
-        return work
+        n = len(local)
+        for _ in range(n):
+            sender, receiver, kind, corr, msg = local.popleft()
+            cell = self.cells.get(receiver)
+            if cell is not None:
+                self._dispatch(cell, sender, kind, corr, msg)
+            else:
+                _log.warning("dead letter for %s (stopped): %r", receiver, msg)
+        return n
+
+    def has_local(self) -> bool:
+        return bool(self._local)
+
+    def deliver(self, sender: str, receiver: str, items: Sequence[tuple[int, Payload]]) -> None:
+        self._deliver(sender, receiver, items)
+
+    def settle(self, done: list[tuple[asyncio.Task[None], _Cell]]) -> int:
+        return self._settle(done)
+
+    def stop_pass(self) -> None:
+        """End the cells marked to end (a stop, a kill, a failure to restart or stop on)."""
+        if not self._stopping:
+            return
+        self._stopping = False
+        for cell in [c for c in self.cells.values() if c.stopping or c.failing or c.killing]:
+            if cell.finished:
+                continue
+            if cell.killing:
+                self._ended(cell, "killed", abnormal=True, clean=False)
+            elif cell.task is not None:
+                self._stopping = True  # after its async receive ends
+            elif cell.failing:
+                cell.failing = False
+                self._ended(cell, "failed", abnormal=True, clean=True)
+            else:
+                self._ended(cell, "stopped", abnormal=False, clean=True)
+
+    def sleep_fds(self) -> list[int]:
+        """What a sleep in the asyncio loop watches besides the doorbell."""
+        fds = [self._wake_r.fileno(), *self.watches.pidfds]
+        if self._parent_fd is not None:
+            fds.append(self._parent_fd)
+        return fds
+
+    def woken(self, fd: int) -> None:
+        """Descriptor ``fd`` woke the dispatcher."""
+        if fd == self._wake_r.fileno():
+            with contextlib.suppress(BlockingIOError):
+                while self._wake_r.recv(512):
+                    pass
+        elif fd == self._parent_fd:
+            _log.warning("the process that spawned this one exited: stopping")
+            self.stop_all()
+        elif fd in self.watches:
+            # Read what the process published before it ended (a clean stop's notice)
+            # before deciding that it died.
+            self.do_work()
+            if self.watches.process_exited(fd):
+                try:
+                    self.registry.reclaim()
+                except ResourceExhausted as exc:  # the next reclaim does it
+                    self._short.failed(exc)
 
     def _end_all(self) -> None:
         """Every actor ends cleanly: top-level ones first take their children with them."""
@@ -785,54 +824,8 @@ class Runtime(Children):
                 self._task_done(cell)
         return len(done)
 
-    def _has_local(self) -> bool:
-        return bool(self._local)
-
-    def _sleep_timeout(self) -> float:
-        deadline = self.scheduler.next_deadline()
-        timeout = 3600.0 if deadline is None else deadline - self._clock()
-        return self.endpoint.sleep_bound(timeout)
-
     def _idle(self) -> None:
-        if self.endpoint.spin_for(self.spin, self._has_local):
-            return
-        if not self.endpoint.prepare_sleep():
-            return
-        ready: list[int] = []
-        try:
-            timeout = self._sleep_timeout()
-            if self.aio.tasks:
-                ready = self._sleep_in_asyncio(timeout)
-            elif timeout > 0:
-                ready = [fd for fd, _ in self._poller.poll(timeout * 1000.0)]
-        finally:
-            self.endpoint.finish_sleep()
-        for fd in ready:
-            if fd == self._wake_r.fileno():
-                with contextlib.suppress(BlockingIOError):
-                    while self._wake_r.recv(512):
-                        pass
-            elif fd == self._parent_fd:
-                _log.warning("the process that spawned this one exited: stopping")
-                self.stop_all()
-            elif fd in self.watches:
-                # Read what the process published before it ended (a clean stop's
-                # notice) before deciding that it died.
-                self.do_work()
-                if self.watches.process_exited(fd):
-                    try:
-                        self.registry.reclaim()
-                    except ResourceExhausted as exc:  # the next reclaim does it
-                        self._short.failed(exc)
-
-    def _sleep_in_asyncio(self, timeout: float) -> list[int]:
-        """Sleep in the asyncio loop, so awaiting receives make progress meanwhile."""
-        fds = [self.endpoint.bell_fd, self._wake_r.fileno(), *self.watches.pidfds]
-        if self._parent_fd is not None:
-            fds.append(self._parent_fd)
-        ready = self.aio.sleep(fds, timeout)
-        self._settle(self.aio.settle())
-        return ready
+        self.dispatcher.idle()
 
     def close(self) -> None:
         """Stop every actor still hosted and release the mailbox, loop and descriptors."""

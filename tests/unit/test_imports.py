@@ -51,6 +51,7 @@ ORDER = [
     "scheduling",
     "watches",
     "aio",
+    "dispatcher",
     "children",
     "runtime",
     "demo",
