@@ -171,7 +171,6 @@ class _Outbound:
         "key",
         "label",
         "max_record",
-        "next_check",
         "next_id",
         "page",
         "peer",
@@ -206,7 +205,6 @@ class _Outbound:
         self.next_id = 1
         self.cur: _Chan | None = None  # the channel the last SELECT named
         self.seen = -1  # messages written as of the last sweep: unchanged means idle
-        self.next_check = 0.0  # when to re-check that the receiver's process lives
         self.rung = 0  # the consumer's signal word we last rang its doorbell for
 
 
@@ -237,7 +235,7 @@ class _Chan:
         # Copied from the ring for the send's hot path (one attribute load each).
         self.write = ring.write
         self.max_record = ring.max_record
-        self.next_check = 0.0
+        self.next_check = 0.0  # when to re-check that the receiver's process lives
         self.current = False  # the ring's last SELECT named this channel
 
 
@@ -592,7 +590,7 @@ class Endpoint:
             ch = c.ring
             # A receiver killed while busy neither closes its end nor answers a bell:
             # without this check a new holder of the name is never reached.
-            ch.next_check = c.next_check = self._clock() + _LIVENESS_EVERY
+            c.next_check = self._clock() + _LIVENESS_EVERY
             if not ch.file.intact():
                 self._drop_outbound(ch)
                 raise RingCorrupted(
@@ -612,7 +610,7 @@ class Endpoint:
             if restart_wait is None or self.registry.restarter(to) in (None, os.getpid()):
                 raise
             c = self._open_restarted(sender, to, restart_wait)
-        c.ring.next_check = c.next_check = self._clock() + _LIVENESS_EVERY
+        c.next_check = self._clock() + _LIVENESS_EVERY
         return c
 
     def _open_restarted(self, sender: str, to: str, timeout: float) -> _Chan:

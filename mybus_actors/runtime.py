@@ -502,14 +502,14 @@ class Runtime(Children):
         reason = f"{format_address(self.node, receiver)} stopped before reading it"
         via = self._reply_mailbox()  # a name of ours that outlives the actor
         for meta, payload in items:
-            self.dead_letters += 1
             try:
                 kind, origin, corr = codec.peek(meta, payload)
             except SerializationError:
                 kind, origin, corr = -1, None, 0
-            to = origin or sender
             if kind == _SYSTEM and self._notice_for_gone_watcher(meta, payload):
-                continue
+                continue  # not a dead letter: it was for every watcher of that actor
+            self.dead_letters += 1
+            to = origin or sender
             try:
                 if kind == _ASK:
                     self.tell(via, to, error_reply(ActorNotFound(reason)), kind=_ERROR_REPLY,
@@ -533,7 +533,6 @@ class Runtime(Children):
         except SerializationError:
             return False
         if isinstance(msg, tuple) and len(msg) == 3 and msg[0] == "terminated":
-            self.dead_letters -= 1  # not a dead letter: it was for all of them
             self.watches.terminated(str(msg[1]), str(msg[2]))
             return True
         return False

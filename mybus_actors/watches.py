@@ -66,10 +66,14 @@ class Watches:
     def __contains__(self, fd: int) -> bool:
         return fd in self._by_pidfd
 
+    def _parse(self, address: str) -> tuple[str, str, str]:
+        """(node, name, the address in full) of what a cell names."""
+        node, name = parse_address(address, self._host.node)
+        return node, name, format_address(node, name)
+
     def watch(self, cell: Cell, address: str) -> None:
         host = self._host
-        node, name = parse_address(address, host.node)
-        address = format_address(node, name)
+        node, name, address = self._parse(address)
         cell.watching.add(address)
         w = self._by_address.get(address)
         if w is not None:
@@ -130,8 +134,7 @@ class Watches:
 
     def unwatch(self, cell: Cell, address: str) -> None:
         host = self._host
-        node, name = parse_address(address, host.node)
-        address = format_address(node, name)
+        node, name, address = self._parse(address)
         cell.watching.discard(address)
         w = self._by_address.get(address)
         if w is None:
