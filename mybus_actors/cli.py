@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mybus_actors import ring
+from mybus_actors import ring, ringcore
 from mybus_actors.errors import RingCorrupted
 from mybus_actors.registry import (
     Registry,
@@ -45,6 +45,7 @@ def _ring_stats(path: str) -> ring.RingStats | None:
 def _ls(registry: Registry) -> int:
     entries = registry.list()
     print(f"runtime directory {registry.root}")
+    print(f"{ringcore.describe()} (in this process; each process says in its own)")
     print(f"{'actor':<32}{'pid':>8}")
     for e in entries:
         print(f"{e.name:<32}{e.pid:>8}")

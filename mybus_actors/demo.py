@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mybus_actors as mb
 from mybus_actors.ref import close_clients
+from mybus_actors.ringcore import describe
 
 __all__ = ["main"]
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             mb.spawn(Ping, "ping"),
         ]
         started = time.perf_counter() - t0
-        print(f"spawned {len(refs)} actors in {started:.2f} s (runtime dir {root}):")
+        print(f"spawned {len(refs)} actors in {started:.2f} s (runtime dir {root}; {describe()}):")
         for ref in refs:
             print(f"  {ref.address:<20} pid {ref.pid}")
         with mb.connect() as me:

@@ -72,6 +72,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
 from mybus_actors import ring as _ring
+from mybus_actors import ringcore
 from mybus_actors.doorbell import Bells, Doorbell
 from mybus_actors.errors import (
     ActorNotFound,
@@ -693,7 +694,7 @@ class Endpoint:
             break
         else:  # pragma: no cover - a clock that never moves
             raise RuntimeError(f"could not create a ring file for {writer}->{reader}")
-        producer = _ring.Producer(file.map)
+        producer = ringcore.Producer(file.map)
         producer.set_identity(self.pid, self._token)
         if forward:
             page: Any = _NO_PAGE
@@ -1388,7 +1389,7 @@ class Endpoint:
                 self._ignore(fname, exc)
             return  # gone already, or not a ring: a periodic scan reclaims litter
         try:
-            consumer = _ring.Consumer(file.map)
+            consumer = ringcore.Consumer(file.map)
             end = _ring.buffer_size(consumer.capacity)
             if file.size < end + _PAGE:
                 raise RingCorrupted(f"{file.size} bytes leave no room for channel states")
@@ -1565,7 +1566,7 @@ class Endpoint:
 def _salvage(file: RingFile) -> list[tuple[bytes, int, bytes]]:
     """Read what a gone consumer left in a ring (we are its only reader now): (the
     SELECT tag in force, meta, payload) per message."""
-    consumer = _ring.Consumer(file.map)
+    consumer = ringcore.Consumer(file.map)
     try:
         out: list[tuple[bytes, int, bytes]] = []
         while True:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from mybus_actors import ring as _ring
+from mybus_actors import ringcore
 from mybus_actors.errors import RingCorrupted
 from mybus_actors.items import FIRST, WHOLE, Control, Record, Run, StreamAck, record_type
 from mybus_actors.registry import is_alive, parse_forward_name, parse_ring_filename
@@ -61,7 +61,7 @@ class OutStream:
         finally:
             os.close(fd)
         try:
-            self.reader = _ring.Reader(self._map)
+            self.reader = ringcore.Reader(self._map)
         except RingCorrupted:
             self._map.close()
             raise

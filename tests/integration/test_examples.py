@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 import mybus_actors as mb
+from mybus_actors import ringcore
 from mybus_actors.ref import close_clients
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,7 @@ def test_example_runs(runtime_dir: Path, script: str, args: list[str], expect: s
 def test_main_job_demo_runs_and_leaves_nothing(runtime_dir: Path) -> None:
     out = run(["-m", "mybus_actors.demo", "--count", "5000", "--asks", "200"])
     assert "spawned 4 actors" in out
+    assert ringcore.describe() in out
     assert "files left behind: none" in out, out
 
 
@@ -57,6 +59,7 @@ def test_mybus_ls_and_clean_show_actors_and_reclaim_the_dead(runtime_dir: Path) 
             assert me.ask("listed", 1) == 1
             out = run(["-m", "mybus_actors.cli", "ls"])
             assert "listed" in out and "lister" in out and "listed -> lister" in out
+            assert ringcore.describe() in out  # which ring core runs: native, when built
         os.kill(ref.pid, signal.SIGKILL)
         psutil.Process(ref.pid).wait(10)  # reaped, so the next registry access sees it dead
         out = run(["-m", "mybus_actors.cli", "clean"])

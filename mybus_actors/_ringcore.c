@@ -1,0 +1,1435 @@
+/*
+ * The native ring core: ring.py's Producer, Consumer and Reader in C, on the same
+ * bytes (layout version 3; ring.py's docstring is the specification).
+ *
+ * Why C and not Python: every local message costs one write and one poll, and in
+ * Python each is a few dozen bytecodes and shared-word stores through a memoryview.
+ * Why the CPython C API and not Cython: no build dependency beyond a C compiler, and
+ * the hot paths (METH_FASTCALL, bytes objects built straight from the ring) are spelled
+ * out rather than left to a code generator.
+ *
+ * Memory ordering, portable (C11 <stdatomic.h>), not borrowed from x86-64's TSO:
+ * - the producer writes a record's payload and header with plain stores, then
+ *   publishes the tail with a release store; the consumer loads the tail with acquire,
+ *   so every record below that tail is visible before it is read (aarch64 included);
+ * - the consumer frees space by a release store of the head, after its last read of
+ *   the records; the producer loads the head with acquire before overwriting;
+ * - the doorbell handshake (producer: publish tail, then read the consumer's signal;
+ *   consumer: announce WAITING, then re-check the tail) is the store-load pattern that
+ *   only a sequentially consistent fence orders: both sides issue one.
+ * Every shared word is an aligned 8-byte atomic, so no reader sees a torn value.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MAGIC 0x3130474E49525542ULL
+#define VERSION 3
+#define HEADER_SIZE 256
+#define MIN_CAPACITY 128
+#define MIN_MAX_RECORD 24
+#define MAX_META ((1ULL << 24) - 1)
+#define MAX_TAG 1024
+#define MAX_MESSAGE (1ULL << 40)
+#define LEN_MASK 0xFFFFFFFFULL
+#define FIRST_PREFIX 8
+#define NEXT_PREFIX 16
+/* Copies this large are done without the GIL: other threads of the process go on. */
+#define NOGIL_COPY (64 * 1024)
+
+enum { W_MAGIC = 0, W_VERSION = 1, W_CAPACITY = 2, W_MAX_RECORD = 3 };
+enum { W_TAIL = 8, W_MSGS_W = 9, W_BYTES_W = 10, W_FULL = 11, W_P_CLOSED = 12,
+       W_P_ID = 13, W_P_TOKEN = 14 };
+enum { W_HEAD = 16, W_SIGNAL = 17, W_MSGS_R = 18, W_BYTES_R = 19, W_SEL_LEN = 20,
+       W_SEL_HEAD = 21 };
+enum { RUNNING = 0, WAITING = 1, CLOSED = 2, STATE_MASK = 3 };
+enum { WHOLE = 1, FIRST = 2, MIDDLE = 3, LAST = 4, PAD = 5, SELECT = 6 };
+
+typedef _Atomic uint64_t aword;
+
+static PyObject *RingCorrupted; /* mybus_actors.errors.RingCorrupted */
+static PyObject *RingStats;     /* mybus_actors.ring.RingStats */
+
+/* -- the shared words ----------------------------------------------------------------- */
+
+static inline uint64_t ld(aword *w, int i) {
+    return atomic_load_explicit(&w[i], memory_order_relaxed);
+}
+static inline uint64_t ld_acq(aword *w, int i) {
+    return atomic_load_explicit(&w[i], memory_order_acquire);
+}
+static inline void st(aword *w, int i, uint64_t v) {
+    atomic_store_explicit(&w[i], v, memory_order_relaxed);
+}
+static inline void st_rel(aword *w, int i, uint64_t v) {
+    atomic_store_explicit(&w[i], v, memory_order_release);
+}
+/* A record header word, at a data offset (8-byte aligned). */
+static inline uint64_t ld_hdr(uint8_t *base, uint64_t off) {
+    return atomic_load_explicit((aword *)(base + HEADER_SIZE + off), memory_order_relaxed);
+}
+static inline void st_hdr(uint8_t *base, uint64_t off, uint64_t v) {
+    atomic_store_explicit((aword *)(base + HEADER_SIZE + off), v, memory_order_relaxed);
+}
+
+static void copy_bytes(void *dst, const void *src, size_t n) {
+    if (n >= NOGIL_COPY) {
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(dst, src, n);
+        Py_END_ALLOW_THREADS
+    } else {
+        memcpy(dst, src, n);
+    }
+}
+
+static PyObject *corrupted(const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    PyErr_SetString(RingCorrupted, msg);
+    return NULL;
+}
+
+static PyObject *value_error(const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    PyErr_SetString(PyExc_ValueError, msg);
+    return NULL;
+}
+
+/* -- attaching: what every end shares -------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    uint8_t *base; /* NULL once released */
+    aword *words;
+    uint64_t capacity;
+    uint64_t mask;
+    uint64_t max_record;
+} View;
+
+static int view_attach(View *self, PyObject *buf) {
+    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    Py_ssize_t size = self->view.len;
+    if (size < HEADER_SIZE + MIN_CAPACITY) {
+        PyBuffer_Release(&self->view);
+        corrupted("buffer of %zd bytes cannot hold a ring", size);
+        return -1;
+    }
+    if (((uintptr_t)self->view.buf) & 7) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(PyExc_ValueError, "a ring buffer must be 8-byte aligned");
+        return -1;
+    }
+    uint8_t *base = self->view.buf;
+    aword *w = (aword *)base;
+    uint64_t magic = ld_acq(w, W_MAGIC), version = ld(w, W_VERSION);
+    uint64_t capacity = ld(w, W_CAPACITY), max_record = ld(w, W_MAX_RECORD);
+    char problem[160] = "";
+    if (magic != MAGIC)
+        snprintf(problem, sizeof problem, "bad magic 0x%llx", (unsigned long long)magic);
+    else if (version != VERSION)
+        snprintf(problem, sizeof problem, "layout version %llu, this code reads %d",
+                 (unsigned long long)version, VERSION);
+    else if (capacity < MIN_CAPACITY || (capacity & (capacity - 1)))
+        snprintf(problem, sizeof problem, "capacity %llu is not a power of two",
+                 (unsigned long long)capacity);
+    else if (HEADER_SIZE + capacity > (uint64_t)size)
+        snprintf(problem, sizeof problem, "capacity %llu exceeds the %zd-byte buffer",
+                 (unsigned long long)capacity, size);
+    else if (max_record < MIN_MAX_RECORD || max_record + 16 > capacity / 2)
+        snprintf(problem, sizeof problem, "max_record %llu out of range",
+                 (unsigned long long)max_record);
+    if (problem[0]) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(RingCorrupted, problem);
+        return -1;
+    }
+    self->base = base;
+    self->words = w;
+    self->capacity = capacity;
+    self->mask = capacity - 1;
+    self->max_record = max_record;
+    return 0;
+}
+
+static int attached(View *self) {
+    if (self->base == NULL) {
+        PyErr_SetString(PyExc_ValueError, "operation on a released ring end");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *view_release(View *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->base != NULL) {
+        self->base = NULL;
+        self->words = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *view_stats(View *self) {
+    if (!attached(self))
+        return NULL;
+    aword *w = self->words;
+    return PyObject_CallFunction(
+        RingStats, "KLKKKKK", (unsigned long long)self->capacity,
+        (long long)(ld_acq(w, W_TAIL) - ld_acq(w, W_HEAD)),
+        (unsigned long long)ld(w, W_MSGS_W), (unsigned long long)ld(w, W_BYTES_W),
+        (unsigned long long)ld(w, W_FULL), (unsigned long long)ld(w, W_MSGS_R),
+        (unsigned long long)ld(w, W_BYTES_R));
+}
+
+static PyObject *get_capacity(View *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->capacity);
+}
+static PyObject *get_max_record(View *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->max_record);
+}
+
+/* A message's bytes: bytes objects without a buffer export (the hot case). */
+typedef struct {
+    Py_buffer view;
+    const uint8_t *ptr;
+    Py_ssize_t len;
+    int exported;
+} Data;
+
+static int data_get(PyObject *obj, Data *d) {
+    if (PyBytes_CheckExact(obj)) {
+        d->ptr = (const uint8_t *)PyBytes_AS_STRING(obj);
+        d->len = PyBytes_GET_SIZE(obj);
+        d->exported = 0;
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, &d->view, PyBUF_SIMPLE) < 0)
+        return -1;
+    d->ptr = d->view.buf;
+    d->len = d->view.len;
+    d->exported = 1;
+    return 0;
+}
+
+static void data_put(Data *d) {
+    if (d->exported)
+        PyBuffer_Release(&d->view);
+}
+
+static int meta_get(PyObject *obj, uint64_t *meta) {
+    if (obj == NULL) {
+        *meta = 0;
+        return 0;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || v < 0 || (unsigned long long)v > MAX_META) {
+        PyErr_SetString(PyExc_ValueError, "meta must be in [0, 2**24)");
+        return -1;
+    }
+    *meta = (uint64_t)v;
+    return 0;
+}
+
+static int u64_get(PyObject *obj, uint64_t *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+
+/* Positional-or-keyword arguments of a METH_FASTCALL | METH_KEYWORDS method: `out` gets
+ * one slot per name, NULL where not given; the first `required` must be. */
+static int fast_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     const char *const *names, int count, int required, PyObject **out,
+                     const char *signature) {
+    for (int i = 0; i < count; i++)
+        out[i] = NULL;
+    if (nargs > count)
+        goto bad;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    if (kwnames != NULL) {
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(kwnames); j++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, j);
+            int i = 0;
+            while (i < count && PyUnicode_CompareWithASCIIString(key, names[i]) != 0)
+                i++;
+            if (i == count || out[i] != NULL)
+                goto bad;
+            out[i] = args[nargs + j];
+        }
+    }
+    for (int i = 0; i < required; i++)
+        if (out[i] == NULL)
+            goto bad;
+    return 0;
+bad:
+    PyErr_Format(PyExc_TypeError, "bad arguments: %s", signature);
+    return -1;
+}
+
+/* -- the producer ---------------------------------------------------------------------- */
+
+typedef struct {
+    View v;
+    uint64_t tail;
+    uint64_t head_cache;
+    uint64_t frag_sent;
+    uint64_t msgs;
+    uint64_t bytes;
+    uint64_t full;
+    uint64_t first_end;
+} Producer;
+
+static int producer_init(Producer *self, PyObject *args, PyObject *kwds) {
+    PyObject *buf;
+    static char *kwlist[] = {"buf", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Producer", kwlist, &buf))
+        return -1;
+    if (self->v.base != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a ring end is attached once");
+        return -1;
+    }
+    if (view_attach(&self->v, buf) < 0)
+        return -1;
+    aword *w = self->v.words;
+    self->tail = ld(w, W_TAIL);
+    self->head_cache = ld_acq(w, W_HEAD);
+    self->frag_sent = 0;
+    self->msgs = ld(w, W_MSGS_W);
+    self->bytes = ld(w, W_BYTES_W);
+    self->full = ld(w, W_FULL);
+    self->first_end = 0;
+    return 0;
+}
+
+static void end_dealloc(View *self) {
+    view_release(self, NULL);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline void note_full(Producer *self) {
+    self->full += 1;
+    st(self->v.words, W_FULL, self->full);
+}
+
+static inline void publish_counters(Producer *self) {
+    st(self->v.words, W_MSGS_W, self->msgs);
+    st(self->v.words, W_BYTES_W, self->bytes);
+}
+
+/* Room for a record of `size` bytes at `tail` (padding included); refreshes the cached
+ * head only when the cached one says no. Returns the bytes it takes, or 0: no room. */
+static inline uint64_t room_for(Producer *self, uint64_t tail, uint64_t size) {
+    uint64_t cap = self->v.capacity;
+    uint64_t room = cap - (tail & self->v.mask);
+    uint64_t need = size <= room ? size : size + room;
+    if (tail + need - self->head_cache > cap) {
+        self->head_cache = ld_acq(self->v.words, W_HEAD);
+        if (tail + need - self->head_cache > cap)
+            return 0;
+    }
+    return need;
+}
+
+/* Write one record (payload: prefix then data) at `tail`, unpublished. Returns the new
+ * tail, or 0 with *ok = 0 when there is no room. */
+static uint64_t put(Producer *self, uint64_t tail, const void *prefix, uint64_t plen,
+                    const uint8_t *data, uint64_t dlen, uint64_t rtype, uint64_t meta,
+                    int *ok) {
+    uint64_t n = plen + dlen;
+    uint64_t size = (n + 15) & ~7ULL;
+    if (!room_for(self, tail, size)) {
+        *ok = 0;
+        return 0;
+    }
+    uint64_t off = tail & self->v.mask;
+    uint64_t room = self->v.capacity - off;
+    uint8_t *base = self->v.base;
+    if (size > room) {
+        st_hdr(base, off, (room - 8) | ((uint64_t)PAD << 32));
+        tail += room;
+        off = 0;
+    }
+    uint8_t *dst = base + HEADER_SIZE + off + 8;
+    if (plen)
+        memcpy(dst, prefix, plen);
+    if (dlen)
+        copy_bytes(dst + plen, data, dlen);
+    st_hdr(base, off, n | (rtype << 32) | (meta << 40));
+    *ok = 1;
+    return tail + size;
+}
+
+static inline void publish(Producer *self, uint64_t tail, uint64_t messages, uint64_t nbytes) {
+    self->msgs += messages;
+    self->bytes += nbytes;
+    publish_counters(self);
+    self->tail = tail;
+    st_rel(self->v.words, W_TAIL, tail); /* the commit point */
+}
+
+/* The consumer's signal word after a full fence (the doorbell handshake). */
+static inline uint64_t signal_word(Producer *self) {
+    atomic_thread_fence(memory_order_seq_cst);
+    return ld(self->v.words, W_SIGNAL);
+}
+
+/* write(data, meta=0) -> FULL (-1) or the consumer's signal word. The hot path. */
+static const char *const data_meta[] = {"data", "meta"};
+
+static PyObject *producer_write(Producer *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+    PyObject *a[2];
+    if (kwnames == NULL && nargs == 2) { /* the hot call */
+        a[0] = args[0];
+        a[1] = args[1];
+    } else if (fast_args(args, nargs, kwnames, data_meta, 2, 1, a, "(data, meta=0)") < 0) {
+        return NULL;
+    }
+    if (!attached(&self->v))
+        return NULL;
+    uint64_t meta;
+    if (meta_get(a[1], &meta) < 0)
+        return NULL;
+    Data d;
+    if (data_get(a[0], &d) < 0)
+        return NULL;
+    uint64_t n = (uint64_t)d.len;
+    if (n > self->v.max_record) {
+        data_put(&d);
+        return value_error("%llu-byte message exceeds max_record %llu",
+                           (unsigned long long)n, (unsigned long long)self->v.max_record);
+    }
+    int ok;
+    uint64_t tail = put(self, self->tail, NULL, 0, d.ptr, n, WHOLE, meta, &ok);
+    data_put(&d);
+    if (!ok) {
+        note_full(self);
+        return PyLong_FromLong(-1);
+    }
+    self->tail = tail;
+    self->msgs += 1;
+    self->bytes += n;
+    st_rel(self->v.words, W_TAIL, tail);
+    return PyLong_FromUnsignedLongLong(signal_word(self));
+}
+
+static PyObject *producer_offer(Producer *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+    PyObject *r = producer_write(self, args, nargs, kwnames);
+    if (r == NULL)
+        return NULL;
+    long v = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return PyBool_FromLong(v != -1);
+}
+
+static PyObject *producer_select(Producer *self, PyObject *tag) {
+    if (!attached(&self->v))
+        return NULL;
+    Data d;
+    if (data_get(tag, &d) < 0)
+        return NULL;
+    if (d.len <= 0 || d.len > MAX_TAG) {
+        Py_ssize_t n = d.len;
+        data_put(&d);
+        return value_error("a SELECT tag has 1 to %d bytes, got %zd", MAX_TAG, n);
+    }
+    int ok;
+    uint64_t tail = put(self, self->tail, NULL, 0, d.ptr, (uint64_t)d.len, SELECT, 0, &ok);
+    data_put(&d);
+    if (!ok) {
+        note_full(self);
+        Py_RETURN_FALSE;
+    }
+    self->tail = tail;
+    st_rel(self->v.words, W_TAIL, tail);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *producer_offer_batch(Producer *self, PyObject *items) {
+    if (!attached(&self->v))
+        return NULL;
+    PyObject *it = PyObject_GetIter(items);
+    if (it == NULL)
+        return NULL;
+    uint64_t tail = self->tail, count = 0, nbytes = 0;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        PyObject *data, *metaobj;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
+            data = PyTuple_GET_ITEM(item, 0);
+            metaobj = PyTuple_GET_ITEM(item, 1);
+        } else {
+            Py_DECREF(item);
+            Py_DECREF(it);
+            PyErr_SetString(PyExc_TypeError, "offer_batch takes (data, meta) pairs");
+            return NULL;
+        }
+        uint64_t meta;
+        Data d;
+        if (meta_get(metaobj, &meta) < 0 || data_get(data, &d) < 0) {
+            Py_DECREF(item);
+            Py_DECREF(it);
+            return NULL;
+        }
+        uint64_t n = (uint64_t)d.len;
+        if (n > self->v.max_record) {
+            data_put(&d);
+            Py_DECREF(item);
+            Py_DECREF(it);
+            return value_error("%llu-byte message exceeds max_record %llu",
+                               (unsigned long long)n, (unsigned long long)self->v.max_record);
+        }
+        int ok;
+        uint64_t next = put(self, tail, NULL, 0, d.ptr, n, WHOLE, meta, &ok);
+        data_put(&d);
+        Py_DECREF(item);
+        if (!ok) {
+            note_full(self);
+            break;
+        }
+        tail = next;
+        count += 1;
+        nbytes += n;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    if (count)
+        publish(self, tail, count, nbytes);
+    return PyLong_FromUnsignedLongLong(count);
+}
+
+/* Write fragments of `d` from `sent` on, unpublished; returns the new tail (the old one
+ * when nothing, or with all_or_nothing not everything, fits); sets frag_sent. */
+static uint64_t put_fragments(Producer *self, Data *d, uint64_t meta, uint64_t sent,
+                              int all_or_nothing) {
+    uint64_t total = (uint64_t)d->len;
+    uint64_t tail = self->tail;
+    uint64_t chunk_max = self->v.max_record;
+    while (sent < total) {
+        int ok;
+        uint64_t chunk, next;
+        if (sent == 0) {
+            uint64_t prefix[1] = {total};
+            chunk = total < chunk_max - FIRST_PREFIX ? total : chunk_max - FIRST_PREFIX;
+            next = put(self, tail, prefix, FIRST_PREFIX, d->ptr, chunk, FIRST, meta, &ok);
+            if (ok)
+                self->first_end = next;
+        } else {
+            uint64_t prefix[2] = {self->first_end, sent};
+            uint64_t left = total - sent;
+            chunk = left < chunk_max - NEXT_PREFIX ? left : chunk_max - NEXT_PREFIX;
+            uint64_t rtype = sent + chunk == total ? LAST : MIDDLE;
+            next = put(self, tail, prefix, NEXT_PREFIX, d->ptr + sent, chunk, rtype, 0, &ok);
+        }
+        if (!ok) {
+            if (all_or_nothing)
+                return self->tail;
+            note_full(self);
+            break;
+        }
+        tail = next;
+        sent += chunk;
+    }
+    self->frag_sent = sent;
+    return tail;
+}
+
+static PyObject *producer_offer_fragments(Producer *self, PyObject *const *args,
+                                          Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"data", "meta", "sent"};
+    PyObject *a[3];
+    if (fast_args(args, nargs, kwnames, names, 3, 3, a, "(data, meta, sent)") < 0)
+        return NULL;
+    if (!attached(&self->v))
+        return NULL;
+    uint64_t meta, sent;
+    if (meta_get(a[1], &meta) < 0 || u64_get(a[2], &sent) < 0)
+        return NULL;
+    Data d;
+    if (data_get(a[0], &d) < 0)
+        return NULL;
+    uint64_t total = (uint64_t)d.len;
+    if (total == 0) {
+        data_put(&d);
+        return value_error("an empty message needs no fragments: use offer()");
+    }
+    if (sent > total) {
+        data_put(&d);
+        return value_error("sent %llu is past the message's %llu bytes",
+                           (unsigned long long)sent, (unsigned long long)total);
+    }
+    uint64_t tail = put_fragments(self, &d, meta, sent, 0);
+    data_put(&d);
+    if (tail == self->tail)
+        return PyLong_FromUnsignedLongLong(sent);
+    uint64_t done = self->frag_sent;
+    publish(self, tail, done == total ? 1 : 0, done - sent);
+    return PyLong_FromUnsignedLongLong(done);
+}
+
+static PyObject *producer_offer_message(Producer *self, PyObject *const *args,
+                                        Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *a[2];
+    if (fast_args(args, nargs, kwnames, data_meta, 2, 1, a, "(data, meta=0)") < 0)
+        return NULL;
+    if (!attached(&self->v))
+        return NULL;
+    uint64_t meta;
+    if (meta_get(a[1], &meta) < 0)
+        return NULL;
+    Data d;
+    if (data_get(a[0], &d) < 0)
+        return NULL;
+    uint64_t total = (uint64_t)d.len;
+    if (total <= self->v.max_record) {
+        data_put(&d);
+        return producer_offer(self, args, nargs, kwnames);
+    }
+    uint64_t tail = put_fragments(self, &d, meta, 0, 1);
+    data_put(&d);
+    if (tail == self->tail) {
+        note_full(self);
+        Py_RETURN_FALSE;
+    }
+    publish(self, tail, 1, total);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *producer_close(Producer *self, PyObject *Py_UNUSED(ignored)) {
+    if (!attached(&self->v))
+        return NULL;
+    publish_counters(self);
+    st_rel(self->v.words, W_P_CLOSED, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *producer_set_identity(Producer *self, PyObject *const *args,
+                                       Py_ssize_t nargs) {
+    uint64_t ident, token;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_identity(ident, token)");
+        return NULL;
+    }
+    if (!attached(&self->v) || u64_get(args[0], &ident) < 0 || u64_get(args[1], &token) < 0)
+        return NULL;
+    st(self->v.words, W_P_ID, ident);
+    st(self->v.words, W_P_TOKEN, token);
+    Py_RETURN_NONE;
+}
+
+static PyObject *producer_publish_counters(Producer *self, PyObject *Py_UNUSED(ignored)) {
+    if (!attached(&self->v))
+        return NULL;
+    publish_counters(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *producer_stats(Producer *self, PyObject *Py_UNUSED(ignored)) {
+    if (!attached(&self->v))
+        return NULL;
+    publish_counters(self);
+    return view_stats(&self->v);
+}
+
+static PyObject *producer_signal(Producer *self, PyObject *Py_UNUSED(ignored)) {
+    if (!attached(&self->v))
+        return NULL;
+    return PyLong_FromUnsignedLongLong(signal_word(self));
+}
+
+static PyObject *producer_consumer_waiting(Producer *self, void *c) {
+    if (!attached(&self->v))
+        return NULL;
+    return PyBool_FromLong((ld(self->v.words, W_SIGNAL) & STATE_MASK) == WAITING);
+}
+static PyObject *producer_consumer_closed(Producer *self, void *c) {
+    if (!attached(&self->v))
+        return NULL;
+    return PyBool_FromLong((ld(self->v.words, W_SIGNAL) & STATE_MASK) == CLOSED);
+}
+static PyObject *producer_empty(Producer *self, void *c) {
+    if (!attached(&self->v))
+        return NULL;
+    return PyBool_FromLong(ld_acq(self->v.words, W_HEAD) == self->tail);
+}
+static PyObject *producer_written(Producer *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->msgs);
+}
+static PyObject *producer_unread(Producer *self, void *c) {
+    if (!attached(&self->v))
+        return NULL;
+    return PyLong_FromLongLong((long long)(self->msgs - ld(self->v.words, W_MSGS_R)));
+}
+static PyObject *producer_unread_bytes(Producer *self, void *c) {
+    if (!attached(&self->v))
+        return NULL;
+    return PyLong_FromLongLong((long long)(self->tail - ld_acq(self->v.words, W_HEAD)));
+}
+
+static PyMethodDef producer_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))producer_write, METH_FASTCALL | METH_KEYWORDS,
+     "Write and publish one message of at most max_record bytes: FULL or the signal."},
+    {"offer", (PyCFunction)(void (*)(void))producer_offer, METH_FASTCALL | METH_KEYWORDS,
+     "Write one message and publish it: True, or False when there is no room."},
+    {"select", (PyCFunction)producer_select, METH_O, "Write and publish a SELECT record."},
+    {"offer_batch", (PyCFunction)producer_offer_batch, METH_O,
+     "Write as many (data, meta) messages as fit, publishing the tail once."},
+    {"offer_fragments", (PyCFunction)(void (*)(void))producer_offer_fragments, METH_FASTCALL | METH_KEYWORDS,
+     "Stream a message of any size: write as many fragments as fit now."},
+    {"offer_message", (PyCFunction)(void (*)(void))producer_offer_message, METH_FASTCALL | METH_KEYWORDS,
+     "Write a whole message, all or nothing, published at once."},
+    {"close", (PyCFunction)producer_close, METH_NOARGS, "Tell the consumer: no more."},
+    {"set_identity", (PyCFunction)(void (*)(void))producer_set_identity, METH_FASTCALL,
+     "Record who writes here."},
+    {"publish_counters", (PyCFunction)producer_publish_counters, METH_NOARGS, NULL},
+    {"stats", (PyCFunction)producer_stats, METH_NOARGS, "A snapshot of the counters."},
+    {"signal", (PyCFunction)producer_signal, METH_NOARGS,
+     "Fence, then read the consumer's signal word."},
+    {"release", (PyCFunction)view_release, METH_NOARGS, "Drop the buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef producer_getset[] = {
+    {"capacity", (getter)get_capacity, NULL, NULL, NULL},
+    {"max_record", (getter)get_max_record, NULL, NULL, NULL},
+    {"consumer_waiting", (getter)producer_consumer_waiting, NULL, NULL, NULL},
+    {"consumer_closed", (getter)producer_consumer_closed, NULL, NULL, NULL},
+    {"empty", (getter)producer_empty, NULL, NULL, NULL},
+    {"written", (getter)producer_written, NULL, NULL, NULL},
+    {"unread", (getter)producer_unread, NULL, NULL, NULL},
+    {"unread_bytes", (getter)producer_unread_bytes, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ProducerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mybus_actors._ringcore.Producer",
+    .tp_doc = "The writing end of a ring (native core). One thread at a time.",
+    .tp_basicsize = sizeof(Producer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)producer_init,
+    .tp_dealloc = (destructor)end_dealloc,
+    .tp_methods = producer_methods,
+    .tp_getset = producer_getset,
+};
+
+/* -- what every reading end shares ----------------------------------------------------- */
+
+typedef struct {
+    View v;
+    uint64_t head;
+    uint64_t msgs;
+    uint64_t bytes;
+    uint64_t sleeps;
+} Side;
+
+static void side_attach(Side *self) {
+    aword *w = self->v.words;
+    self->head = ld_acq(w, W_HEAD);
+    self->msgs = ld(w, W_MSGS_R);
+    self->bytes = ld(w, W_BYTES_R);
+    self->sleeps = ld(w, W_SIGNAL) >> 2;
+}
+
+static PyObject *side_producer_closed(Side *self, void *c) {
+    if (!attached(&self->v))
+        return NULL;
+    return PyBool_FromLong(ld_acq(self->v.words, W_P_CLOSED) != 0);
+}
+
+static PyObject *side_producer_identity(Side *self, void *c) {
+    if (!attached(&self->v))
+        return NULL;
+    return Py_BuildValue("(KK)", (unsigned long long)ld(self->v.words, W_P_ID),
+                         (unsigned long long)ld(self->v.words, W_P_TOKEN));
+}
+
+/* Announce (or withdraw) that this reader may sleep. A sequentially consistent store:
+ * the caller's re-check of `pending` cannot be ordered before it. */
+static PyObject *side_set_waiting(Side *self, PyObject *arg) {
+    if (!attached(&self->v))
+        return NULL;
+    int waiting = PyObject_IsTrue(arg);
+    if (waiting < 0)
+        return NULL;
+    aword *w = self->v.words;
+    if (ld(w, W_SIGNAL) != CLOSED) {
+        if (waiting) {
+            self->sleeps += 1;
+            atomic_store(&w[W_SIGNAL], WAITING | (self->sleeps << 2));
+        } else {
+            atomic_store(&w[W_SIGNAL], RUNNING);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *side_close(Side *self, PyObject *Py_UNUSED(ignored)) {
+    if (!attached(&self->v))
+        return NULL;
+    atomic_store(&self->v.words[W_SIGNAL], CLOSED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *side_stats(Side *self, PyObject *Py_UNUSED(ignored)) {
+    return view_stats(&self->v);
+}
+
+/* Free everything before `head` (after the last read of it) and publish the counters. */
+static inline void side_release_to(Side *self, uint64_t head) {
+    aword *w = self->v.words;
+    self->head = head;
+    st(w, W_MSGS_R, self->msgs);
+    st(w, W_BYTES_R, self->bytes);
+    st_rel(w, W_HEAD, head); /* frees the space: the producer may now overwrite it */
+}
+
+/* -- the consumer ---------------------------------------------------------------------- */
+
+typedef struct {
+    Side s;
+    PyObject *frag;      /* bytes being filled (capacity frag_cap), or NULL */
+    uint64_t frag_have;  /* bytes of it filled */
+    uint64_t frag_cap;
+    uint64_t frag_len;   /* the announced total */
+    uint64_t frag_meta;
+    uint64_t frag_first; /* the end of its FIRST record, which the others name */
+    PyObject *selected;  /* the tag of the stream being read (bytes) */
+    Py_ssize_t selects;
+    int at_select;
+} Consumer;
+
+static int consumer_init(Consumer *self, PyObject *args, PyObject *kwds) {
+    PyObject *buf;
+    static char *kwlist[] = {"buf", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Consumer", kwlist, &buf))
+        return -1;
+    if (self->s.v.base != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a ring end is attached once");
+        return -1;
+    }
+    if (view_attach(&self->s.v, buf) < 0)
+        return -1;
+    side_attach(&self->s);
+    aword *w = self->s.v.words;
+    uint64_t n = ld(w, W_SEL_LEN);
+    uint64_t first8 = ld(w, W_SEL_HEAD);
+    unsigned char tag[8];
+    for (int i = 0; i < 8; i++)
+        tag[i] = (unsigned char)(first8 >> (8 * i));
+    Py_XSETREF(self->selected, PyBytes_FromStringAndSize((char *)tag, n < 8 ? (Py_ssize_t)n : 8));
+    if (self->selected == NULL)
+        return -1;
+    self->selects = 0;
+    self->at_select = 0;
+    Py_CLEAR(self->frag);
+    return 0;
+}
+
+static void consumer_dealloc(Consumer *self) {
+    Py_CLEAR(self->frag);
+    Py_CLEAR(self->selected);
+    end_dealloc(&self->s.v);
+}
+
+static PyObject *consumer_finish(Consumer *self) {
+    PyObject *frag = self->frag;
+    self->frag = NULL;
+    if ((uint64_t)PyBytes_GET_SIZE(frag) != self->frag_have &&
+        _PyBytes_Resize(&frag, (Py_ssize_t)self->frag_have) < 0)
+        return NULL;
+    PyObject *meta = PyLong_FromUnsignedLongLong(self->frag_meta);
+    if (meta == NULL) {
+        Py_DECREF(frag);
+        return NULL;
+    }
+    PyObject *done = PyTuple_Pack(2, meta, frag);
+    Py_DECREF(meta);
+    Py_DECREF(frag);
+    return done;
+}
+
+/* Append `len` bytes to the message being reassembled, growing it by doubling (never
+ * from the announced total: a corrupt length must fail as RingCorrupted, not as an
+ * allocation of it). */
+static int frag_append(Consumer *self, const uint8_t *src, uint64_t len) {
+    uint64_t need = self->frag_have + len;
+    if (need > self->frag_cap) {
+        uint64_t cap = self->frag_cap ? self->frag_cap : 4096;
+        while (cap < need)
+            cap *= 2;
+        if (cap > self->frag_len)
+            cap = self->frag_len;
+        if (_PyBytes_Resize(&self->frag, (Py_ssize_t)cap) < 0)
+            return -1; /* frag is NULL now: the message is dropped with the error */
+        self->frag_cap = cap;
+    }
+    copy_bytes(PyBytes_AS_STRING(self->frag) + self->frag_have, src, len);
+    self->frag_have = need;
+    return 0;
+}
+
+/* One fragment record: 1 and *done set when it ends a message, 0 when not, -1 on error. */
+static int consumer_fragment(Consumer *self, uint64_t rtype, uint64_t meta,
+                             const uint8_t *chunk, uint64_t n, uint64_t end, PyObject **done) {
+    if (rtype == FIRST) {
+        if (self->frag != NULL || n < FIRST_PREFIX) {
+            corrupted("FIRST fragment inside another message");
+            return -1;
+        }
+        uint64_t total;
+        memcpy(&total, chunk, 8);
+        uint64_t body = n - FIRST_PREFIX;
+        if (total > MAX_MESSAGE || body > total) {
+            corrupted("fragmented message claims %llu bytes", (unsigned long long)total);
+            return -1;
+        }
+        self->frag = PyBytes_FromStringAndSize(NULL, body ? (Py_ssize_t)body : 1);
+        if (self->frag == NULL)
+            return -1;
+        self->frag_cap = body ? body : 1;
+        self->frag_have = 0;
+        self->frag_len = total;
+        self->frag_meta = meta;
+        self->frag_first = end;
+        if (frag_append(self, chunk + FIRST_PREFIX, body) < 0)
+            return -1;
+        if (body == total) {
+            *done = consumer_finish(self);
+            return *done == NULL ? -1 : 1;
+        }
+        return 0;
+    }
+    if (self->frag == NULL || n < NEXT_PREFIX) {
+        corrupted("fragment without a FIRST");
+        return -1;
+    }
+    uint64_t first, offset;
+    memcpy(&first, chunk, 8);
+    memcpy(&offset, chunk + 8, 8);
+    uint64_t body = n - NEXT_PREFIX;
+    if (first != self->frag_first || offset != self->frag_have) {
+        corrupted("fragment of message %llu at %llu, expected %llu at %llu",
+                  (unsigned long long)first, (unsigned long long)offset,
+                  (unsigned long long)self->frag_first, (unsigned long long)self->frag_have);
+        return -1;
+    }
+    if (self->frag_have + body > self->frag_len) {
+        corrupted("fragment longer than announced");
+        return -1;
+    }
+    if (frag_append(self, chunk + NEXT_PREFIX, body) < 0)
+        return -1;
+    if (rtype == LAST) {
+        if (self->frag_have != self->frag_len) {
+            corrupted("LAST fragment before the announced length");
+            return -1;
+        }
+        *done = consumer_finish(self);
+        return *done == NULL ? -1 : 1;
+    }
+    return 0;
+}
+
+/* A (meta, payload) pair. Small metas come from the interpreter's cache. */
+static inline PyObject *pair(uint64_t meta, const uint8_t *p, uint64_t n) {
+    PyObject *m = PyLong_FromUnsignedLongLong(meta);
+    if (m == NULL)
+        return NULL;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    if (b == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) {
+        Py_DECREF(m);
+        Py_DECREF(b);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, m);
+    PyTuple_SET_ITEM(t, 1, b);
+    return t;
+}
+
+/* poll(budget=64) -> [(meta, payload), ...] of one stream; the head published once. */
+static PyObject *consumer_poll(Consumer *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    static const char *const names[] = {"budget"};
+    Py_ssize_t budget = 64;
+    PyObject *a[1] = {NULL};
+    if ((kwnames != NULL || nargs > 1) &&
+        fast_args(args, nargs, kwnames, names, 1, 0, a, "(budget=64)") < 0)
+        return NULL;
+    if (kwnames == NULL && nargs == 1)
+        a[0] = args[0];
+    if (a[0] != NULL && (budget = PyLong_AsSsize_t(a[0])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (!attached(&self->s.v))
+        return NULL;
+    self->at_select = 0;
+    aword *w = self->s.v.words;
+    uint64_t head = self->s.head;
+    uint64_t tail = ld_acq(w, W_TAIL);
+    PyObject *out = PyList_New(0);
+    if (out == NULL || head == tail)
+        return out;
+    uint8_t *base = self->s.v.base;
+    uint64_t cap = self->s.v.capacity, mask = self->s.v.mask;
+    uint64_t nbytes = 0;
+    int selected = 0;
+    while (head != tail && budget > 0) {
+        uint64_t off = head & mask;
+        uint64_t h = ld_hdr(base, off);
+        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
+        uint64_t size = (n + 15) & ~7ULL;
+        const uint8_t *s = base + HEADER_SIZE + off + 8;
+        if (rtype == WHOLE && size <= cap - off) {
+            PyObject *t = pair(h >> 40, s, n);
+            if (t == NULL || PyList_Append(out, t) < 0) {
+                Py_XDECREF(t);
+                goto fail;
+            }
+            Py_DECREF(t);
+            nbytes += n;
+            budget -= 1;
+            head += size;
+        } else if (rtype == PAD && n == cap - off - 8) {
+            head += n + 8;
+        } else if (rtype == SELECT && n > 0 && n <= MAX_TAG && size <= cap - off) {
+            if (PyList_GET_SIZE(out) || selected) {
+                self->at_select = 1;
+                break; /* the next stream is read by the next poll */
+            }
+            if (self->frag != NULL) {
+                corrupted("SELECT inside a fragmented message");
+                goto fail;
+            }
+            PyObject *tag = PyBytes_FromStringAndSize((const char *)s, (Py_ssize_t)n);
+            if (tag == NULL)
+                goto fail;
+            Py_SETREF(self->selected, tag);
+            self->selects += 1;
+            uint64_t first8 = 0;
+            for (uint64_t i = 0; i < (n < 8 ? n : 8); i++)
+                first8 |= (uint64_t)s[i] << (8 * i);
+            st(w, W_SEL_LEN, n);
+            st(w, W_SEL_HEAD, first8);
+            selected = 1;
+            head += size;
+        } else if (rtype >= FIRST && rtype <= LAST && size <= cap - off) {
+            PyObject *done = NULL;
+            int r = consumer_fragment(self, rtype, h >> 40, s, n, head + size, &done);
+            if (r < 0)
+                goto fail;
+            if (r) {
+                nbytes += (uint64_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(done, 1));
+                int a = PyList_Append(out, done);
+                Py_DECREF(done);
+                if (a < 0)
+                    goto fail;
+                budget -= 1;
+            }
+            head += size;
+        } else {
+            corrupted("bad record header 0x%016llx at position %llu", (unsigned long long)h,
+                      (unsigned long long)head);
+            goto fail;
+        }
+        if ((int64_t)(head - tail) > 0) {
+            corrupted("record at %llu runs past the tail %llu", (unsigned long long)head,
+                      (unsigned long long)tail);
+            goto fail;
+        }
+    }
+    self->s.msgs += (uint64_t)PyList_GET_SIZE(out);
+    self->s.bytes += nbytes;
+    side_release_to(&self->s, head);
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *consumer_pending(Consumer *self, void *c) {
+    if (!attached(&self->s.v))
+        return NULL;
+    return PyBool_FromLong(ld_acq(self->s.v.words, W_TAIL) != self->s.head);
+}
+static PyObject *consumer_partial(Consumer *self, void *c) {
+    return PyBool_FromLong(self->frag != NULL);
+}
+static PyObject *consumer_discard_partial(Consumer *self, PyObject *Py_UNUSED(ignored)) {
+    Py_CLEAR(self->frag);
+    Py_RETURN_NONE;
+}
+static PyObject *consumer_selected(Consumer *self, void *c) {
+    return Py_NewRef(self->selected);
+}
+static PyObject *consumer_selects(Consumer *self, void *c) {
+    return PyLong_FromSsize_t(self->selects);
+}
+static PyObject *consumer_at_select(Consumer *self, void *c) {
+    return PyBool_FromLong(self->at_select);
+}
+
+static PyMethodDef consumer_methods[] = {
+    {"poll", (PyCFunction)(void (*)(void))consumer_poll, METH_FASTCALL | METH_KEYWORDS,
+     "Read up to budget whole messages of one stream; publish the head once."},
+    {"discard_partial", (PyCFunction)consumer_discard_partial, METH_NOARGS,
+     "Forget a half-received fragmented message."},
+    {"set_waiting", (PyCFunction)side_set_waiting, METH_O, NULL},
+    {"close", (PyCFunction)side_close, METH_NOARGS, NULL},
+    {"stats", (PyCFunction)side_stats, METH_NOARGS, NULL},
+    {"release", (PyCFunction)view_release, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef consumer_getset[] = {
+    {"capacity", (getter)get_capacity, NULL, NULL, NULL},
+    {"max_record", (getter)get_max_record, NULL, NULL, NULL},
+    {"producer_closed", (getter)side_producer_closed, NULL, NULL, NULL},
+    {"producer_identity", (getter)side_producer_identity, NULL, NULL, NULL},
+    {"pending", (getter)consumer_pending, NULL, NULL, NULL},
+    {"partial", (getter)consumer_partial, NULL, NULL, NULL},
+    {"selected", (getter)consumer_selected, NULL, NULL, NULL},
+    {"selects", (getter)consumer_selects, NULL, NULL, NULL},
+    {"at_select", (getter)consumer_at_select, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ConsumerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mybus_actors._ringcore.Consumer",
+    .tp_doc = "The reading end that releases what it reads (native core).",
+    .tp_basicsize = sizeof(Consumer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)consumer_init,
+    .tp_dealloc = (destructor)consumer_dealloc,
+    .tp_methods = consumer_methods,
+    .tp_getset = consumer_getset,
+};
+
+/* -- the reader (reads without releasing: the gateway's outbox) ------------------------ */
+
+typedef struct {
+    uint64_t end;
+    uint64_t size;
+    uint64_t whole; /* 1 when the record ends a message */
+} Unreleased;
+
+typedef struct {
+    Side s;
+    uint64_t read;
+    Unreleased *q; /* a circular queue of what was read and not released */
+    size_t q_cap, q_start, q_len;
+} Reader;
+
+static int reader_init(Reader *self, PyObject *args, PyObject *kwds) {
+    PyObject *buf;
+    static char *kwlist[] = {"buf", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Reader", kwlist, &buf))
+        return -1;
+    if (self->s.v.base != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a ring end is attached once");
+        return -1;
+    }
+    if (view_attach(&self->s.v, buf) < 0)
+        return -1;
+    side_attach(&self->s);
+    self->read = self->s.head;
+    self->q_start = self->q_len = 0;
+    return 0;
+}
+
+static void reader_dealloc(Reader *self) {
+    PyMem_Free(self->q);
+    self->q = NULL;
+    end_dealloc(&self->s.v);
+}
+
+static inline Unreleased *q_at(Reader *self, size_t i) {
+    return &self->q[(self->q_start + i) % self->q_cap];
+}
+
+static int q_push(Reader *self, uint64_t end, uint64_t size, uint64_t whole) {
+    if (self->q_len == self->q_cap) {
+        size_t cap = self->q_cap ? self->q_cap * 2 : 64;
+        Unreleased *q = PyMem_Malloc(cap * sizeof *q);
+        if (q == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t i = 0; i < self->q_len; i++)
+            q[i] = *q_at(self, i);
+        PyMem_Free(self->q);
+        self->q = q;
+        self->q_cap = cap;
+        self->q_start = 0;
+    }
+    Unreleased *u = &self->q[(self->q_start + self->q_len) % self->q_cap];
+    u->end = end;
+    u->size = size;
+    u->whole = whole;
+    self->q_len += 1;
+    return 0;
+}
+
+/* Records from `pos` up to `stop`: each (end, header, payload) appended to `out`, and,
+ * when `take`, queued as unreleased with the read position moved past it. */
+static PyObject *reader_records_from(Reader *self, uint64_t pos, uint64_t stop,
+                                     Py_ssize_t budget, uint64_t max_bytes, int take) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    uint8_t *base = self->s.v.base;
+    uint64_t cap = self->s.v.capacity, mask = self->s.v.mask, taken = 0;
+    while (pos != stop && budget > 0) {
+        uint64_t off = pos & mask;
+        uint64_t h = ld_hdr(base, off);
+        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
+        uint64_t size = (n + 15) & ~7ULL;
+        if (rtype == PAD && n == cap - off - 8) {
+            pos += n + 8;
+            continue;
+        }
+        if (rtype < WHOLE || rtype > LAST || size > cap - off || (int64_t)(pos + size - stop) > 0) {
+            corrupted("bad record header 0x%016llx at position %llu", (unsigned long long)h,
+                      (unsigned long long)pos);
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (taken && taken + n > max_bytes)
+            break;
+        pos += size;
+        taken += n;
+        budget -= 1;
+        PyObject *rec = Py_BuildValue("(KKy#)", (unsigned long long)pos, (unsigned long long)h,
+                                      (const char *)(base + HEADER_SIZE + off + 8), (Py_ssize_t)n);
+        if (rec == NULL || PyList_Append(out, rec) < 0) {
+            Py_XDECREF(rec);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(rec);
+        if (take) {
+            if (q_push(self, pos, n, rtype == WHOLE || rtype == LAST) < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            self->read = pos;
+        }
+    }
+    return out;
+}
+
+static PyObject *reader_peek(Reader *self, PyObject *args, PyObject *kwds) {
+    Py_ssize_t budget = 64;
+    unsigned long long max_bytes = 1 << 20;
+    static char *kwlist[] = {"budget", "max_bytes", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nK:peek", kwlist, &budget, &max_bytes))
+        return NULL;
+    if (!attached(&self->s.v))
+        return NULL;
+    uint64_t tail = ld_acq(self->s.v.words, W_TAIL);
+    return reader_records_from(self, self->read, tail, budget, max_bytes, 1);
+}
+
+static PyObject *reader_records(Reader *self, PyObject *args, PyObject *kwds) {
+    PyObject *start = Py_None, *end = Py_None;
+    static char *kwlist[] = {"start", "end", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:records", kwlist, &start, &end))
+        return NULL;
+    if (!attached(&self->s.v))
+        return NULL;
+    uint64_t from = self->s.head, stop = self->read;
+    if (start != Py_None && u64_get(start, &from) < 0)
+        return NULL;
+    if (end != Py_None && u64_get(end, &stop) < 0)
+        return NULL;
+    return reader_records_from(self, from, stop, PY_SSIZE_T_MAX, UINT64_MAX, 0);
+}
+
+static PyObject *reader_release_to(Reader *self, PyObject *arg) {
+    uint64_t pos;
+    if (!attached(&self->s.v) || u64_get(arg, &pos) < 0)
+        return NULL;
+    if ((int64_t)(pos - self->s.head) <= 0)
+        return PyLong_FromLong(0);
+    if ((int64_t)(pos - self->read) > 0)
+        return value_error("cannot release up to %llu: only read up to %llu",
+                           (unsigned long long)pos, (unsigned long long)self->read);
+    /* Find the record ending at pos before changing anything. */
+    size_t count = 0;
+    int found = 0;
+    while (count < self->q_len && (int64_t)(q_at(self, count)->end - pos) <= 0) {
+        count += 1;
+        if (q_at(self, count - 1)->end == pos) {
+            found = 1;
+            break;
+        }
+    }
+    if (!found)
+        return value_error("%llu is not the end of a record read", (unsigned long long)pos);
+    uint64_t msgs = 0, nbytes = 0;
+    for (size_t i = 0; i < count; i++) {
+        msgs += q_at(self, i)->whole;
+        nbytes += q_at(self, i)->size;
+    }
+    self->q_start = (self->q_start + count) % self->q_cap;
+    self->q_len -= count;
+    self->s.msgs += msgs;
+    self->s.bytes += nbytes;
+    side_release_to(&self->s, pos);
+    return PyLong_FromSize_t(count);
+}
+
+static PyObject *reader_rewind(Reader *self, PyObject *Py_UNUSED(ignored)) {
+    self->read = self->s.head;
+    self->q_start = self->q_len = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *reader_rewind_to(Reader *self, PyObject *arg) {
+    uint64_t pos;
+    if (u64_get(arg, &pos) < 0)
+        return NULL;
+    if ((int64_t)(pos - self->s.head) <= 0)
+        return reader_rewind(self, NULL);
+    if ((int64_t)(pos - self->read) >= 0)
+        Py_RETURN_NONE;
+    size_t keep = self->q_len;
+    while (keep && (int64_t)(q_at(self, keep - 1)->end - pos) > 0)
+        keep -= 1;
+    self->q_len = keep;
+    if (!keep || q_at(self, keep - 1)->end != pos)
+        return value_error("%llu is not the end of a record read", (unsigned long long)pos);
+    self->read = pos;
+    Py_RETURN_NONE;
+}
+
+static PyObject *reader_head(Reader *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->s.head);
+}
+static PyObject *reader_position(Reader *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->read);
+}
+static PyObject *reader_tail(Reader *self, void *c) {
+    if (!attached(&self->s.v))
+        return NULL;
+    return PyLong_FromUnsignedLongLong(ld_acq(self->s.v.words, W_TAIL));
+}
+static PyObject *reader_pending(Reader *self, void *c) {
+    if (!attached(&self->s.v))
+        return NULL;
+    return PyBool_FromLong(ld_acq(self->s.v.words, W_TAIL) != self->read);
+}
+static PyObject *reader_unreleased(Reader *self, void *c) {
+    if (!attached(&self->s.v))
+        return NULL;
+    return PyBool_FromLong(ld_acq(self->s.v.words, W_TAIL) != self->s.head);
+}
+
+static PyMethodDef reader_methods[] = {
+    {"peek", (PyCFunction)(void (*)(void))reader_peek, METH_VARARGS | METH_KEYWORDS,
+     "Read records from the read position, releasing nothing."},
+    {"records", (PyCFunction)(void (*)(void))reader_records, METH_VARARGS | METH_KEYWORDS,
+     "Read records again between two positions without moving anything."},
+    {"release_to", (PyCFunction)reader_release_to, METH_O,
+     "Free everything up to the end of a record already read."},
+    {"rewind", (PyCFunction)reader_rewind, METH_NOARGS, "Read again from the head."},
+    {"rewind_to", (PyCFunction)reader_rewind_to, METH_O, "Read again from a record end."},
+    {"set_waiting", (PyCFunction)side_set_waiting, METH_O, NULL},
+    {"close", (PyCFunction)side_close, METH_NOARGS, NULL},
+    {"stats", (PyCFunction)side_stats, METH_NOARGS, NULL},
+    {"release", (PyCFunction)view_release, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef reader_getset[] = {
+    {"capacity", (getter)get_capacity, NULL, NULL, NULL},
+    {"max_record", (getter)get_max_record, NULL, NULL, NULL},
+    {"producer_closed", (getter)side_producer_closed, NULL, NULL, NULL},
+    {"producer_identity", (getter)side_producer_identity, NULL, NULL, NULL},
+    {"head", (getter)reader_head, NULL, NULL, NULL},
+    {"position", (getter)reader_position, NULL, NULL, NULL},
+    {"tail", (getter)reader_tail, NULL, NULL, NULL},
+    {"pending", (getter)reader_pending, NULL, NULL, NULL},
+    {"unreleased", (getter)reader_unreleased, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mybus_actors._ringcore.Reader",
+    .tp_doc = "A reading end that frees space only when told (native core).",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)reader_init,
+    .tp_dealloc = (destructor)reader_dealloc,
+    .tp_methods = reader_methods,
+    .tp_getset = reader_getset,
+};
+
+/* -- the module ------------------------------------------------------------------------ */
+
+static struct PyModuleDef ringcore_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mybus_actors._ringcore",
+    .m_doc = "ring.py's Producer, Consumer and Reader in C (layout version 3).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__ringcore(void) {
+    PyObject *errors = PyImport_ImportModule("mybus_actors.errors");
+    if (errors == NULL)
+        return NULL;
+    RingCorrupted = PyObject_GetAttrString(errors, "RingCorrupted");
+    Py_DECREF(errors);
+    if (RingCorrupted == NULL)
+        return NULL;
+    PyObject *ring = PyImport_ImportModule("mybus_actors.ring");
+    if (ring == NULL)
+        return NULL;
+    RingStats = PyObject_GetAttrString(ring, "RingStats");
+    Py_DECREF(ring);
+    if (RingStats == NULL)
+        return NULL;
+    if (PyType_Ready(&ProducerType) < 0 || PyType_Ready(&ConsumerType) < 0 ||
+        PyType_Ready(&ReaderType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&ringcore_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "VERSION", VERSION) < 0 ||
+        PyModule_AddObjectRef(m, "Producer", (PyObject *)&ProducerType) < 0 ||
+        PyModule_AddObjectRef(m, "Consumer", (PyObject *)&ConsumerType) < 0 ||
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
