@@ -51,6 +51,7 @@ enum { WHOLE = 1, FIRST = 2, MIDDLE = 3, LAST = 4, PAD = 5, SELECT = 6 };
 typedef _Atomic uint64_t aword;
 
 static PyObject *RingCorrupted; /* mybus_actors.errors.RingCorrupted */
+static PyObject *RemoteProtocolError; /* mybus_actors.errors.RemoteProtocolError */
 static PyObject *RingStats;     /* mybus_actors.ring.RingStats */
 
 /* -- the shared words ----------------------------------------------------------------- */
@@ -615,6 +616,86 @@ static PyObject *producer_offer_message(Producer *self, PyObject *const *args,
     Py_RETURN_TRUE;
 }
 
+
+/* relay(data, offset, count, key, after, prefix, kinds, sender_bit, corr_bit, relayed_bit)
+ *   -> (records taken, offset after them, end of the last, payload bytes, signal)
+ *
+ * The gateway's inbound hot path: from `data`, records packed as the wire carries them
+ * ((end u64, header u64, payload) each, checked by scan_packed), write the plain ones
+ * into this ring, each as PREFIX(key, end) + payload with `relayed_bit` added to its
+ * meta, publishing once. It stops, leaving the record for the caller's per-record path,
+ * at the first one that is not plain: not WHOLE, too long for one record here, not past
+ * `after` (seen before), a kind outside the `kinds` bit mask, no sender, a sender not
+ * starting with `prefix` (the peer's "node/"), or no room. signal: the consumer's signal
+ * word when something was written (the doorbell decision), else -1. */
+static PyObject *producer_relay(Producer *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "relay(data, offset, count, key, after, prefix, kinds,"
+                                         " sender_bit, corr_bit, relayed_bit)");
+        return NULL;
+    }
+    if (!attached(&self->v))
+        return NULL;
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]), count = PyLong_AsSsize_t(args[2]);
+    uint64_t key, after, kinds, sender_bit, corr_bit, relayed_bit;
+    if ((offset == -1 || count == -1) && PyErr_Occurred())
+        return NULL;
+    if (u64_get(args[3], &key) < 0 || u64_get(args[4], &after) < 0 ||
+        u64_get(args[6], &kinds) < 0 || u64_get(args[7], &sender_bit) < 0 ||
+        u64_get(args[8], &corr_bit) < 0 || u64_get(args[9], &relayed_bit) < 0)
+        return NULL;
+    Data d, pre;
+    if (data_get(args[0], &d) < 0)
+        return NULL;
+    if (data_get(args[5], &pre) < 0) {
+        data_put(&d);
+        return NULL;
+    }
+    const uint8_t *p = d.ptr;
+    uint64_t size = (uint64_t)d.len, off = (uint64_t)offset;
+    uint64_t tail = self->tail, taken = 0, nbytes = 0, written = 0;
+    uint64_t max_payload = self->v.max_record - 16;
+    while ((Py_ssize_t)taken < count && off + 16 <= size) {
+        uint64_t end, header;
+        memcpy(&end, p + off, 8);
+        memcpy(&header, p + off + 8, 8);
+        uint64_t n = header & LEN_MASK, meta = header >> 40;
+        if (off + 16 + n > size || ((header >> 32) & 0xFF) != WHOLE || n > max_payload ||
+            (int64_t)(end - after) <= 0 || !((kinds >> (meta & 7)) & 1) || !(meta & sender_bit))
+            break;
+        const uint8_t *body = p + off + 16;
+        uint64_t at = (meta & corr_bit) ? 8 : 0;
+        if (at >= n)
+            break;
+        uint64_t slen = body[at];
+        if (at + 1 + slen > n || slen < (uint64_t)pre.len ||
+            memcmp(body + at + 1, pre.ptr, (size_t)pre.len) != 0)
+            break;
+        uint64_t rp[2] = {key, end};
+        int ok;
+        uint64_t next = put(self, tail, rp, 16, body, n, WHOLE, (meta | relayed_bit) & MAX_META, &ok);
+        if (!ok) {
+            note_full(self);
+            break;
+        }
+        tail = next;
+        after = end;
+        taken += 1;
+        nbytes += n;
+        written += n + 16;
+        off += 16 + n;
+    }
+    data_put(&d);
+    data_put(&pre);
+    long long signal = -1;
+    if (taken) {
+        publish(self, tail, taken, written);
+        signal = (long long)signal_word(self);
+    }
+    return Py_BuildValue("(KKKKL)", (unsigned long long)taken, (unsigned long long)off,
+                         (unsigned long long)after, (unsigned long long)nbytes, signal);
+}
+
 static PyObject *producer_close(Producer *self, PyObject *Py_UNUSED(ignored)) {
     if (!attached(&self->v))
         return NULL;
@@ -698,6 +779,8 @@ static PyMethodDef producer_methods[] = {
      "Stream a message of any size: write as many fragments as fit now."},
     {"offer_message", (PyCFunction)(void (*)(void))producer_offer_message, METH_FASTCALL | METH_KEYWORDS,
      "Write a whole message, all or nothing, published at once."},
+    {"relay", (PyCFunction)(void (*)(void))producer_relay, METH_FASTCALL,
+     "Write the plain records of a packed run, relay-prefixed, publishing once."},
     {"close", (PyCFunction)producer_close, METH_NOARGS, "Tell the consumer: no more."},
     {"set_identity", (PyCFunction)(void (*)(void))producer_set_identity, METH_FASTCALL,
      "Record who writes here."},
@@ -1257,6 +1340,91 @@ static PyObject *reader_peek(Reader *self, PyObject *args, PyObject *kwds) {
     return reader_records_from(self, self->read, tail, budget, max_bytes, 1);
 }
 
+
+/* peek_packed(budget=64, max_bytes=1<<20) -> (data, count): what peek reads, packed as
+ * the wire carries records ((end u64, header u64, payload) each, back to back) in one
+ * bytes object: the gateway's outbound hot path, one object per run. */
+static PyObject *reader_peek_packed(Reader *self, PyObject *args, PyObject *kwds) {
+    Py_ssize_t budget = 64;
+    unsigned long long max_bytes = 1 << 20;
+    static char *kwlist[] = {"budget", "max_bytes", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nK:peek_packed", kwlist, &budget, &max_bytes))
+        return NULL;
+    if (!attached(&self->s.v))
+        return NULL;
+    uint8_t *base = self->s.v.base;
+    uint64_t cap = self->s.v.capacity, mask = self->s.v.mask;
+    uint64_t stop = ld_acq(self->s.v.words, W_TAIL);
+    /* First pass: how many records, how many bytes (checking every header). */
+    uint64_t pos = self->read, taken = 0, total = 0;
+    Py_ssize_t count = 0;
+    while (pos != stop && count < budget) {
+        uint64_t off = pos & mask;
+        uint64_t h = ld_hdr(base, off);
+        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
+        uint64_t size = (n + 15) & ~7ULL;
+        if (rtype == PAD && n == cap - off - 8) {
+            pos += n + 8;
+            continue;
+        }
+        if (rtype < WHOLE || rtype > LAST || size > cap - off || (int64_t)(pos + size - stop) > 0)
+            break; /* the second pass reports it, after what came before */
+        if (taken && taken + n > max_bytes)
+            break;
+        pos += size;
+        taken += n;
+        total += 16 + n;
+        count += 1;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL)
+        return NULL;
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+    pos = self->read;
+    Py_ssize_t done = 0;
+    while (done < count) {
+        uint64_t off = pos & mask;
+        uint64_t h = ld_hdr(base, off);
+        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
+        if (rtype == PAD) {
+            pos += n + 8;
+            continue;
+        }
+        pos += (n + 15) & ~7ULL;
+        memcpy(dst, &pos, 8);
+        memcpy(dst + 8, &h, 8);
+        copy_bytes(dst + 16, base + HEADER_SIZE + off + 8, n);
+        dst += 16 + n;
+        if (q_push(self, pos, n, rtype == WHOLE || rtype == LAST) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        self->read = pos;
+        done += 1;
+    }
+    if (count == 0 && pos != stop) {
+        /* Nothing taken and not at the tail: a bad header (or a budget of 0). */
+        if (budget > 0) {
+            uint64_t off = pos & mask;
+            /* skip padding as the first pass did */
+            while (pos != stop) {
+                uint64_t h = ld_hdr(base, off);
+                if (((h >> 32) & 0xFF) == PAD && (h & LEN_MASK) == cap - off - 8) {
+                    pos += (h & LEN_MASK) + 8;
+                    off = pos & mask;
+                    continue;
+                }
+                Py_DECREF(out);
+                return corrupted("bad record header 0x%016llx at position %llu",
+                                 (unsigned long long)h, (unsigned long long)pos);
+            }
+        }
+    }
+    PyObject *r = Py_BuildValue("(On)", out, count);
+    Py_DECREF(out);
+    return r;
+}
+
 static PyObject *reader_records(Reader *self, PyObject *args, PyObject *kwds) {
     PyObject *start = Py_None, *end = Py_None;
     static char *kwlist[] = {"start", "end", NULL};
@@ -1355,6 +1523,8 @@ static PyObject *reader_unreleased(Reader *self, void *c) {
 static PyMethodDef reader_methods[] = {
     {"peek", (PyCFunction)(void (*)(void))reader_peek, METH_VARARGS | METH_KEYWORDS,
      "Read records from the read position, releasing nothing."},
+    {"peek_packed", (PyCFunction)(void (*)(void))reader_peek_packed,
+     METH_VARARGS | METH_KEYWORDS, "Like peek, the records packed in one bytes object."},
     {"records", (PyCFunction)(void (*)(void))reader_records, METH_VARARGS | METH_KEYWORDS,
      "Read records again between two positions without moving anything."},
     {"release_to", (PyCFunction)reader_release_to, METH_O,
@@ -1394,6 +1564,115 @@ static PyTypeObject ReaderType = {
     .tp_getset = reader_getset,
 };
 
+
+/* -- packed records (a run as the wire carries it) ------------------------------------- */
+
+/* scan_packed(data, offset, count, start) -> the offset after `count` records packed at
+ * `offset`: each (end u64, header u64, payload), of a type a run carries (WHOLE to
+ * LAST), its end far enough past the previous one (from `start`) to hold it in a ring.
+ * RemoteProtocolError says what is wrong otherwise. */
+static PyObject *scan_packed(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scan_packed(data, offset, count, start)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]), count = PyLong_AsSsize_t(args[2]);
+    uint64_t pos;
+    if (((offset == -1 || count == -1) && PyErr_Occurred()) || u64_get(args[3], &pos) < 0)
+        return NULL;
+    Data d;
+    if (data_get(args[0], &d) < 0)
+        return NULL;
+    uint64_t size = (uint64_t)d.len, off = (uint64_t)offset;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (size < off + 16) {
+            PyErr_Format(RemoteProtocolError, "DATA frame truncated: record end and header"
+                         " needs 16 bytes, %lld left in the body", (long long)(size - off));
+            goto done;
+        }
+        uint64_t end, header;
+        memcpy(&end, d.ptr + off, 8);
+        memcpy(&header, d.ptr + off + 8, 8);
+        uint64_t n = header & LEN_MASK, rtype = (header >> 32) & 0xFF;
+        if (rtype < WHOLE || rtype > LAST) {
+            PyErr_Format(RemoteProtocolError, "record of type %d in a run", (int)rtype);
+            goto done;
+        }
+        uint64_t need = 8 + ((n + 7) & ~7ULL);
+        if (end < pos || end - pos < need) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "record ending at %llu does not fit after %llu",
+                     (unsigned long long)end, (unsigned long long)pos);
+            PyErr_SetString(RemoteProtocolError, msg);
+            goto done;
+        }
+        if (size - off - 16 < n) {
+            PyErr_Format(RemoteProtocolError, "DATA frame truncated: record payload needs"
+                         " %lld bytes, %lld left in the body", (long long)n,
+                         (long long)(size - off - 16));
+            goto done;
+        }
+        off += 16 + n;
+        pos = end;
+    }
+    result = PyLong_FromUnsignedLongLong(off);
+done:
+    data_put(&d);
+    return result;
+}
+
+/* unpack_packed(data, offset, count) -> [(end, header, payload), ...] (already scanned). */
+static PyObject *unpack_packed(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unpack_packed(data, offset, count)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]), count = PyLong_AsSsize_t(args[2]);
+    if ((offset == -1 || count == -1) && PyErr_Occurred())
+        return NULL;
+    Data d;
+    if (data_get(args[0], &d) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    uint64_t size = (uint64_t)d.len, off = (uint64_t)offset;
+    for (Py_ssize_t i = 0; out != NULL && i < count; i++) {
+        uint64_t end, header;
+        if (off + 16 > size)
+            goto short_;
+        memcpy(&end, d.ptr + off, 8);
+        memcpy(&header, d.ptr + off + 8, 8);
+        uint64_t n = header & LEN_MASK;
+        if (off + 16 + n > size)
+            goto short_;
+        PyObject *rec = Py_BuildValue("(KKy#)", (unsigned long long)end,
+                                      (unsigned long long)header,
+                                      (const char *)(d.ptr + off + 16), (Py_ssize_t)n);
+        if (rec == NULL || PyList_Append(out, rec) < 0) {
+            Py_XDECREF(rec);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_DECREF(rec);
+        off += 16 + n;
+    }
+    data_put(&d);
+    return out;
+short_:
+    data_put(&d);
+    Py_DECREF(out);
+    PyErr_SetString(PyExc_ValueError, "packed records run past their data (not scanned?)");
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"scan_packed", (PyCFunction)(void (*)(void))scan_packed, METH_FASTCALL,
+     "Check records packed as a run carries them; the offset after them."},
+    {"unpack_packed", (PyCFunction)(void (*)(void))unpack_packed, METH_FASTCALL,
+     "The (end, header, payload) records packed at an offset."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* -- the module ------------------------------------------------------------------------ */
 
 static struct PyModuleDef ringcore_module = {
@@ -1401,6 +1680,7 @@ static struct PyModuleDef ringcore_module = {
     .m_name = "mybus_actors._ringcore",
     .m_doc = "ring.py's Producer, Consumer and Reader in C (layout version 3).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__ringcore(void) {
@@ -1408,8 +1688,9 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     if (errors == NULL)
         return NULL;
     RingCorrupted = PyObject_GetAttrString(errors, "RingCorrupted");
+    RemoteProtocolError = PyObject_GetAttrString(errors, "RemoteProtocolError");
     Py_DECREF(errors);
-    if (RingCorrupted == NULL)
+    if (RingCorrupted == NULL || RemoteProtocolError == NULL)
         return NULL;
     PyObject *ring = PyImport_ImportModule("mybus_actors.ring");
     if (ring == NULL)

@@ -40,6 +40,8 @@ import cloudpickle
 from mybus_actors.errors import InvalidAddress, SerializationError
 
 __all__ = [
+    "HAS_CORRELATION",
+    "HAS_SENDER",
     "Buffer",
     "Envelope",
     "Kind",
@@ -90,6 +92,11 @@ _PICKLE_BITS: Final = Tag.PICKLE.value << _TAG_SHIFT
 _CLOUDPICKLE_BITS: Final = Tag.CLOUDPICKLE.value << _TAG_SHIFT
 _HAS_CORRELATION: Final = 1 << 5
 _HAS_SENDER: Final = 1 << 6
+# Public for the relay, which reads the sender of a record without decoding it: with
+# HAS_SENDER the body begins (after 8 bytes of correlation id with HAS_CORRELATION)
+# with the sender address, a length byte then ASCII (`sender_bytes`).
+HAS_CORRELATION: Final = _HAS_CORRELATION
+HAS_SENDER: Final = _HAS_SENDER
 _KNOWN_BITS: Final = 0x7F
 _PROTOCOL: Final = 5
 _MAX_SENDER: Final = 255

@@ -35,10 +35,11 @@ import enum
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple, overload
 
 import attrs
 
+from mybus_actors import ringcore
 from mybus_actors.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "WHOLE",
     "BodyReader",
     "Control",
+    "PackedRecords",
     "Record",
     "Run",
     "StreamAck",
@@ -58,6 +60,8 @@ __all__ = [
     "read_runs",
     "record_type",
     "run_size",
+    "scan_packed",
+    "unpack_packed",
 ]
 
 # Ring record types (ring.py's values; PAD never travels).
@@ -83,6 +87,118 @@ _FIRST_PREFIX: Final = 8
 _NEXT_PREFIX: Final = 16
 
 
+def _scan_packed(data: Any, offset: int, count: int, start: int) -> int:
+    """`scan_packed` in Python (the reference; the native core has its own)."""
+    mv = memoryview(data)
+    size = len(mv)
+    pos = start
+    for _ in range(count):
+        if size - offset < 16:
+            raise RemoteProtocolError(
+                f"DATA frame truncated: record end and header needs 16 bytes, "
+                f"{size - offset} left in the body"
+            )
+        end, header = _U64X2.unpack_from(mv, offset)
+        n = header & _LEN_MASK
+        rtype = record_type(header)
+        if not WHOLE <= rtype <= LAST:
+            raise RemoteProtocolError(f"record of type {rtype} in a run")
+        if end - pos < 8 + ((n + 7) & ~7):
+            raise RemoteProtocolError(f"record ending at {end} does not fit after {pos}")
+        if size - offset - 16 < n:
+            raise RemoteProtocolError(
+                f"DATA frame truncated: record payload needs {n} bytes, "
+                f"{size - offset - 16} left in the body"
+            )
+        offset += 16 + n
+        pos = end
+    return offset
+
+
+def _unpack_packed(data: Any, offset: int, count: int) -> list[Record]:
+    """`unpack_packed` in Python (the reference; the native core has its own)."""
+    mv = memoryview(data)
+    out: list[Record] = []
+    for _ in range(count):
+        end, header = _U64X2.unpack_from(mv, offset)
+        n = header & _LEN_MASK
+        if offset + 16 + n > len(mv):
+            raise ValueError("packed records run past their data (not scanned?)")
+        out.append((int(end), int(header), bytes(mv[offset + 16 : offset + 16 + n])))
+        offset += 16 + n
+    return out
+
+
+_NATIVE = ringcore.NATIVE
+scan_packed = _NATIVE.scan_packed if _NATIVE is not None else _scan_packed
+"""scan_packed(data, offset, count, start) -> the offset after ``count`` records packed
+at ``offset``, each checked as `read_runs` checks records (a type a run carries, an end
+far enough past the previous one, from ``start``, to hold it in a ring, the bytes there).
+
+Raises: RemoteProtocolError: what is wrong."""
+unpack_packed = _NATIVE.unpack_packed if _NATIVE is not None else _unpack_packed
+"""unpack_packed(data, offset, count) -> the [(end, header, payload), ...] packed there."""
+
+
+class PackedRecords(Sequence[Record]):
+    """A run's records as the wire carries them, in one bytes object: (end u64, header
+    u64, payload) each, back to back, and how many (`number`).
+
+    The gateway's hot paths move these, not a Python object per record: the sender's
+    ring reader packs them (`ring.Reader.peek_packed`), a DATA body carries the bytes as
+    they are, the receiver checks them in one call (`scan_packed`) and writes the plain
+    ones into local rings in one more (`ring.Producer.relay`). Read as a sequence, it
+    unpacks (once): it compares equal to the tuple of the same records.
+    """
+
+    __slots__ = ("_unpacked", "data", "number")
+
+    def __init__(self, data: bytes, number: int) -> None:
+        self.data = data
+        self.number = number
+        self._unpacked: tuple[Record, ...] | None = None
+
+    def records(self, offset: int = 0, skip: int = 0) -> tuple[Record, ...]:
+        """The records, unpacked: all, or those from byte ``offset`` on (``skip`` of
+        them lie before it)."""
+        if offset:
+            return tuple(unpack_packed(self.data, offset, self.number - skip))
+        if self._unpacked is None:
+            self._unpacked = tuple(unpack_packed(self.data, 0, self.number))
+        return self._unpacked
+
+    @property
+    def payload_bytes(self) -> int:
+        return len(self.data) - 16 * self.number
+
+    def __len__(self) -> int:
+        return self.number
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Record, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Record | tuple[Record, ...]:
+        return self.records()[index]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedRecords):
+            return self.number == other.number and self.data == other.data
+        if isinstance(other, tuple):
+            return self.records() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PackedRecords({self.number} records, {len(self.data)} bytes)"
+
+
 class Control(enum.IntEnum):
     """What an ACK entry says about a stream."""
 
@@ -101,7 +217,7 @@ class Run(NamedTuple):
     gen: int
     start: int
     released: int
-    records: tuple[Record, ...]
+    records: tuple[Record, ...] | PackedRecords
 
 
 @attrs.frozen
@@ -164,6 +280,8 @@ def _check_u64(value: object, what: str) -> None:
 def run_size(run: Run) -> int:
     """Bytes ``run`` takes in a DATA body."""
     head = 2 + len(run.origin) + len(run.target) + _RUN_TAIL.size
+    if isinstance(run.records, PackedRecords):
+        return head + len(run.records.data)
     return head + sum(16 + len(payload) for _, _, payload in run.records)
 
 
@@ -179,6 +297,9 @@ def encode_runs(runs: Sequence[Run]) -> list[bytes]:
         for value, what in ((run.gen, "gen"), (run.start, "start"), (run.released, "released")):
             _check_u64(value, what)
         parts.append(head + _RUN_TAIL.pack(run.gen, run.start, run.released, len(run.records)))
+        if isinstance(run.records, PackedRecords):
+            parts.append(run.records.data)  # packed by our own ring reader: as it stands
+            continue
         for end, header, payload in run.records:
             if header & _LEN_MASK != len(payload) or not WHOLE <= record_type(header) <= LAST:
                 raise LocalProtocolError(f"record header {header:#x} does not fit its payload")
@@ -259,6 +380,16 @@ class BodyReader:
             name = _remember(raw)
         return name
 
+    @property
+    def position(self) -> int:
+        """Where the next field begins (an index into `view`)."""
+        return self._pos
+
+    @property
+    def view(self) -> memoryview:
+        """The frame's bytes, up to the body's end (fields are read at `position`)."""
+        return self._mv[: self._end]
+
     def done(self, what: str = "") -> None:
         if self._pos != self._end:
             raise RemoteProtocolError(
@@ -278,19 +409,10 @@ def read_runs(r: BodyReader) -> Iterator[Run]:
         if released > start:
             raise RemoteProtocolError(f"run of {origin}->{target} starts before its release")
         count = r.u32("record count")
-        records: list[Record] = []
-        pos = start
-        for _ in range(count):
-            end, header = r.u64x2("record end and header")
-            n = header & _LEN_MASK
-            rtype = record_type(header)
-            if not WHOLE <= rtype <= LAST:
-                raise RemoteProtocolError(f"record of type {rtype} in a run")
-            if end - pos < 8 + ((n + 7) & ~7):
-                raise RemoteProtocolError(f"record ending at {end} does not fit after {pos}")
-            records.append((end, header, r.raw(n, "record payload")))
-            pos = end
-        yield Run(origin, target, gen, start, released, tuple(records))
+        begin = r.position
+        end = scan_packed(r.view, begin, count, start)
+        packed = PackedRecords(r.raw(end - begin, "records"), count)
+        yield Run(origin, target, gen, start, released, packed)
 
 
 def read_acks(r: BodyReader) -> Iterator[StreamAck]:

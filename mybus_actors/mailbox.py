@@ -71,8 +71,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
+from mybus_actors import codec, ringcore
 from mybus_actors import ring as _ring
-from mybus_actors import ringcore
 from mybus_actors.doorbell import Bells, Doorbell
 from mybus_actors.errors import (
     ActorNotFound,
@@ -118,6 +118,8 @@ _OPEN: Final = 0
 _HELD: Final = 1  # the receiver's queue for that name is full: wait, then MailboxFull
 _GONE: Final = 2  # that name is no longer received there: look it up again
 _ID: Final = struct.Struct("<H")  # a channel's id, the head of its SELECT tag
+# What `ring.Producer.relay` reads of an envelope's meta, and marks a relayed record with.
+_RELAY_BITS: Final = (codec.HAS_SENDER, codec.HAS_CORRELATION, RELAYED)
 _NO_PAGE: Final = bytearray(1)  # a forward ring's one channel (id 0) is always open
 # Several endpoints may live in one process (a runtime and a client, or tests): each
 # gets its own doorbell.
@@ -1209,6 +1211,52 @@ class Endpoint:
         elif ch.producer.consumer_closed:
             self._check_receiver(ch, pending=0, to=to)
         return written
+
+    def offer_relayed(
+        self,
+        sender: str,
+        to: str,
+        packed: bytes,
+        offset: int,
+        count: int,
+        key: int,
+        after: int,
+        prefix: bytes,
+        kinds: int,
+    ) -> tuple[int, int, int, int]:
+        """The gateway's inbound hot path: write the plain records of a packed run
+        (`items.PackedRecords`) into the ring to ``to`` in one core call, each behind its
+        relay prefix (``key``, its end), publishing once and ringing at most once; never
+        wait. What stops it (see `ring.Producer.relay`: a record not plain, not past
+        ``after``, of a kind outside ``kinds``, a sender not under ``prefix``, no room)
+        is left for the caller's per-record path.
+
+        Returns:
+            (records written, the offset after them, the end of the last (``after`` when
+            none), their payload bytes).
+
+        Raises:
+            ActorNotFound: no live receiver holds ``to``.
+            MailboxClosed: the endpoint is closed, or ``sender`` is not bound here.
+        """
+        c = self._ready_to_offer(sender, to)
+        if c is None:
+            return 0, offset, after, 0
+        ch = c.ring
+        written, offset, last, nbytes, signal = ch.producer.relay(
+            packed, offset, count, key, after, prefix, kinds, *_RELAY_BITS
+        )
+        if written:
+            if signal & _STATE == _WAITING and signal != ch.rung:
+                ch.rung = signal
+                self._ring_bell(ch)
+            elif signal & _STATE == _ring.CLOSED:
+                with contextlib.suppress(ActorNotFound):  # as in offer_batch
+                    self._check_receiver(ch, pending=0, to=to)
+            self._sends += written
+        elif ch.producer.consumer_closed:
+            self._check_receiver(ch, pending=0, to=to)
+        return written, offset, last, nbytes
 
     def load(self, sender: str, to: str) -> tuple[int, int]:
         """How busy ``to`` looks from our ring to it: (0 if it sleeps waiting for

@@ -29,7 +29,16 @@ from typing import Final
 
 from mybus_actors import ringcore
 from mybus_actors.errors import RingCorrupted
-from mybus_actors.items import FIRST, WHOLE, Control, Record, Run, StreamAck, record_type
+from mybus_actors.items import (
+    FIRST,
+    WHOLE,
+    Control,
+    PackedRecords,
+    Record,
+    Run,
+    StreamAck,
+    record_type,
+)
 from mybus_actors.registry import is_alive, parse_forward_name, parse_ring_filename
 
 __all__ = ["WINDOW", "OutStream", "Outbox"]
@@ -212,16 +221,17 @@ class Outbox:
             r = stream.reader
             begin, released = r.position, r.head
             try:
-                records = r.peek(budget=1024, max_bytes=min(room, budget, _RUN_BYTES))
+                # One bytes object per run, packed as the wire carries it: no Python
+                # object per record on the way out.
+                data, count = r.peek_packed(budget=1024, max_bytes=min(room, budget, _RUN_BYTES))
             except RingCorrupted:
                 _log.error("forward ring %s is corrupted; its records stay", stream.path.name)
                 continue
-            if records:
-                budget -= sum(len(p) for _, _, p in records)
-                self.taken += len(records)
-                runs.append(
-                    Run(stream.origin, stream.target, stream.gen, begin, released, tuple(records))
-                )
+            if count:
+                records = PackedRecords(data, count)
+                budget -= records.payload_bytes
+                self.taken += count
+                runs.append(Run(stream.origin, stream.target, stream.gen, begin, released, records))
         return runs
 
     # -- what the other node said ------------------------------------------------------

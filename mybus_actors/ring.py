@@ -492,6 +492,82 @@ class Producer(_RingView):
         self._publish(tail, 1, len(data))
         return True
 
+    def relay(
+        self,
+        data: Any,
+        offset: int,
+        count: int,
+        key: int,
+        after: int,
+        prefix: bytes,
+        kinds: int,
+        sender_bit: int,
+        corr_bit: int,
+        relayed_bit: int,
+    ) -> tuple[int, int, int, int, int]:
+        """The gateway's inbound hot path: write the plain records of a packed run.
+
+        ``data`` holds records packed as a run carries them on the wire ((end u64,
+        header u64, payload) each, checked by `scan_packed`); from ``offset``, up to
+        ``count`` of them are written here, each as ``<QQ key, end> + payload`` with
+        ``relayed_bit`` added to its meta, and published at once. The first record that
+        is not plain stops it, left for the caller's per-record path: not WHOLE, too long
+        for one record here, not past ``after`` (seen before), of a kind (meta & 7)
+        outside the ``kinds`` bit mask, without a sender (meta & ``sender_bit``), with a
+        sender not starting with ``prefix`` (the sender address is a length byte and its
+        ASCII, after 8 bytes of correlation id when meta & ``corr_bit``), or no room.
+
+        Returns:
+            (records written, the offset after them, the end of the last one (``after``
+            when none), their payload bytes, the consumer's signal word when something
+            was written, else -1).
+        """
+        mv = memoryview(data).cast("B")
+        size = len(mv)
+        tail = self._tail
+        taken = nbytes = written = 0
+        max_payload = self.max_record - 16
+        plen = len(prefix)
+        try:
+            while taken < count and offset + 16 <= size:
+                end, header = _U64X2.unpack_from(mv, offset)
+                n = header & _LEN_MASK
+                meta = header >> 40
+                if (
+                    offset + 16 + n > size
+                    or (header >> 32) & 0xFF != WHOLE
+                    or n > max_payload
+                    or end - after <= 0
+                    or not (kinds >> (meta & 7)) & 1
+                    or not meta & sender_bit
+                ):
+                    break
+                body = mv[offset + 16 : offset + 16 + n]
+                at = 8 if meta & corr_bit else 0
+                if at >= n:
+                    break
+                slen = body[at]
+                if at + 1 + slen > n or slen < plen or body[at + 1 : at + 1 + plen] != prefix:
+                    break
+                record = _U64X2.pack(key, end) + body
+                new_tail = self._put(tail, record, n + 16, WHOLE, (meta | relayed_bit) & MAX_META)
+                if new_tail < 0:
+                    self._note_full()
+                    break
+                tail = new_tail
+                after = end
+                taken += 1
+                nbytes += n
+                written += n + 16
+                offset += 16 + n
+        finally:
+            mv.release()
+        signal = -1
+        if taken:
+            self._publish(tail, taken, written)
+            signal = self.signal()
+        return taken, offset, after, nbytes, signal
+
     def _put_fragments(self, data: Any, meta: int, sent: int, *, all_or_nothing: bool) -> int:
         """Write fragments of ``data`` from ``sent`` on without publishing; return the new
         tail (the old one when nothing, or not everything asked for, fits)."""
@@ -771,6 +847,29 @@ class Reader(_ConsumerSide):
             self._unreleased.append((end, 1 if rtype in (WHOLE, LAST) else 0, len(payload)))
             self._read = end
         return out
+
+    def peek_packed(self, budget: int = 64, max_bytes: int = 1 << 20) -> tuple[bytes, int]:
+        """What `peek` reads, packed as a run carries records on the wire: (end u64,
+        header u64, payload) each, back to back, in one bytes object; and their count.
+
+        Raises:
+            RingCorrupted: the first record to read has a header no producer writes
+                (what came before a bad one is returned first).
+        """
+        parts: list[bytes] = []
+        count = 0
+        try:
+            for end, h, payload in self._records(self._read, self.tail, budget, max_bytes):
+                parts.append(_U64X2.pack(end, h))
+                parts.append(payload)
+                rtype = (h >> 32) & 0xFF
+                self._unreleased.append((end, 1 if rtype in (WHOLE, LAST) else 0, len(payload)))
+                self._read = end
+                count += 1
+        except RingCorrupted:
+            if not count:
+                raise
+        return b"".join(parts), count
 
     def records(self, start: int | None = None, end: int | None = None) -> list[Record]:
         """The records from ``start`` (default: the head) up to ``end`` (default: the

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mybus_actors import ring
 
-__all__ = ["CORE", "Consumer", "Producer", "Reader", "describe"]
+__all__ = ["CORE", "NATIVE", "Consumer", "Producer", "Reader", "describe"]
 
 PURE_ENV: Final = "MYBUS_PURE_PYTHON"
 
@@ -27,7 +27,7 @@ class NativeCoreMissing(RuntimeWarning):
     """The C ring core is not built here (or does not match): the pure one runs."""
 
 
-def _native() -> tuple[object, str]:
+def _native() -> tuple[Any, str]:
     """The native module, or None and why not."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return None, f"{PURE_ENV} is set"
@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 
     CORE: str
     WHY_PURE: str
+    NATIVE: Any  # the C module (its relay helpers too), or None
 else:
     _module, WHY_PURE = _native()
+    NATIVE = _module
     if _module is not None:
         CORE = "native"
         Producer, Consumer, Reader = _module.Producer, _module.Consumer, _module.Reader

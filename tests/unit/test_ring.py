@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+import struct
 from collections import deque
 from collections.abc import Iterator
 
@@ -1370,3 +1371,133 @@ def test_reader_model() -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# -- the relay helpers: records packed as the wire carries them ---------------------------
+
+SENDER, CORR, RELAYED_BIT = 1 << 6, 1 << 5, 1 << 23  # codec's and relayed's bits, restated
+
+
+def packed(*records: tuple[int, int, bytes]) -> bytes:
+    return b"".join(struct.pack("<QQ", end, h) + payload for end, h, payload in records)
+
+
+def envelope(sender: bytes, body: bytes = b"body", corr: bool = False) -> bytes:
+    return (b"\x07" * 8 if corr else b"") + bytes((len(sender),)) + sender + body
+
+
+def test_peek_packed_is_what_peek_reads_packed_and_moves_alike() -> None:
+    buf, p, r = make_reader(4096)
+    for i in range(5):
+        assert p.offer(message(i, 10 + 30 * i), i)
+    assert p.offer_fragments(message("big", 700), 9, 0) == 700
+    twin = Reader(buf)
+    data, count = r.peek_packed(budget=4)
+    expected = twin.peek(budget=4)
+    assert count == 4 and data == packed(*expected)
+    assert r.position == twin.position and r.records() == twin.records()
+    data, count = r.peek_packed(max_bytes=100)
+    assert data == packed(*twin.peek(max_bytes=100)) and count >= 1
+    assert r.release_to(r.position) == twin.release_to(twin.position)
+    rest = twin.peek(budget=100)
+    assert r.peek_packed(budget=100) == (packed(*rest), len(rest))
+    assert r.peek_packed() == (b"", 0)
+
+
+def test_peek_packed_returns_what_precedes_a_bad_header_then_raises() -> None:
+    buf, p, r = make_reader()
+    assert p.offer(b"good", 1)
+    assert p.offer(b"spoilt", 2)
+    words = words_of(buf)
+    words[DATA_WORD + 2] = header(6, rtype=9)  # the second record's header
+    data, count = r.peek_packed()
+    assert count == 1 and data.endswith(b"good")
+    with pytest.raises(RingCorrupted, match="bad record header"):
+        r.peek_packed()
+    words.release()
+
+
+def relay_args(data: bytes, after: int = 0, prefix: bytes = b"alpha/", kinds: int = 0b11111):
+    return (data, 0, 1 << 20, 0xABC, after, prefix, kinds, SENDER, CORR, RELAYED_BIT)
+
+
+def test_relay_writes_plain_records_behind_their_prefix_in_one_publish() -> None:
+    _buf, p, c = make_ring()
+    plain, longer, asked = envelope(b"alpha/a"), envelope(b"alpha/bb", b"x" * 30), envelope(
+        b"alpha/c", corr=True
+    )
+    records = [
+        (40, header(len(plain), meta=SENDER | 1), plain),
+        (80, header(len(longer), meta=SENDER), longer),
+        (120, header(len(asked), meta=SENDER | CORR), asked),
+    ]
+    data = packed(*records)
+    c.set_waiting(True)
+    taken, offset, last, nbytes, signal = p.relay(*relay_args(data))
+    assert (taken, offset, last) == (3, len(data), 120)
+    assert nbytes == sum(len(r[2]) for r in records)
+    assert signal & STATE_MASK == WAITING  # the doorbell decision is the caller's
+    got = c.poll()
+    assert got == [
+        ((h >> 40) | RELAYED_BIT, struct.pack("<QQ", 0xABC, end) + body) for end, h, body in records
+    ]
+
+
+@pytest.mark.parametrize(
+    ("end", "rtype", "meta", "payload", "why"),
+    [
+        (99, FIRST, SENDER, bytes(12), "a fragment"),
+        (40, WHOLE, SENDER, envelope(b"alpha/a"), "not past the record before"),
+        (99, WHOLE, SENDER | 5, envelope(b"alpha/a"), "a kind not taken"),
+        (99, WHOLE, 1, envelope(b"alpha/a"), "no sender"),
+        (99, WHOLE, SENDER, envelope(b"gamma/a"), "another node's sender"),
+        (99, WHOLE, SENDER, envelope(b"alph"), "a sender shorter than the prefix"),
+        (99, WHOLE, SENDER, b"\x09ab", "a sender past the body"),
+        (99, WHOLE, SENDER | CORR, b"\0\0\0\0", "a body shorter than its id"),
+        (99, WHOLE, SENDER, envelope(b"alpha/a", bytes(240)), "too long for one record"),
+    ],
+)
+def test_relay_stops_at_the_first_record_that_is_not_plain(
+    end: int, rtype: int, meta: int, payload: bytes, why: str
+) -> None:
+    _buf, p, c = make_ring()  # max_record 256: at most 240 bytes behind a prefix
+    first = envelope(b"alpha/a")
+    data = packed(
+        (40, header(len(first), meta=SENDER), first),
+        (end, header(len(payload), rtype, meta), payload),
+        (200, header(len(first), meta=SENDER), first),
+    )
+    taken, offset, last, nbytes, _ = p.relay(*relay_args(data, kinds=0b1111))
+    assert (taken, offset, last, nbytes) == (1, 16 + len(first), 40, len(first)), why
+    assert len(c.poll()) == 1
+    again = p.relay(data, offset, 2, 0xABC, 40, b"alpha/", 0b1111, SENDER, CORR, RELAYED_BIT)
+    assert again == (0, offset, 40, 0, -1), why
+    assert not c.pending
+
+
+def test_relay_stops_when_the_ring_is_full_and_publishes_what_fit() -> None:
+    _buf, p, c = make_ring()
+    body = envelope(b"alpha/a", bytes(200))
+    records = [(64 * (i + 1) * 8, header(len(body), meta=SENDER), body) for i in range(10)]
+    taken, offset, last, _, signal = p.relay(*relay_args(packed(*records)))
+    assert 0 < taken < 10 and last == records[taken - 1][0] and signal >= 0
+    assert p.stats().full_events == 1
+    got = c.poll(budget=100)
+    assert [m for m, _ in got] == [SENDER | RELAYED_BIT] * taken
+    while taken < 10:  # room again: it goes on from where it stopped
+        more, offset, last, _, _ = p.relay(
+            packed(*records), offset, 10 - taken, 0xABC, last, b"alpha/", 0b11111, SENDER,
+            CORR, RELAYED_BIT,
+        )  # fmt: skip
+        assert more > 0
+        taken += more
+        got += c.poll(budget=100)
+    assert [payload[8:16] for _, payload in got] == [
+        struct.pack("<Q", end) for end, _, _ in records
+    ]
+
+
+def test_relay_with_nothing_written_says_so() -> None:
+    _buf, p, c = make_ring()
+    assert p.relay(*relay_args(b"")) == (0, 0, 0, 0, -1)
+    assert not c.pending
