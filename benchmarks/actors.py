@@ -1,4 +1,4 @@
-"""Actor benchmark: mybus actors in two processes against mp.Queue/Pipe, Pykka and Ray.
+"""Actor benchmark: mybus actors in two processes against mp.Queue/Pipe, iceoryx2, Pykka, Ray.
 
 ``python benchmarks/actors.py [--quick] [--reps N] [--json PATH] [--peers LIST] [--profile]``
 
@@ -21,6 +21,17 @@ Peers, on the same workloads:
   (go to the source, done from the sink); round trips through a second Queue / the same
   Pipe. Bytes travel as ``send_bytes``/``recv_bytes`` on the Pipe, dicts pickled by
   ``send``; the Queue pickles everything;
+- iceoryx2 (``pip install iceoryx2``; skipped with a note when it is not importable): a
+  source and a sink process, driven like the Queue and Pipe pairs. Tells go over a
+  publish-subscribe service of ``Slice[c_uint8]`` (safe overflow off, the publisher's
+  backpressure ``RetryUntilDelivered``: nothing is dropped), bytes as they are, dicts
+  pickled; each payload is copied into a loaned sample and out of the received one, so
+  both sides own their bytes. The ask is iceoryx2's own request-response (a client in
+  A, a server in B echoing each request, ``Slice[c_uint8]`` both ways, no overflow), a
+  request's pending response dropped once its response is read. Wake-ups: after each
+  send or response, the sender notifies an event service; a receiver with nothing to
+  read spins as long as the mybus Runtime does by default, then sleeps on its
+  listener. ``_iceoryx2.py`` has the details;
 - Pykka (``pip install pykka``): two ThreadingActors in THIS process (Pykka's actors are
   threads in one process: no copy, no serialization, the GIL shared), A's on_receive
   telling B, or calling ``B.ask(x, block=False).get()`` for the round trip;
@@ -47,18 +58,20 @@ In-process figures, beside Pykka (a second set of tables, "In-process"):
   many, the largest ring that started is used, and printed). Pykka passes the token
   about ten times slower, so it runs fewer hops (the counts are printed).
 
-Each figure is the median over ``--reps`` repetitions; mybus, Queue, Pipe and Pykka are
-interleaved within each repetition (so background load hits them alike) and every ratio
-is the median of the per-rep ratios. Targets compare mybus with mp.Queue / mp.Pipe, and
-mybus in-process with Pykka. The in-process figures run in the same repetitions, after
-the cross-process ones, mybus in-process and Pykka interleaved.
+Each figure is the median over ``--reps`` repetitions; mybus, Queue, Pipe, iceoryx2 and
+Pykka are interleaved within each repetition (so background load hits them alike) and
+every ratio is the median of the per-rep ratios. Targets compare mybus with mp.Queue /
+mp.Pipe and iceoryx2, and mybus in-process with Pykka. The in-process figures run in the
+same repetitions, after the cross-process ones, mybus in-process and Pykka interleaved.
 
 Reading the figures: both mybus dispatchers spin (300 us by default, yielding the CPU
 after the first 50 us) before they sleep on their doorbells. On the 2-core dev VM with
 nothing else running, an ask takes about 55 us; when other processes want the CPUs too,
 the spinning pair takes turns with them and the ask jumps to 150-300 us (p99 in ms),
-while Pipe and Queue, which sleep in the kernel, degrade less. The header prints the
-load average and the CPU pressure at the start and the end: compare runs only alike.
+while Pipe and Queue, which sleep in the kernel, degrade less. iceoryx2's receivers spin
+alike (300 us, then its listener), and its ask degrades alike: 6-8 us on a quiet VM,
+over 100 us while a test suite ran beside it. The header prints the load average and the
+CPU pressure at the start and the end: compare runs only alike.
 `--profile` has each mybus actor profile itself (cProfile, from one control message to
 the next) and prints the top functions by tottime instead of the tables.
 
@@ -66,8 +79,10 @@ Bounds: every timed job runs under an interval timer in the benchmark process an
 mp children; the actors' tells and asks have their own timeouts. Every process started
 here is stopped by pid (asked, joined with a timeout, killed if need be); the mybus
 runtime directory (``/dev/shm``, private to this run) is checked empty of files after the
-refs are stopped and the clients closed, then removed; so is Ray's temp directory. The
-Pykka ring's threads are stopped (and joined, with a timeout) before the script ends.
+refs are stopped and the clients closed, then removed; so is Ray's temp directory, and
+so are iceoryx2's files (a file prefix in ``/dev/shm`` and a root directory, both private
+to this run) once its processes are stopped. The Pykka ring's threads are stopped (and
+joined, with a timeout) before the script ends.
 Whatever the targets say, the exit status is 0 unless something broke.
 """
 
@@ -81,6 +96,7 @@ import inspect
 import json
 import multiprocessing as mp
 import os
+import pickle
 import shutil
 import statistics
 import sys
@@ -95,6 +111,7 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import _iceoryx2 as iox
 import attrs
 from _common import (
     DICT_VALUE,
@@ -132,6 +149,7 @@ from _common import (
 import mybus_actors as mb
 import mybus_actors.ref
 from mybus_actors.ring import DEFAULT_CAPACITY
+from mybus_actors.ringcore import PURE_ENV, describe
 
 _ASK_PAYLOAD: Final = b"p" * 64
 _SOURCE: Final = "bench-a"
@@ -225,11 +243,16 @@ RING: Final = RingMode(
 )
 PEERS: Final = {
     "mybus": "mybus",
+    "mybus-pure": "mybus pure core",
     "queue": "mp.Queue",
     "pipe": "mp.Pipe",
+    "iceoryx2": "iceoryx2",
     "pykka": "Pykka",
     "ray": "Ray",
 }
+# iceoryx2's services: a pub/sub one for the tells, a request-response one for the asks.
+_IOX_TELLS: Final = "tells"
+_IOX_ASKS: Final = "asks"
 
 
 # -- bounds ------------------------------------------------------------------------------
@@ -435,11 +458,22 @@ def _sink_commands(
     get_obj: Callable[[], Any],
     echo: Callable[[int], None],
 ) -> Callable[[tuple[Any, ...]], None]:
+    def take(count: int, is_dict: bool) -> None:
+        drain(get_obj if is_dict else get_bytes, count)
+
+    return _sink_handler(ctl, take, echo)
+
+
+def _sink_handler(
+    ctl: Connection, take: Callable[[int, bool], None], echo: Callable[[int], None]
+) -> Callable[[tuple[Any, ...]], None]:
+    """The sink's side of the commands: ``take(count, is_dict)`` receives a tell stream."""
+
     def handle(cmd: tuple[Any, ...]) -> None:
         if cmd[0] == "expect":
             _, count, is_dict = cmd
             ctl.send(("ok", None))
-            drain(get_obj if is_dict else get_bytes, count)
+            take(count, is_dict)
         elif cmd[0] == "echo":
             ctl.send(("ok", None))
             echo(cmd[1])
@@ -456,13 +490,26 @@ def _source_commands(
     put_obj: Callable[[Any], object],
     ping: Callable[[bytes, int], list[float]],
 ) -> Callable[[tuple[Any, ...]], None]:
+    def give(count: int, size: int) -> None:
+        if size:
+            repeat(put_bytes, b"x" * size, count)
+        else:
+            send_dicts(put_obj, count)
+
+    return _source_handler(ctl, give, ping)
+
+
+def _source_handler(
+    ctl: Connection,
+    give: Callable[[int, int], None],
+    ping: Callable[[bytes, int], list[float]],
+) -> Callable[[tuple[Any, ...]], None]:
+    """The source's side: ``give(count, size)`` tells a stream (size 0: small dicts)."""
+
     def handle(cmd: tuple[Any, ...]) -> None:
         if cmd[0] == "go":
             _, count, size = cmd
-            if size:
-                repeat(put_bytes, b"x" * size, count)
-            else:
-                send_dicts(put_obj, count)
+            give(count, size)
             ctl.send(("sent", None))
         elif cmd[0] == "ping":
             _, count, payload = cmd
@@ -513,6 +560,36 @@ def _serve_pipe_source(ctl: Connection, conn: Connection) -> None:
         _serve(ctl, _source_commands(ctl, conn.send_bytes, conn.send, ping))
 
 
+def _serve_iceoryx2_sink(ctl: Connection, domain: iox.Domain) -> None:
+    """B: a subscriber of the tells, a server of the asks (see ``_iceoryx2``)."""
+    with iox.ports(domain) as ports:
+        tells = ports.reader(_IOX_TELLS, _RUNTIME_SPIN)
+        asks = ports.answerer(_IOX_ASKS, _RUNTIME_SPIN)
+
+        def take(count: int, is_dict: bool) -> None:
+            iox.drain(tells, count, pickle.loads if is_dict else None)
+
+        _serve(ctl, _sink_handler(ctl, take, asks.answer))
+
+
+def _serve_iceoryx2_source(ctl: Connection, domain: iox.Domain) -> None:
+    """A: a publisher of the tells, a client of the asks."""
+    with iox.ports(domain) as ports:
+        tells = ports.writer(_IOX_TELLS)
+        asker = ports.asker(_IOX_ASKS, _RUNTIME_SPIN)
+
+        def give(count: int, size: int) -> None:
+            if size:
+                iox.send_bytes(tells, b"x" * size, count)
+            else:
+                iox.send_pickled_dicts(tells, count)
+
+        def ping(payload: bytes, count: int) -> list[float]:
+            return iox.asks(asker, payload, count)
+
+        _serve(ctl, _source_handler(ctl, give, ping))
+
+
 class _Proc(Proc):
     """An mp child process and the side channel to it."""
 
@@ -536,7 +613,10 @@ class Peer(Protocol):
 
 
 class _MyBus:
+    """A and B in two processes on the ring core this process has (native when built)."""
+
     name = PEERS["mybus"]
+    source, sink = _SOURCE, _SINK
 
     def __init__(self, stack: contextlib.ExitStack, cleanup: Cleanup) -> None:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="mybus-actors-bench-", dir="/dev/shm"))
@@ -547,15 +627,20 @@ class _MyBus:
         self.client = stack.enter_context(mb.connect(runtime_dir=self.runtime_dir))
         self.refs: list[mb.Ref] = []
         stack.callback(_stop_refs, self.refs, cleanup)
-        self.refs.append(mb.spawn(Sink, _SINK, runtime_dir=self.runtime_dir))
-        self.refs.append(mb.spawn(Source, _SOURCE, args=(_SINK,), runtime_dir=self.runtime_dir))
-        cleanup.pids.extend(ref.pid for ref in self.refs)
+        self._spawn(cleanup)
+
+    def _spawn(self, cleanup: Cleanup) -> None:
+        self.refs.append(mb.spawn(Sink, self.sink, runtime_dir=self.runtime_dir))
+        self.refs.append(
+            mb.spawn(Source, self.source, args=(self.sink,), runtime_dir=self.runtime_dir)
+        )
+        cleanup.pids.extend(ref.pid for ref in self.refs[-2:])
 
     def tell(self, wl: Workload) -> float:
         client = self.client
-        assert client.ask(_SINK, ("expect", wl.count), timeout=_CONTROL_TIMEOUT) == "ok"
+        assert client.ask(self.sink, ("expect", wl.count), timeout=_CONTROL_TIMEOUT) == "ok"
         start = time.perf_counter()
-        client.tell(_SOURCE, ("go", wl.count, wl.size))
+        client.tell(self.source, ("go", wl.count, wl.size))
         done = client.receive(timeout=JOB_TIMEOUT)
         elapsed = time.perf_counter() - start
         if done != ("done", wl.count):
@@ -563,18 +648,41 @@ class _MyBus:
         return elapsed
 
     def ask(self, count: int) -> list[float]:
-        assert self.client.ask(_SINK, ("echo",), timeout=_CONTROL_TIMEOUT) == "ok"
+        assert self.client.ask(self.sink, ("echo",), timeout=_CONTROL_TIMEOUT) == "ok"
         rtts: list[float] = self.client.ask(
-            _SOURCE, ("ask", count, _ASK_PAYLOAD), timeout=JOB_TIMEOUT
+            self.source, ("ask", count, _ASK_PAYLOAD), timeout=JOB_TIMEOUT
         )
         return rtts
 
     def profile(self, on: bool) -> tuple[str, str]:
         """Turn both actors' own profilers on (or off: their top functions)."""
         msg = ("profile", on)
-        a = self.client.ask(_SOURCE, msg, timeout=_CONTROL_TIMEOUT)
-        b = self.client.ask(_SINK, msg, timeout=_CONTROL_TIMEOUT)
+        a = self.client.ask(self.source, msg, timeout=_CONTROL_TIMEOUT)
+        b = self.client.ask(self.sink, msg, timeout=_CONTROL_TIMEOUT)
         return a, b
+
+
+class _MyBusPure(_MyBus):
+    """The same pair in two processes started with MYBUS_PURE_PYTHON=1: the pure-Python
+    ring core (the client's end stays native; it only sends the control messages)."""
+
+    name = PEERS["mybus-pure"]
+    source, sink = _SOURCE + "-pure", _SINK + "-pure"
+
+    def __init__(self, stack: contextlib.ExitStack, cleanup: Cleanup, bus: _MyBus) -> None:
+        self.runtime_dir = bus.runtime_dir
+        self.client = bus.client
+        self.refs = []
+        stack.callback(_stop_refs, self.refs, cleanup)
+        previous = os.environ.get(PURE_ENV)
+        os.environ[PURE_ENV] = "1"
+        try:
+            self._spawn(cleanup)
+        finally:
+            if previous is None:
+                del os.environ[PURE_ENV]
+            else:
+                os.environ[PURE_ENV] = previous
 
 
 def _stop_refs(refs: list[mb.Ref], cleanup: Cleanup) -> None:
@@ -672,6 +780,23 @@ def _open_queue(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext
     source = start_proc(
         stack, cleanup, _Proc, ctx, f"{name} source", _serve_queue_source, a_to_b, b_to_a
     )
+    return _MpPair(name, source, sink)
+
+
+def _open_iceoryx2(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) -> _MpPair:
+    """A source and a sink process on a private iceoryx2 domain (its files removed last)."""
+    if iox.MISSING is not None:
+        raise ImportError(iox.MISSING)
+    domain = iox.Domain.create()
+    stack.callback(domain.remove, cleanup)  # registered first, so run last
+    name = PEERS["iceoryx2"]
+    sink = start_proc(stack, cleanup, _Proc, ctx, f"{name} sink", _serve_iceoryx2_sink, domain)
+    source = start_proc(
+        stack, cleanup, _Proc, ctx, f"{name} source", _serve_iceoryx2_source, domain
+    )
+    # Here, not with the other pairs: a process that fails to start skips iceoryx2.
+    source.expect("ready", START_TIMEOUT)
+    sink.expect("ready", START_TIMEOUT)
     return _MpPair(name, source, sink)
 
 
@@ -1077,6 +1202,14 @@ TARGETS: Final = (
     Target("tell 64 B >= 4x mp.Queue", "b64", PEERS["queue"], 4.0, True),
     Target("tell 1 MiB MB/s >= 2x mp.Queue", "b1m", PEERS["queue"], 2.0, True),
     Target("ask round trip median <= 0.5x mp.Pipe", "ask.median", PEERS["pipe"], 0.5, False),
+    Target("tell small dict >= 1.3x iceoryx2", "dict", PEERS["iceoryx2"], 1.3, True),
+    Target(
+        "ask round trip median <= 1.5x iceoryx2's request-response round trip",
+        "ask.median",
+        PEERS["iceoryx2"],
+        1.5,
+        False,
+    ),
 )
 # Ray runs in its own phase: its ratios pair reps measured minutes apart.
 REPORT: Final = Report(PEERS["mybus"], "mybus / peer", TARGETS)
@@ -1107,14 +1240,19 @@ def _version(dist: str) -> str | None:
 
 
 def _header(
-    info: dict[str, Any], config: dict[str, Any], notes: Sequence[str], pykka_ring: int
+    info: dict[str, Any],
+    config: dict[str, Any],
+    notes: Sequence[str],
+    pykka_ring: int,
+    names: Sequence[str],
 ) -> str:
     lines = [
         *header(
             "mybus actor benchmark",
             info,
-            f"mybus_actors {info['mybus_actors']}, pykka {info['pykka'] or 'not installed'}, "
-            f"ray {info['ray'] or 'not installed'}",
+            f"mybus_actors {info['mybus_actors']}, "
+            f"iceoryx2 {info['iceoryx2'] or 'not installed'}, "
+            f"pykka {info['pykka'] or 'not installed'}, ray {info['ray'] or 'not installed'}",
             config,
             f"messages per rep: {counts(config['counts'])}; Ray: {counts(config['ray_counts'])}",
         ),
@@ -1123,6 +1261,17 @@ def _header(
         'from its tell of "go" to B\'s "done"',
         "- Pykka: ThreadingActors, both in the benchmark process (threads: no copy, no "
         "serialization, one GIL); Queue/Pipe: a source and a sink process",
+        *(
+            [
+                "- iceoryx2: a source and a sink process; tells over Slice[c_uint8] pub/sub "
+                f"(safe overflow off, RetryUntilDelivered, subscriber buffer {iox.BUFFER}), "
+                "asks over request-response; copy in, copy out, dicts pickled; a notify after "
+                f"each send, and a receiver spins {_RUNTIME_SPIN * 1e6:g} us (as the mybus "
+                "Runtime) before it sleeps on its event listener"
+            ]
+            if PEERS["iceoryx2"] in names
+            else []
+        ),
         f"- in-process per rep: {counts(config['inproc_counts'])}; Pykka's ring: "
         f"{config['inproc_pykka_ring_hops']:,} hops",
         f"- {IN_MYBUS}: A and B are children (self.spawn, process=False) of a driver in "
@@ -1163,7 +1312,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _open_optional(key: str, opener: Callable[[], Peer], notes: list[str]) -> Peer | None:
-    """Open Pykka or Ray; skip it with a note when it is not installed or cannot start."""
+    """Open iceoryx2, Pykka or Ray; skip it with a note when it is not installed or cannot
+    start."""
     try:
         return opener()
     except ImportError as exc:
@@ -1209,7 +1359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         in_ask=IN_ASK.scaled(factor),
         ring=RING.scaled(factor),
     )
-    info = machine(mybus_actors=mb.__version__, pykka=_version("pykka"), ray=_version("ray"))
+    info = machine(
+        mybus_actors=mb.__version__,
+        ring_core=describe(),
+        iceoryx2=_version("iceoryx2"),
+        pykka=_version("pykka"),
+        ray=_version("ray"),
+    )
     config = {**plan.config(), "quick": args.quick}
     cleanup = Cleanup()
     notes: list[str] = []
@@ -1229,6 +1385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 ctx = mp.get_context("spawn")
                 peers: list[Peer] = [bus]
+                if "mybus-pure" in args.peers:
+                    peers.append(_MyBusPure(stack, cleanup, bus))
                 pairs = []
                 if "queue" in args.peers:
                     pairs.append(_open_queue(stack, cleanup, ctx))
@@ -1238,6 +1396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pair.source.expect("ready", START_TIMEOUT)
                     pair.sink.expect("ready", START_TIMEOUT)
                 peers += pairs
+                if "iceoryx2" in args.peers:
+                    iox_pair = _open_optional(
+                        "iceoryx2", lambda: _open_iceoryx2(stack, cleanup, ctx), notes
+                    )
+                    if isinstance(iox_pair, _MpPair):
+                        peers.append(iox_pair)
                 log("starting the in-process mybus hosts")
                 inproc: list[InPeer] = [_MyBusInProc(stack, cleanup, bus)]
                 if "pykka" in args.peers:
@@ -1271,7 +1435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cleanup.reap_children(STOP_TIMEOUT)
     elapsed = time.perf_counter() - started
     if not args.profile:
-        print(_header(info, config, notes, pykka_ring))
+        print(_header(info, config, notes, pykka_ring, names))
         print(REPORT.render(results, names, plan.workloads, [plan.ask]))
         print()
         print(_render_inproc(in_results, in_names, plan))
@@ -1299,7 +1463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
     return cleanup.report(
         f"cleanup: {len(cleanup.pids)} processes stopped by pid, every child process gone; "
-        "mybus runtime dir empty of files and removed"
+        "mybus runtime dir empty of files and removed; iceoryx2's files removed"
     )
 
 

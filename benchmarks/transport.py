@@ -1,4 +1,4 @@
-"""Transport benchmark: mybus rings against multiprocessing Queue and Pipe, and pyzmq ipc.
+"""Transport benchmark: mybus rings against mp Queue and Pipe, pyzmq ipc and iceoryx2.
 
 ``python benchmarks/transport.py [--quick] [--reps N] [--json PATH]`` starts one receiver
 process per transport ("spawn"), warms every transport up, then measures, repetition by
@@ -9,14 +9,28 @@ transport alike):
   first send until the receiver says, on a side channel (a Pipe), that it has received
   and decoded the last message. Each transport serializes the way it naturally would:
   mybus through ``codec.encode`` / ``codec.decode_message``, Queue and Pipe through their
-  built-in pickling (``send_bytes`` / ``recv_bytes`` for bytes), zmq raw frames for
+  built-in pickling (``send_bytes`` / ``recv_bytes`` for bytes), zmq and iceoryx2 raw
   bytes and ``pickle`` for dicts;
 - 64 B ping-pong round trips, back to back, and with the pinger busy-waiting 200 us
   before each (the pause is not counted). mybus runs the first with both endpoints
-  spinning and the second with ``spin=0``, both ends sleeping on their doorbells.
+  spinning and the second with ``spin=0``, both ends sleeping on their doorbells;
+  iceoryx2 likewise (both ends spin 200 us on their subscribers, then sleep on their
+  listeners; with the pause, both sleep at once).
+
+The iceoryx2 peer (the optional ``iceoryx2`` package, pip install iceoryx2; skipped with
+a note when it is not importable): publish-subscribe over ``Slice[c_uint8]`` services,
+safe overflow disabled and the publisher's backpressure strategy ``RetryUntilDelivered``
+(a full subscriber buffer holds the publisher back: nothing is dropped); each payload is
+copied into a loaned sample and, on the other side, out of the received sample into
+``bytes``, so both sides own their bytes; after each send the publisher notifies an
+event service of the same name, and a receiver with nothing to read spins (as a mybus
+endpoint does: the stream receiver 200 us) and then sleeps on its listener. One channel
+(a pub/sub service and an event service) carries the streams and the pings, another the
+pongs. ``_iceoryx2.py`` has the details.
 
 Each figure is the median over ``--reps`` repetitions. Process start-up, ring creation
-and zmq connection set-up happen before the timed spans.
+and zmq connection set-up (iceoryx2 service and port creation) happen before the timed
+spans.
 
 Choices, measured on the 2-core dev VM: the mybus ring capacity is 1<<21 (max record
 512 KiB, so 1 MiB travels as 3 fragments): 1 MiB throughput was about twice that of
@@ -24,16 +38,25 @@ Choices, measured on the 2-core dev VM: the mybus ring capacity is 1<<21 (max re
 ring instead of overlapping; 64 B to 4 KiB showed no difference beyond noise. The stream
 receiver spins as long as an Endpoint does by default (200 us when this was written; at
 50 us, a spin that never yields, the receiver often fell asleep and the sender spent half
-its time ringing the doorbell, for a quarter of the throughput).
+its time ringing the doorbell, for a quarter of the throughput). iceoryx2's subscriber
+buffer is 64 samples (``_iceoryx2.BUFFER``): with 8, 4 KiB and 1 MiB streams ran 1.3 to
+1.7x slower, and 256 was no faster than 64 beyond noise (two runs each); its publisher
+starts with 64-byte slots and grows them (power of two) to 1 MiB during the warm-up,
+which did not slow the 64 B stream (it ran faster on the grown slots), so one channel
+carries every stream.
 Reading the figures: round trips through sleeping processes (mybus with spin=0, Pipe,
-Queue, zmq) cost several times more when the scheduler puts the two processes on
-different CPUs than on one; that placement varies from run to run.
+Queue, zmq, iceoryx2 with the pause) cost several times more when the scheduler puts the
+two processes on different CPUs than on one; that placement varies from run to run.
 
 Bounds: every timed job runs, in the sender and in the receiver, under an interval timer
 that raises TimeoutError naming the job; waits on the side channel have their own
 timeouts. Every process started here is stopped by pid (asked, joined with a timeout,
 killed if need be); the mybus runtime directory and the zmq socket directory are checked
-empty and removed. Whatever the targets say, the exit status is 0 unless something broke.
+empty and removed; so are iceoryx2's files: this run's own prefix in ``/dev/shm`` and its
+own root directory (instead of ``/tmp/iceoryx2``), after its ports and nodes are gone.
+An iceoryx2 sender held back by a full buffer waits inside ``send``; the interval timer
+still ends it (checked: a receiver killed mid-stream leaves the sender a TimeoutError).
+Whatever the targets say, the exit status is 0 unless something broke.
 """
 
 from __future__ import annotations
@@ -56,6 +79,7 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import _iceoryx2 as iox
 import attrs
 from _common import (
     DICT_VALUE,
@@ -157,7 +181,16 @@ PING_MODES: Final = (
     PingMode("rtt", "64 B RTT, back to back", 20_000, 0.0, 200e-6),
     PingMode("rtt_gap", "64 B RTT, 200 us pause before each", 5_000, 200e-6, 0.0),
 )
-TRANSPORTS: Final = {"mybus": "mybus", "queue": "mp.Queue", "pipe": "mp.Pipe", "zmq": "zmq ipc"}
+TRANSPORTS: Final = {
+    "mybus": "mybus",
+    "queue": "mp.Queue",
+    "pipe": "mp.Pipe",
+    "zmq": "zmq ipc",
+    "iceoryx2": "iceoryx2",
+}
+# iceoryx2's channels: the streams and the pings go one way, the pongs the other.
+_IOX_FORTH: Final = "forth"
+_IOX_BACK: Final = "back"
 
 
 @attrs.frozen
@@ -358,6 +391,21 @@ def _serve_zmq(
                 Path(addr.removeprefix("ipc://")).unlink(missing_ok=True)
 
 
+def _serve_iceoryx2(ctl: Connection, domain: iox.Domain) -> None:
+    """Read streams and pings from the "forth" channel, echo pongs on the "back" one."""
+    with iox.ports(domain) as ports:
+        forth = ports.reader(_IOX_FORTH, _STREAM_SPIN)
+        back = ports.writer(_IOX_BACK)
+
+        def set_spin(spin: float) -> None:
+            forth.spin = spin
+
+        def receive(wl: Workload, count: int) -> None:
+            iox.drain(forth, count, pickle.loads if wl.is_dict else None)
+
+        _serve(ctl, receive, lambda n: iox.echo(forth, back, n), set_spin)
+
+
 # -- the sending side ------------------------------------------------------------------------
 
 
@@ -422,6 +470,26 @@ class _Calls:
         return round_trips(self.ping_put, self.ping_get, _PING_PAYLOAD, count, gap)
 
 
+@attrs.define
+class _Iceoryx2:
+    """The sending end: a writer to the receiver's "forth" reader, a reader of "back"."""
+
+    forth: iox.Writer
+    back: iox.Reader
+    peer: _Peer
+    name: str = TRANSPORTS["iceoryx2"]
+
+    def send_stream(self, wl: Workload, count: int) -> None:
+        if wl.is_dict:
+            iox.send_pickled_dicts(self.forth, count)
+        else:
+            iox.send_bytes(self.forth, wl.payload(), count)
+
+    def ping(self, count: int, gap: float, spin: float) -> list[float]:
+        self.back.spin = spin
+        return iox.round_trips(self.forth, self.back, _PING_PAYLOAD, count, gap)
+
+
 def _open_mybus(
     stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext, capacity: int
 ) -> _MyBus:
@@ -478,6 +546,17 @@ def _open_zmq(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) 
     push.connect(stream_addr)
     pair.connect(rpc_addr)
     return _Calls(TRANSPORTS["zmq"], peer, push.send, push.send, pair.send, pair.recv, True)
+
+
+def _open_iceoryx2(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) -> _Iceoryx2:
+    domain = iox.Domain.create()
+    stack.callback(domain.remove, cleanup)  # last: after the receiver and our ports are gone
+    ports = stack.enter_context(iox.ports(domain))
+    # The services are opened (or created) by whichever side comes first, alike.
+    forth = ports.writer(_IOX_FORTH)
+    back = ports.reader(_IOX_BACK, PING_MODES[0].spin)
+    peer = start_proc(stack, cleanup, _Peer, ctx, TRANSPORTS["iceoryx2"], _serve_iceoryx2, domain)
+    return _Iceoryx2(forth, back, peer)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -582,18 +661,23 @@ TARGETS: Final = (
 REPORT: Final = Report(TRANSPORTS["mybus"], "mybus / peer", TARGETS)
 
 
-def _header(info: dict[str, Any], config: dict[str, Any]) -> str:
+def _header(info: dict[str, Any], config: dict[str, Any], names: Sequence[str]) -> str:
     zmq_text = (
         f"pyzmq {info['pyzmq']} (libzmq {info['libzmq']})"
         if "pyzmq" in info
         else f"pyzmq not available ({_ZMQ_MISSING}): zmq skipped"
+    )
+    iox_text = (
+        f"iceoryx2 {info['iceoryx2']}"
+        if info.get("iceoryx2")
+        else f"iceoryx2 not available ({iox.MISSING}): iceoryx2 skipped"
     )
     return "\n".join(
         [
             *header(
                 "mybus transport benchmark",
                 info,
-                zmq_text,
+                f"{zmq_text}, {iox_text}",
                 config,
                 f"counts per rep: {counts(config['counts'])}",
             ),
@@ -601,6 +685,16 @@ def _header(info: dict[str, Any], config: dict[str, Any]) -> str:
             f"{config['ring_capacity'] // 4:,} B), poll budget {_POLL_BUDGET}, receiver spin "
             f"{config['stream_spin'] * 1e6:g} us for streams; RTT back to back: both ends spin "
             f"{PING_MODES[0].spin * 1e6:g} us; RTT with pause: both ends spin=0 (doorbell sleep)",
+            *(
+                [
+                    f"- iceoryx2: Slice[c_uint8] pub/sub, safe overflow off, RetryUntilDelivered, "
+                    f"subscriber buffer {iox.BUFFER} samples; copy in, copy out; a notify after "
+                    "each send; a receiver spins as mybus's does (streams, RTT back to back), "
+                    "then sleeps on its event listener"
+                ]
+                if TRANSPORTS["iceoryx2"] in names
+                else []
+            ),
             "",
         ]
     )
@@ -649,6 +743,11 @@ def _open(
             opened.append(_open_queue(stack, cleanup, ctx))
         elif key == "pipe":
             opened.append(_open_pipe(stack, cleanup, ctx))
+        elif key == "iceoryx2":
+            if iox.MISSING is not None:
+                log(f"note: iceoryx2 skipped: {iox.MISSING}; pip install iceoryx2")
+            else:
+                opened.append(_open_iceoryx2(stack, cleanup, ctx))
         elif zmq is None:
             log(f"note: zmq skipped: {_ZMQ_MISSING}")
         else:
@@ -684,6 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if zmq is not None:
         info["pyzmq"] = zmq.pyzmq_version()
         info["libzmq"] = zmq.zmq_version()
+    if iox.MISSING is None:
+        info["iceoryx2"] = iox.version()
     config = {**plan.config(), "quick": args.quick}
     cleanup = Cleanup()
     started = time.perf_counter()
@@ -699,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cleanup.check_processes()
     elapsed = time.perf_counter() - started
     if not args.profile:
-        print(_header(info, config))
+        print(_header(info, config, names))
         print(REPORT.render(results, names, plan.workloads, plan.modes))
     print(footer(elapsed))
     if args.json is not None:
@@ -716,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
     return cleanup.report(
         f"cleanup: {len(cleanup.pids)} receiver processes stopped by pid; "
-        "runtime and socket dirs removed, nothing left"
+        "runtime, socket and iceoryx2 dirs and files removed, nothing left"
     )
 
 
