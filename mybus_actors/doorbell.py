@@ -27,9 +27,11 @@ from typing import Final
 
 from mybus_actors.pressure import exhausted
 
-__all__ = ["Bells", "Doorbell"]
+__all__ = ["NEW_RING", "WAKE", "Bells", "Doorbell"]
 
 _READ: Final = 65536  # a pipe's whole buffer: one read drains the doorbell
+WAKE: Final = b"w"  # a wake-up
+NEW_RING: Final = b"n"  # an announcement: NEW_RING, the ring's file name, a newline
 
 
 class Doorbell:

@@ -15,6 +15,11 @@ Guarantees:
   the new end is SIGBUS in any language. Callers check it at their periodic sweeps and
   before reading a whole ring; a truncation between two checks is the remaining risk
   (DESIGN.md, "Ring files under pressure").
+- A ring to a process is followed by its *channel page* (`PAGE` bytes, the ``extra`` of
+  `RingFile.create`): one state byte per channel id (ids 1..PAGE-1 per generation),
+  which the reader writes and the writer reads: `OPEN`, `HELD` (wait, then
+  `MailboxFull`) or `GONE` (look the name up again). A channel's SELECT tag begins with
+  its id (`CHANNEL_ID`).
 
 Knows files, mmap and the ring's header size; not names, doorbells or actors.
 """
@@ -25,13 +30,21 @@ import contextlib
 import mmap
 import os
 import stat
+import struct
 from pathlib import Path
+from typing import Final
 
 from mybus_actors import ring as _ring
 from mybus_actors.errors import RingCorrupted
 from mybus_actors.pressure import exhausted
 
-__all__ = ["RingFile"]
+__all__ = ["CHANNEL_ID", "GONE", "HELD", "OPEN", "PAGE", "RingFile"]
+
+PAGE: Final = 4096
+OPEN: Final = 0
+HELD: Final = 1  # the receiver's queue for that name is full: wait, then MailboxFull
+GONE: Final = 2  # that name is no longer received there: look it up again
+CHANNEL_ID: Final = struct.Struct("<H")  # a channel's id, the head of its SELECT tag
 
 _MIN_SIZE = _ring.HEADER_SIZE + _ring.MIN_CAPACITY
 

@@ -105,7 +105,7 @@ def role_send(args: argparse.Namespace) -> None:
                 say("flowing")
         # Wait until everything is read before closing (the receiver unlinks the rings).
         deadline = time.monotonic() + args.deadline
-        while not all(o.producer.empty for o in ep._rings.values()):
+        while not ep._outbound.drained:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.001)

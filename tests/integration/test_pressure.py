@@ -385,7 +385,9 @@ def test_a_full_small_shm_is_resource_exhausted_at_the_send_and_nobody_dies(
         # Room comes back as the fillers stop (the sink unlinks their drained rings).
         for ref in refs[1:]:
             assert ref.stop(timeout=10)  # by SIGTERM when even the stop finds no room
-        wait_until(lambda: not any(f.startswith("filler") for f in os.listdir(root / "rings")),
+        # Rings are named by the writing process's mailbox ("_<pid>-..."), not by actor.
+        heads = tuple(f"_{ref.pid}-" for ref in refs[1:])
+        wait_until(lambda: not any(f.startswith(heads) for f in os.listdir(root / "rings")),
                    WAIT, "the sink unlinked the stopped fillers' rings")  # fmt: skip
         with mb.connect(node=node, runtime_dir=root) as me:
             assert me.ask("sink", "count?", timeout=WAIT) == (sent, sent * (3 << 19))

@@ -40,6 +40,8 @@ ORDER = [
     "relayed",
     "ringfile",
     "doorbell",
+    "outbound",
+    "inbound",
     "mailbox",
     "routing",
     "outbox",
@@ -110,3 +112,9 @@ def test_no_module_imports_one_above_it() -> None:
         if dep in rank and rank[dep] >= rank[path.stem]
     ]
     assert backward == []
+
+
+def test_the_mailbox_halves_do_not_know_each_other() -> None:
+    # DESIGN.md's house: the Endpoint façade joins them; neither imports the other.
+    assert "outbound" not in _imports(PACKAGE / "inbound.py")
+    assert "inbound" not in _imports(PACKAGE / "outbound.py")
