@@ -142,6 +142,7 @@ from _common import (
     round_trips,
     send_dicts,
     start_proc,
+    targets,
     tell_bytes,
     tell_dicts,
 )
@@ -244,6 +245,7 @@ RING: Final = RingMode(
 PEERS: Final = {
     "mybus": "mybus",
     "mybus-pure": "mybus pure core",
+    "mybus-client": "mybus client->actor",
     "queue": "mp.Queue",
     "pipe": "mp.Pipe",
     "iceoryx2": "iceoryx2",
@@ -660,6 +662,42 @@ class _MyBus:
         a = self.client.ask(self.source, msg, timeout=_CONTROL_TIMEOUT)
         b = self.client.ask(self.sink, msg, timeout=_CONTROL_TIMEOUT)
         return a, b
+
+
+class _MyBusClient:
+    """The benchmark process's own client (``mb.connect``) as the source: tells from it
+    to B, and ``client.ask(B, 64 B)`` round trips timed in it; the figure an issue calls
+    "client->actor", beside the actor->actor ``await self.ask`` of `_MyBus`."""
+
+    name = PEERS["mybus-client"]
+
+    def __init__(self, bus: _MyBus) -> None:
+        self.client = bus.client
+        self.sink = bus.sink
+
+    def tell(self, wl: Workload) -> float:
+        client = self.client
+        assert client.ask(self.sink, ("expect", wl.count), timeout=_CONTROL_TIMEOUT) == "ok"
+        start = time.perf_counter()
+        if wl.size:
+            tell_bytes(client.tell, self.sink, b"x" * wl.size, wl.count)
+        else:
+            tell_dicts(client.tell, self.sink, wl.count)
+        done = client.receive(timeout=JOB_TIMEOUT)
+        elapsed = time.perf_counter() - start
+        if done != ("done", wl.count):
+            raise RuntimeError(f"mybus client: expected ('done', {wl.count}), got {done!r}")
+        return elapsed
+
+    def ask(self, count: int) -> list[float]:
+        client, sink, clock = self.client, self.sink, time.perf_counter
+        assert client.ask(sink, ("echo",), timeout=_CONTROL_TIMEOUT) == "ok"
+        rtts = [0.0] * count
+        for k in range(count):
+            start = clock()
+            client.ask(sink, _ASK_PAYLOAD, timeout=_CONTROL_TIMEOUT)
+            rtts[k] = clock() - start
+        return rtts
 
 
 class _MyBusPure(_MyBus):
@@ -1210,6 +1248,24 @@ TARGETS: Final = (
         1.5,
         False,
     ),
+    Target(
+        "actor->actor await ask median <= 1.5x client->actor ask",
+        "ask.median",
+        PEERS["mybus-client"],
+        1.5,
+        False,
+    ),
+)
+# The client->actor figures against their own targets (mybus-client, not mybus, divides).
+CLIENT_TARGETS: Final = (
+    Target("client->actor ask median <= 0.3x mp.Pipe", "ask.median", PEERS["pipe"], 0.3, False),
+    Target(
+        "client->actor ask median <= 1.5x iceoryx2's request-response round trip",
+        "ask.median",
+        PEERS["iceoryx2"],
+        1.5,
+        False,
+    ),
 )
 # Ray runs in its own phase: its ratios pair reps measured minutes apart.
 REPORT: Final = Report(PEERS["mybus"], "mybus / peer", TARGETS)
@@ -1387,6 +1443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 peers: list[Peer] = [bus]
                 if "mybus-pure" in args.peers:
                     peers.append(_MyBusPure(stack, cleanup, bus))
+                if "mybus-client" in args.peers:
+                    peers.append(_MyBusClient(bus))
                 pairs = []
                 if "queue" in args.peers:
                     pairs.append(_open_queue(stack, cleanup, ctx))
@@ -1437,6 +1495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.profile:
         print(_header(info, config, notes, pykka_ring, names))
         print(REPORT.render(results, names, plan.workloads, [plan.ask]))
+        if PEERS["mybus-client"] in names:
+            print(f"\n## Targets of {PEERS['mybus-client']} (its ratios, as above)\n")
+            print("\n".join(targets(results, PEERS["mybus-client"], CLIENT_TARGETS)))
         print()
         print(_render_inproc(in_results, in_names, plan))
     print(footer(elapsed))

@@ -851,25 +851,31 @@ class Reader(_ConsumerSide):
     def peek_packed(self, budget: int = 64, max_bytes: int = 1 << 20) -> tuple[bytes, int]:
         """What `peek` reads, packed as a run carries records on the wire: (end u64,
         header u64, payload) each, back to back, in one bytes object; and their count.
+        Each payload is copied once, from the ring into that object.
 
         Raises:
             RingCorrupted: the first record to read has a header no producer writes
                 (what came before a bad one is returned first).
         """
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         count = 0
+        mv = self._mv
         try:
-            for end, h, payload in self._records(self._read, self.tail, budget, max_bytes):
+            for end, h, start, n in self._spans(self._read, self.tail, budget, max_bytes):
                 parts.append(_U64X2.pack(end, h))
-                parts.append(payload)
+                parts.append(mv[start : start + n])
                 rtype = (h >> 32) & 0xFF
-                self._unreleased.append((end, 1 if rtype in (WHOLE, LAST) else 0, len(payload)))
+                self._unreleased.append((end, 1 if rtype in (WHOLE, LAST) else 0, n))
                 self._read = end
                 count += 1
         except RingCorrupted:
             if not count:
                 raise
-        return b"".join(parts), count
+        packed = b"".join(parts)
+        for part in parts:
+            if isinstance(part, memoryview):
+                part.release()
+        return packed, count
 
     def records(self, start: int | None = None, end: int | None = None) -> list[Record]:
         """The records from ``start`` (default: the head) up to ``end`` (default: the
@@ -933,8 +939,16 @@ class Reader(_ConsumerSide):
         self._read = pos
 
     def _records(self, pos: int, tail: int, budget: int, max_bytes: int) -> Iterator[Record]:
-        words = self._words
         mv = self._mv
+        for end, h, start, n in self._spans(pos, tail, budget, max_bytes):
+            yield end, h, mv[start : start + n].tobytes()
+
+    def _spans(
+        self, pos: int, tail: int, budget: int, max_bytes: int
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """(end position, header word, payload offset in the buffer, payload length) of
+        each record from ``pos`` to ``tail`` (padding skipped), as `peek` bounds them."""
+        words = self._words
         mask = self._mask
         cap = self.capacity
         taken = 0
@@ -951,11 +965,10 @@ class Reader(_ConsumerSide):
                 raise RingCorrupted(f"bad record header {h:#018x} at position {pos}")
             if taken and taken + n > max_bytes:
                 return
-            s = HEADER_SIZE + off + 8
             pos += size
             taken += n
             budget -= 1
-            yield pos, h, mv[s : s + n].tobytes()
+            yield pos, h, HEADER_SIZE + off + 8, n
 
 
 MAX_MESSAGE: Final = 1 << 40  # a sanity bound on a fragmented message's claimed length
