@@ -11,6 +11,7 @@ import contextlib
 import cProfile
 import datetime
 import io
+import json
 import os
 import platform
 import pstats
@@ -270,6 +271,16 @@ class Cleanup:
             return 1
         print(done)
         return 0
+
+
+def write_raw(path: Path | None, results: Results, cleanup: Cleanup, **fields: Any) -> None:
+    """With ``--json PATH``: the raw numbers, ``fields`` first, then every rep, the
+    medians and what the cleanup found."""
+    if path is None:
+        return
+    raw = {**fields, "reps": results, "medians": medians(results)}
+    raw["cleanup_problems"] = cleanup.problems
+    path.write_text(json.dumps(raw, indent=2) + "\n")
 
 
 def _running(proc: psutil.Process) -> bool:
