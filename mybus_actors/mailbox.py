@@ -171,8 +171,14 @@ class Endpoint:
 
     @property
     def spin(self) -> float:
-        """Seconds `wait` polls before it sleeps on the doorbell."""
+        """Seconds `wait` polls before it sleeps on the doorbell (0: sleep at once)."""
         return self._inbound.spin
+
+    @spin.setter
+    def spin(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"spin must be >= 0, got {seconds!r}")
+        self._inbound.spin = seconds
 
     @property
     def bell_fd(self) -> int:

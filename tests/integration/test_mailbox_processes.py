@@ -356,3 +356,12 @@ def test_relayed_records_seen_before_are_dropped_per_stream(runtime_dir: Path) -
                 got.append(delivery.payload)
         assert got == expected
         assert sink.duplicates == offered - len(expected) > 0
+
+
+def test_an_endpoints_spin_can_be_changed_and_is_checked(runtime_dir: Path) -> None:
+    with Endpoint(Registry(runtime_dir), spin=0.0) as ep:
+        ep.spin = 1e-4  # a benchmark's receiver does, between jobs
+        assert ep.spin == 1e-4
+        with pytest.raises(ValueError, match="spin must be >= 0"):
+            ep.spin = -1.0
+        assert ep.spin == 1e-4
