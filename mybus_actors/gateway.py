@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from mybus_actors import codec
+from mybus_actors import codec, ringcore
 from mybus_actors.address import format_address, parse_address
 from mybus_actors.allocator import keep_freed_memory
 from mybus_actors.codec import Kind
@@ -129,6 +129,7 @@ class Gateway:
                 self.bound_port,
                 " (TLS)" if self.config.server_ssl else "",
             )
+            _log.info("gateway of node %s: %s", self.node, ringcore.describe())
             tasks = [
                 asyncio.create_task(self._pump(), name="pump"),
                 asyncio.create_task(self._maintain(), name="maintain"),

@@ -258,8 +258,26 @@ def test_ask_and_tell_across_two_nodes_both_ways(cluster: Cluster) -> None:
 # -- 2. many senders, one collector ----------------------------------------------------
 
 
+# The gateways and actors on the pure-Python ring core (the test's own clients stay on
+# the native one, so the two cores share rings too): the relay's pure twins at work.
+CORES = [
+    pytest.param({}, id="native-core"),
+    pytest.param({"MYBUS_PURE_PYTHON": "1"}, id="pure-core"),
+]
+
+
+def core_of(gateway: lib.GatewayProc) -> str:
+    """The ring core a gateway says it runs (its log's line at start)."""
+    return "python" if gateway.log.count(r"ring core: pure Python") else "native"
+
+
 @pytest.mark.stress
-def test_three_senders_on_alpha_into_one_collector_on_beta(cluster: Cluster) -> None:
+@pytest.mark.parametrize("core_env", CORES)
+def test_three_senders_on_alpha_into_one_collector_on_beta(
+    cluster: Cluster, core_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in core_env.items():
+        monkeypatch.setenv(key, value)  # inherited by the gateways and spawned actors
     per_sender = 5000
     senders = ["s0", "s1", "s2"]
     two_nodes(cluster)
@@ -283,9 +301,16 @@ def test_three_senders_on_alpha_into_one_collector_on_beta(cluster: Cluster) -> 
     assert sorted(got) == [f"alpha/{s}" for s in senders]
     for name in senders:
         assert got[f"alpha/{name}"] == list(range(per_sender))  # in order, none lost or twice
+    expected = "python" if core_env else "native"
+    assert [core_of(cluster.gateways[n]) for n in ("alpha", "beta")] == [expected] * 2
 
 
-def test_per_pair_order_holds_for_a_large_message_then_small_ones(cluster: Cluster) -> None:
+@pytest.mark.parametrize("core_env", CORES)
+def test_per_pair_order_holds_for_a_large_message_then_small_ones(
+    cluster: Cluster, core_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in core_env.items():
+        monkeypatch.setenv(key, value)
     size = 4 << 20  # cut into fragments on the link
     two_nodes(cluster)
     observer = cluster.connect("beta", "observer")
@@ -305,6 +330,8 @@ def test_per_pair_order_holds_for_a_large_message_then_small_ones(cluster: Clust
         ("after", 1),
         ("after", 2),
     ]
+    expected = "python" if core_env else "native"
+    assert [core_of(cluster.gateways[n]) for n in ("alpha", "beta")] == [expected] * 2
 
 
 # -- 3. connections cut every few hundred ms -------------------------------------------
