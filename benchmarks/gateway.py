@@ -42,9 +42,10 @@ called, then both gateways get SIGTERM and must exit 0; receivers are stopped by
 both runtime directories must hold no file before they are removed. Whatever the targets
 say, the exit status is 0 unless something broke.
 
-``--profile``: instead of the table, run the small-dict stream with ``py-spy record``
-attached (raw format) to both gateways, the Counter and this process (the client), and
-print where each spends its samples.
+``--profile``: instead of the table, run the small-dict stream (``--profile-workload``:
+another stream, or ``rtt``: the asks) with ``py-spy record`` attached (raw format) to
+both gateways, the Counter and this process (the client), and print where each spends
+its samples.
 """
 
 from __future__ import annotations
@@ -832,8 +833,11 @@ def _profile(
     """Sample the four processes on the path with py-spy during one workload's streams."""
     if shutil.which("py-spy") is None:
         raise RuntimeError("--profile needs py-spy on PATH (pip install py-spy)")
-    wl = next(w for w in plan.workloads if w.key == workload)
-    nodes.stream(wl.scaled(_WARMUP_FRACTION))
+    if workload == RTT.key:
+        nodes.rtts(RTT.scaled(_WARMUP_FRACTION))
+    else:
+        wl = next(w for w in plan.workloads if w.key == workload)
+        nodes.stream(wl.scaled(_WARMUP_FRACTION))
     nodes.cpu.clear()
     out_dir = keep or Path(tempfile.mkdtemp(prefix="mybus-gw-spy-"))
     if keep is None:
@@ -851,17 +855,25 @@ def _profile(
         deadline = time.monotonic() + START_TIMEOUT
         for spy in spies:
             spy.wait_sampling(deadline)
-        spent = [nodes.stream(wl) for _ in range(_PROFILE_STREAMS)]
-    rates = ", ".join(f"{wl.count / t:,.0f}" for t in spent)
+        if workload == RTT.key:
+            medians_us = [statistics.median(nodes.rtts(RTT)) * 1e6 for _ in range(_PROFILE_STREAMS)]
+            what = (
+                f"{_PROFILE_STREAMS} runs of {RTT.count:,} asks, alpha client -> beta Echo: "
+                + ", ".join(f"median {m:,.0f} us" for m in medians_us)
+            )
+        else:
+            spent = [nodes.stream(wl) for _ in range(_PROFILE_STREAMS)]
+            rates = ", ".join(f"{wl.count / t:,.0f}" for t in spent)
+            what = f"{_PROFILE_STREAMS} streams of {wl.count:,} x {wl.label}, alpha client -> "
+            what += f"beta Counter: {rates} msg/s"
     print(
-        "# mybus gateway benchmark: py-spy profile of a cross-node stream\n\n"
-        f"{_PROFILE_STREAMS} streams of {wl.count:,} x {wl.label}, alpha client -> beta "
-        f"Counter: {rates} msg/s, sampled by py-spy --nonblocking at {_SPY_RATE}/s; raw "
+        "# mybus gateway benchmark: py-spy profile of cross-node traffic\n\n"
+        f"{what}, sampled by py-spy --nonblocking at {_SPY_RATE}/s; raw "
         f"files in {out_dir}" + (" (removed at exit)" if keep is None else "") + "\n"
     )
     for spy in spies:
         raw = spy.out.read_text(errors="replace") if spy.out.exists() else ""
-        figures = nodes.cpu[wl.key]
+        figures = nodes.cpu[workload]
         cpu = statistics.median(figures[spy.label])
         share = 100 * cpu / statistics.median(figures["wall"])
         print(f"## {spy.label}\n\n{_summarize(raw, cpu, share)}\n")
@@ -885,9 +897,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile-workload",
-        choices=[w.key for w in WORKLOADS],
+        choices=[*(w.key for w in WORKLOADS), RTT.key],
         default="dict",
-        help="the stream --profile samples (default: the small dicts)",
+        help="the stream (or, with rtt, the asks) --profile samples (default: the small dicts)",
     )
     parser.add_argument(
         "--profile-dir", type=Path, default=None, help="keep py-spy's raw files here"
