@@ -475,15 +475,23 @@ static PyObject *producer_offer_batch(Producer *self, PyObject *items) {
     PyObject *item;
     while ((item = PyIter_Next(it)) != NULL) {
         PyObject *data, *metaobj;
-        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
-            data = PyTuple_GET_ITEM(item, 0);
-            metaobj = PyTuple_GET_ITEM(item, 1);
-        } else {
+        if (!PyTuple_CheckExact(item)) { /* any pair, as the pure core unpacks it */
+            PyObject *pair_ = PySequence_Tuple(item);
+            Py_DECREF(item);
+            if (pair_ == NULL) {
+                Py_DECREF(it);
+                return NULL;
+            }
+            item = pair_;
+        }
+        if (PyTuple_GET_SIZE(item) != 2) {
             Py_DECREF(item);
             Py_DECREF(it);
-            PyErr_SetString(PyExc_TypeError, "offer_batch takes (data, meta) pairs");
+            PyErr_SetString(PyExc_ValueError, "offer_batch takes (data, meta) pairs");
             return NULL;
         }
+        data = PyTuple_GET_ITEM(item, 0);
+        metaobj = PyTuple_GET_ITEM(item, 1);
         uint64_t meta;
         Data d;
         if (meta_get(metaobj, &meta) < 0 || data_get(data, &d) < 0) {

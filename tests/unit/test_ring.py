@@ -1501,3 +1501,14 @@ def test_relay_with_nothing_written_says_so() -> None:
     _buf, p, c = make_ring()
     assert p.relay(*relay_args(b"")) == (0, 0, 0, 0, -1)
     assert not c.pending
+
+
+def test_offer_batch_takes_any_pairs_and_refuses_what_is_not_one() -> None:
+    _buf, p, c = make_ring()
+    assert p.offer_batch([[b"a", 1], (b"b", 2)]) == 2  # lists unpack as pairs too
+    assert c.poll() == [(1, b"a"), (2, b"b")]
+    with pytest.raises(ValueError):
+        p.offer_batch([(b"a", 1, 2)])
+    with pytest.raises(TypeError):
+        p.offer_batch([7])
+    assert not c.pending
