@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-from _common import DICT_VALUE, Cleanup, pause
+from _common import DICT_VALUE, Cleanup
 
 try:
     import iceoryx2 as iox2
@@ -414,28 +414,6 @@ def drain(reader: Reader, count: int, decode: Callable[[bytes], Any] | None = No
         data = string_at(sample.payload_ptr, sample.header.number_of_elements)
         if decode is not None:
             decode(data)
-
-
-def echo(reader: Reader, writer: Writer, count: int) -> None:
-    get, put = reader.get, writer.put
-    for _ in range(count):
-        put(get())
-
-
-def round_trips(
-    writer: Writer, reader: Reader, payload: bytes, count: int, gap: float = 0.0
-) -> list[float]:
-    """Round-trip times; with ``gap``, a busy-wait (not counted) before each."""
-    put, get, clock = writer.put, reader.get, time.perf_counter
-    rtts = [0.0] * count
-    for k in range(count):
-        if gap:
-            pause(gap)
-        start = clock()
-        put(payload)
-        get()
-        rtts[k] = clock() - start
-    return rtts
 
 
 def asks(asker: Asker, payload: bytes, count: int) -> list[float]:

@@ -403,7 +403,7 @@ def _serve_iceoryx2(ctl: Connection, domain: iox.Domain) -> None:
         def receive(wl: Workload, count: int) -> None:
             iox.drain(forth, count, pickle.loads if wl.is_dict else None)
 
-        _serve(ctl, receive, lambda n: iox.echo(forth, back, n), set_spin)
+        _serve(ctl, receive, lambda n: echo_back(forth.get, back.put, n), set_spin)
 
 
 # -- the sending side ------------------------------------------------------------------------
@@ -487,7 +487,7 @@ class _Iceoryx2:
 
     def ping(self, count: int, gap: float, spin: float) -> list[float]:
         self.back.spin = spin
-        return iox.round_trips(self.forth, self.back, _PING_PAYLOAD, count, gap)
+        return round_trips(self.forth.put, self.back.get, _PING_PAYLOAD, count, gap)
 
 
 def _open_mybus(

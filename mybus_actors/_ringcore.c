@@ -298,16 +298,21 @@ typedef struct {
     uint64_t first_end;
 } Producer;
 
-static int producer_init(Producer *self, PyObject *args, PyObject *kwds) {
+/* tp_init's part every end shares: parse (buf), attach once. */
+static int end_init(View *v, PyObject *args, PyObject *kwds, const char *format) {
     PyObject *buf;
     static char *kwlist[] = {"buf", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Producer", kwlist, &buf))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &buf))
         return -1;
-    if (self->v.base != NULL) {
+    if (v->base != NULL) {
         PyErr_SetString(PyExc_TypeError, "a ring end is attached once");
         return -1;
     }
-    if (view_attach(&self->v, buf) < 0)
+    return view_attach(v, buf);
+}
+
+static int producer_init(Producer *self, PyObject *args, PyObject *kwds) {
+    if (end_init(&self->v, args, kwds, "O:Producer") < 0)
         return -1;
     aword *w = self->v.words;
     self->tail = ld(w, W_TAIL);
@@ -395,51 +400,66 @@ static inline uint64_t signal_word(Producer *self) {
 /* write(data, meta=0) -> FULL (-1) or the consumer's signal word. The hot path. */
 static const char *const data_meta[] = {"data", "meta"};
 
-static PyObject *producer_write(Producer *self, PyObject *const *args, Py_ssize_t nargs,
-                                PyObject *kwnames) {
-    PyObject *a[2];
-    if (kwnames == NULL && nargs == 2) { /* the hot call */
-        a[0] = args[0];
-        a[1] = args[1];
-    } else if (fast_args(args, nargs, kwnames, data_meta, 2, 1, a, "(data, meta=0)") < 0) {
-        return NULL;
-    }
+/* Write and publish one message of at most max_record bytes: the consumer's signal word,
+ * FULL (-1) when there is no room, or -2 with an exception set. */
+static long long write_one(Producer *self, PyObject *data, PyObject *metaobj) {
     if (!attached(&self->v))
-        return NULL;
+        return -2;
     uint64_t meta;
-    if (meta_get(a[1], &meta) < 0)
-        return NULL;
+    if (meta_get(metaobj, &meta) < 0)
+        return -2;
     Data d;
-    if (data_get(a[0], &d) < 0)
-        return NULL;
+    if (data_get(data, &d) < 0)
+        return -2;
     uint64_t n = (uint64_t)d.len;
     if (n > self->v.max_record) {
         data_put(&d);
-        return value_error("%llu-byte message exceeds max_record %llu",
-                           (unsigned long long)n, (unsigned long long)self->v.max_record);
+        value_error("%llu-byte message exceeds max_record %llu", (unsigned long long)n,
+                    (unsigned long long)self->v.max_record);
+        return -2;
     }
     int ok;
     uint64_t tail = put(self, self->tail, NULL, 0, d.ptr, n, WHOLE, meta, &ok);
     data_put(&d);
     if (!ok) {
         note_full(self);
-        return PyLong_FromLong(-1);
+        return -1;
     }
     self->tail = tail;
     self->msgs += 1;
     self->bytes += n;
     st_rel(self->v.words, W_TAIL, tail);
-    return PyLong_FromUnsignedLongLong(signal_word(self));
+    return (long long)signal_word(self); /* the signal word's state and sleep count fit */
+}
+
+/* (data, meta=0) of write, offer and offer_message. */
+static int data_meta_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                          PyObject **a) {
+    if (kwnames == NULL && nargs == 2) { /* the hot call */
+        a[0] = args[0];
+        a[1] = args[1];
+        return 0;
+    }
+    return fast_args(args, nargs, kwnames, data_meta, 2, 1, a, "(data, meta=0)");
+}
+
+/* write(data, meta=0) -> FULL (-1) or the consumer's signal word. The hot path. */
+static PyObject *producer_write(Producer *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+    PyObject *a[2];
+    if (data_meta_args(args, nargs, kwnames, a) < 0)
+        return NULL;
+    long long signal = write_one(self, a[0], a[1]);
+    return signal == -2 ? NULL : PyLong_FromLongLong(signal);
 }
 
 static PyObject *producer_offer(Producer *self, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames) {
-    PyObject *r = producer_write(self, args, nargs, kwnames);
-    if (r == NULL)
+    PyObject *a[2];
+    if (data_meta_args(args, nargs, kwnames, a) < 0)
         return NULL;
-    long v = PyLong_AsLong(r);
-    Py_DECREF(r);
-    return PyBool_FromLong(v != -1);
+    long long signal = write_one(self, a[0], a[1]);
+    return signal == -2 ? NULL : PyBool_FromLong(signal != -1);
 }
 
 static PyObject *producer_select(Producer *self, PyObject *tag) {
@@ -599,7 +619,7 @@ static PyObject *producer_offer_fragments(Producer *self, PyObject *const *args,
 static PyObject *producer_offer_message(Producer *self, PyObject *const *args,
                                         Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *a[2];
-    if (fast_args(args, nargs, kwnames, data_meta, 2, 1, a, "(data, meta=0)") < 0)
+    if (data_meta_args(args, nargs, kwnames, a) < 0)
         return NULL;
     if (!attached(&self->v))
         return NULL;
@@ -612,7 +632,8 @@ static PyObject *producer_offer_message(Producer *self, PyObject *const *args,
     uint64_t total = (uint64_t)d.len;
     if (total <= self->v.max_record) {
         data_put(&d);
-        return producer_offer(self, args, nargs, kwnames);
+        long long signal = write_one(self, a[0], a[1]);
+        return signal == -2 ? NULL : PyBool_FromLong(signal != -1);
     }
     uint64_t tail = put_fragments(self, &d, meta, 0, 1);
     data_put(&d);
@@ -912,15 +933,7 @@ typedef struct {
 } Consumer;
 
 static int consumer_init(Consumer *self, PyObject *args, PyObject *kwds) {
-    PyObject *buf;
-    static char *kwlist[] = {"buf", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Consumer", kwlist, &buf))
-        return -1;
-    if (self->s.v.base != NULL) {
-        PyErr_SetString(PyExc_TypeError, "a ring end is attached once");
-        return -1;
-    }
-    if (view_attach(&self->s.v, buf) < 0)
+    if (end_init(&self->s.v, args, kwds, "O:Consumer") < 0)
         return -1;
     side_attach(&self->s);
     aword *w = self->s.v.words;
@@ -1239,15 +1252,7 @@ typedef struct {
 } Reader;
 
 static int reader_init(Reader *self, PyObject *args, PyObject *kwds) {
-    PyObject *buf;
-    static char *kwlist[] = {"buf", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Reader", kwlist, &buf))
-        return -1;
-    if (self->s.v.base != NULL) {
-        PyErr_SetString(PyExc_TypeError, "a ring end is attached once");
-        return -1;
-    }
-    if (view_attach(&self->s.v, buf) < 0)
+    if (end_init(&self->s.v, args, kwds, "O:Reader") < 0)
         return -1;
     side_attach(&self->s);
     self->read = self->s.head;
@@ -1288,37 +1293,64 @@ static int q_push(Reader *self, uint64_t end, uint64_t size, uint64_t whole) {
     return 0;
 }
 
-/* Records from `pos` up to `stop`: each (end, header, payload) appended to `out`, and,
- * when `take`, queued as unreleased with the read position moved past it. */
+/* The next record from *pos before `stop`, padding skipped: 1 with *pos moved past it,
+ * its header, where its payload starts in the buffer and its length; 0 at `stop`; -1
+ * (RingCorrupted set) at a header no producer of this layout writes. */
+static int next_record(Reader *self, uint64_t *pos, uint64_t stop, uint64_t *header,
+                       uint64_t *at, uint64_t *len) {
+    uint8_t *base = self->s.v.base;
+    uint64_t cap = self->s.v.capacity, mask = self->s.v.mask;
+    while (*pos != stop) {
+        uint64_t off = *pos & mask;
+        uint64_t h = ld_hdr(base, off);
+        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
+        uint64_t size = (n + 15) & ~7ULL;
+        if (rtype == PAD && n == cap - off - 8) {
+            *pos += n + 8;
+            continue;
+        }
+        if (rtype < WHOLE || rtype > LAST || size > cap - off || (int64_t)(*pos + size - stop) > 0) {
+            corrupted("bad record header 0x%016llx at position %llu", (unsigned long long)h,
+                      (unsigned long long)*pos);
+            return -1;
+        }
+        *pos += size;
+        *header = h;
+        *at = HEADER_SIZE + off + 8;
+        *len = n;
+        return 1;
+    }
+    return 0;
+}
+
+static inline int ends_message(uint64_t header) {
+    uint64_t rtype = (header >> 32) & 0xFF;
+    return rtype == WHOLE || rtype == LAST;
+}
+
+/* Records from `pos` up to `stop` (at most `budget`, and past the first no more than
+ * `max_bytes` of payload): each (end, header, payload) appended to a list and, when
+ * `take`, queued as unreleased with the read position moved past it. */
 static PyObject *reader_records_from(Reader *self, uint64_t pos, uint64_t stop,
                                      Py_ssize_t budget, uint64_t max_bytes, int take) {
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
-    uint8_t *base = self->s.v.base;
-    uint64_t cap = self->s.v.capacity, mask = self->s.v.mask, taken = 0;
-    while (pos != stop && budget > 0) {
-        uint64_t off = pos & mask;
-        uint64_t h = ld_hdr(base, off);
-        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
-        uint64_t size = (n + 15) & ~7ULL;
-        if (rtype == PAD && n == cap - off - 8) {
-            pos += n + 8;
-            continue;
-        }
-        if (rtype < WHOLE || rtype > LAST || size > cap - off || (int64_t)(pos + size - stop) > 0) {
-            corrupted("bad record header 0x%016llx at position %llu", (unsigned long long)h,
-                      (unsigned long long)pos);
+    uint64_t taken = 0, h, at, n;
+    while (budget > 0) {
+        uint64_t next = pos;
+        int r = next_record(self, &next, stop, &h, &at, &n);
+        if (r < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        if (taken && taken + n > max_bytes)
+        if (r == 0 || (taken && taken + n > max_bytes))
             break;
-        pos += size;
+        pos = next;
         taken += n;
         budget -= 1;
         PyObject *rec = Py_BuildValue("(KKy#)", (unsigned long long)pos, (unsigned long long)h,
-                                      (const char *)(base + HEADER_SIZE + off + 8), (Py_ssize_t)n);
+                                      (const char *)(self->s.v.base + at), (Py_ssize_t)n);
         if (rec == NULL || PyList_Append(out, rec) < 0) {
             Py_XDECREF(rec);
             Py_DECREF(out);
@@ -1326,7 +1358,7 @@ static PyObject *reader_records_from(Reader *self, uint64_t pos, uint64_t stop,
         }
         Py_DECREF(rec);
         if (take) {
-            if (q_push(self, pos, n, rtype == WHOLE || rtype == LAST) < 0) {
+            if (q_push(self, pos, n, ends_message(h)) < 0) {
                 Py_DECREF(out);
                 return NULL;
             }
@@ -1360,26 +1392,23 @@ static PyObject *reader_peek_packed(Reader *self, PyObject *args, PyObject *kwds
         return NULL;
     if (!attached(&self->s.v))
         return NULL;
-    uint8_t *base = self->s.v.base;
-    uint64_t cap = self->s.v.capacity, mask = self->s.v.mask;
     uint64_t stop = ld_acq(self->s.v.words, W_TAIL);
-    /* First pass: how many records, how many bytes (checking every header). */
-    uint64_t pos = self->read, taken = 0, total = 0;
+    /* First pass: how many records and bytes. A bad header ends the run there; it is
+     * reported only when it comes first (what came before it goes out first). */
+    uint64_t pos = self->read, taken = 0, total = 0, h, at, n;
     Py_ssize_t count = 0;
-    while (pos != stop && count < budget) {
-        uint64_t off = pos & mask;
-        uint64_t h = ld_hdr(base, off);
-        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
-        uint64_t size = (n + 15) & ~7ULL;
-        if (rtype == PAD && n == cap - off - 8) {
-            pos += n + 8;
-            continue;
-        }
-        if (rtype < WHOLE || rtype > LAST || size > cap - off || (int64_t)(pos + size - stop) > 0)
-            break; /* the second pass reports it, after what came before */
-        if (taken && taken + n > max_bytes)
+    while (count < budget) {
+        uint64_t next = pos;
+        int r = next_record(self, &next, stop, &h, &at, &n);
+        if (r < 0) {
+            if (count == 0)
+                return NULL;
+            PyErr_Clear();
             break;
-        pos += size;
+        }
+        if (r == 0 || (taken && taken + n > max_bytes))
+            break;
+        pos = next;
         taken += n;
         total += 16 + n;
         count += 1;
@@ -1387,46 +1416,20 @@ static PyObject *reader_peek_packed(Reader *self, PyObject *args, PyObject *kwds
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (out == NULL)
         return NULL;
+    /* Second pass, over records just checked: copy each once, from the ring. */
     uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
     pos = self->read;
-    Py_ssize_t done = 0;
-    while (done < count) {
-        uint64_t off = pos & mask;
-        uint64_t h = ld_hdr(base, off);
-        uint64_t n = h & LEN_MASK, rtype = (h >> 32) & 0xFF;
-        if (rtype == PAD) {
-            pos += n + 8;
-            continue;
-        }
-        pos += (n + 15) & ~7ULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        next_record(self, &pos, stop, &h, &at, &n);
         memcpy(dst, &pos, 8);
         memcpy(dst + 8, &h, 8);
-        copy_bytes(dst + 16, base + HEADER_SIZE + off + 8, n);
+        copy_bytes(dst + 16, self->s.v.base + at, n);
         dst += 16 + n;
-        if (q_push(self, pos, n, rtype == WHOLE || rtype == LAST) < 0) {
+        if (q_push(self, pos, n, ends_message(h)) < 0) {
             Py_DECREF(out);
             return NULL;
         }
         self->read = pos;
-        done += 1;
-    }
-    if (count == 0 && pos != stop) {
-        /* Nothing taken and not at the tail: a bad header (or a budget of 0). */
-        if (budget > 0) {
-            uint64_t off = pos & mask;
-            /* skip padding as the first pass did */
-            while (pos != stop) {
-                uint64_t h = ld_hdr(base, off);
-                if (((h >> 32) & 0xFF) == PAD && (h & LEN_MASK) == cap - off - 8) {
-                    pos += (h & LEN_MASK) + 8;
-                    off = pos & mask;
-                    continue;
-                }
-                Py_DECREF(out);
-                return corrupted("bad record header 0x%016llx at position %llu",
-                                 (unsigned long long)h, (unsigned long long)pos);
-            }
-        }
     }
     PyObject *r = Py_BuildValue("(On)", out, count);
     Py_DECREF(out);

@@ -141,7 +141,6 @@ class Deliveries:
         self._fresh_bytes: dict[StreamId, int] = {}  # delivered since the last DONE
         self._fds: dict[StreamId, int] = {}  # open blob files
         self._keys: dict[StreamId, int] = {}  # relay ids, made once
-        self._prefixes: dict[str, bytes] = {}  # per peer: b"node/"
         self._fast_kinds: dict[str, int] = {}  # per target: see _kinds
         self._dropping: set[StreamId] = set()  # streams that owe their sender a rewind
         self._notices: list[tuple[str, str, int, bytes]] = []  # dead letters to send
@@ -229,7 +228,7 @@ class Deliveries:
                 packed.number,
                 self._key(sid),
                 stream.taken,
-                self._prefix(sid[0]),
+                sid[0].encode("ascii") + b"/",  # how every sender on that node begins
                 self._kinds(sid[2]),
             )
         except (ResourceExhausted, RingCorrupted, ActorNotFound, InvalidAddress):
@@ -242,13 +241,6 @@ class Deliveries:
         self.delivered += written
         self._fresh_bytes[sid] = self._fresh_bytes.get(sid, 0) + nbytes
         return () if written == packed.number else packed.records(offset, written)
-
-    def _prefix(self, peer: str) -> bytes:
-        """How the sender of every message from ``peer`` begins."""
-        prefix = self._prefixes.get(peer)
-        if prefix is None:
-            prefix = self._prefixes[peer] = peer.encode("ascii") + b"/"
-        return prefix
 
     def _kinds(self, target: str) -> int:
         """The message kinds (a bit mask) ``target`` takes from any sender of another

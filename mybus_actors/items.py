@@ -148,24 +148,19 @@ class PackedRecords(Sequence[Record]):
     ring reader packs them (`ring.Reader.peek_packed`), a DATA body carries the bytes as
     they are, the receiver checks them in one call (`scan_packed`) and writes the plain
     ones into local rings in one more (`ring.Producer.relay`). Read as a sequence, it
-    unpacks (once): it compares equal to the tuple of the same records.
+    unpacks: it compares equal to the tuple of the same records.
     """
 
-    __slots__ = ("_unpacked", "data", "number")
+    __slots__ = ("data", "number")
 
     def __init__(self, data: bytes, number: int) -> None:
         self.data = data
         self.number = number
-        self._unpacked: tuple[Record, ...] | None = None
 
     def records(self, offset: int = 0, skip: int = 0) -> tuple[Record, ...]:
         """The records, unpacked: all, or those from byte ``offset`` on (``skip`` of
-        them lie before it)."""
-        if offset:
-            return tuple(unpack_packed(self.data, offset, self.number - skip))
-        if self._unpacked is None:
-            self._unpacked = tuple(unpack_packed(self.data, 0, self.number))
-        return self._unpacked
+        them lie before it). Made anew each time: the hot paths never ask."""
+        return tuple(unpack_packed(self.data, offset, self.number - skip))
 
     @property
     def payload_bytes(self) -> int:

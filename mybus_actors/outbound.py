@@ -740,20 +740,26 @@ class Outbound:
             return 0
         ch = c.ring
         written = ch.producer.offer_batch(items)
-        if written:
-            signal = ch.producer.signal()
-            if signal & _STATE == _WAITING and signal != ch.rung:
-                ch.rung = signal
-                self._ring_bell(ch)
-            elif signal & _STATE == _ring.CLOSED:
-                # Published as it closed: what it did not read is salvaged and returned
-                # (on_undelivered), so these count as written either way.
-                with contextlib.suppress(ActorNotFound):
-                    self._check_receiver(ch, pending=0, to=to)
-            self._sends += written
-        elif ch.producer.consumer_closed:
-            self._check_receiver(ch, pending=0, to=to)
+        self._offered(ch, written, ch.producer.signal() if written else -1, to)
         return written
+
+    def _offered(self, ch: _OutRing, written: int, signal: int, to: str) -> None:
+        """After an offer (which never waits) of ``written`` messages, ``signal`` being
+        the consumer's word read after them: ring it once per sleep, or see whether it
+        stopped."""
+        if not written:
+            if ch.producer.consumer_closed:
+                self._check_receiver(ch, pending=0, to=to)
+            return
+        if signal & _STATE == _WAITING and signal != ch.rung:
+            ch.rung = signal
+            self._ring_bell(ch)
+        elif signal & _STATE == _ring.CLOSED:
+            # Published as it closed: what it did not read is salvaged and returned
+            # (on_undelivered), so these count as written either way.
+            with contextlib.suppress(ActorNotFound):
+                self._check_receiver(ch, pending=0, to=to)
+        self._sends += written
 
     def offer_relayed(
         self,
@@ -789,16 +795,7 @@ class Outbound:
         written, offset, last, nbytes, signal = ch.producer.relay(
             packed, offset, count, key, after, prefix, kinds, *_RELAY_BITS
         )
-        if written:
-            if signal & _STATE == _WAITING and signal != ch.rung:
-                ch.rung = signal
-                self._ring_bell(ch)
-            elif signal & _STATE == _ring.CLOSED:
-                with contextlib.suppress(ActorNotFound):  # as in offer_batch
-                    self._check_receiver(ch, pending=0, to=to)
-            self._sends += written
-        elif ch.producer.consumer_closed:
-            self._check_receiver(ch, pending=0, to=to)
+        self._offered(ch, written, signal, to)
         return written, offset, last, nbytes
 
     def load(self, sender: str, to: str) -> tuple[int, int]:
@@ -839,20 +836,9 @@ class Outbound:
         if c is None:
             return False
         ch = c.ring
-        if not ch.producer.offer_message(data, meta):
-            if ch.producer.consumer_closed:
-                self._check_receiver(ch, pending=0, to=to)
-            return False
-        signal = ch.producer.signal()
-        if signal & _STATE == _WAITING and signal != ch.rung:
-            ch.rung = signal
-            self._ring_bell(ch)
-        elif signal & _STATE == _ring.CLOSED:
-            # As in offer_batch: unread, it is salvaged and returned; written either way.
-            with contextlib.suppress(ActorNotFound):
-                self._check_receiver(ch, pending=0, to=to)
-        self._sends += 1
-        return True
+        written = 1 if ch.producer.offer_message(data, meta) else 0
+        self._offered(ch, written, ch.producer.signal() if written else -1, to)
+        return written == 1
 
     def peer_left(self, mailbox: str) -> None:
         """Process ``mailbox`` closed its ring to us: drop ours to it too if it closed

@@ -1165,16 +1165,21 @@ class RingMachine(RuleBasedStateMachine):
         self.consumer.release()
 
 
-def test_ring_model() -> None:
+def run_model(machine: type[RuleBasedStateMachine], examples: int, steps: int) -> None:
+    """Run a state machine against the core in force (the `core` fixture's)."""
     run_state_machine_as_test(
-        RingMachine,
+        machine,
         settings=settings(
-            max_examples=200,
-            stateful_step_count=40,
+            max_examples=examples,
+            stateful_step_count=steps,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_ring_model() -> None:
+    run_model(RingMachine, examples=200, steps=40)
 
 
 # -- the Reader: reading without releasing (the gateway's outbox) -------------------------
@@ -1362,15 +1367,7 @@ class ReaderMachine(RuleBasedStateMachine):
 
 
 def test_reader_model() -> None:
-    run_state_machine_as_test(
-        ReaderMachine,
-        settings=settings(
-            max_examples=150,
-            stateful_step_count=60,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
-    )
+    run_model(ReaderMachine, examples=150, steps=60)
 
 
 # -- the relay helpers: records packed as the wire carries them ---------------------------
