@@ -100,10 +100,16 @@ class OutStream:
 
     def _read_up_to(self, pos: int) -> None:
         # The other side has records this reader has not read (it was adopted after the
-        # gateway that sent them died): read past them, they are not sent again.
-        while self.reader.position - pos < 0:
-            if not self.reader.peek(budget=256, max_bytes=1 << 30):
-                raise ValueError(f"acknowledged {pos}, beyond the tail {self.reader.tail}")
+        # gateway that sent them died, or rewound for a new connection and the other
+        # side acknowledges again what the old one carried): read past them, they are
+        # not sent again. Exactly up to `pos`: what a peek reads beyond it was never
+        # sent, and counted as in flight it would hold the window shut for good.
+        reader = self.reader
+        while reader.position - pos < 0:
+            if not reader.peek(budget=256, max_bytes=1 << 30):
+                raise ValueError(f"acknowledged {pos}, beyond the tail {reader.tail}")
+        if reader.position != pos:
+            reader.rewind_to(pos)
 
     def record_ending_at(self, end: int) -> Record | None:
         for record in self.reader.records():
