@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Actor", "ActorContext", "Terminated"]
 
-_log = logging.getLogger("mybus_actors.actor")
+_log = logging.getLogger(__name__)
 
 
 class CellView(Protocol):
@@ -33,6 +33,7 @@ class CellView(Protocol):
     def address(self) -> str: ...
     @property
     def parent(self) -> CellView | None: ...
+    sent: int  # messages it sent, counted for `mybus top` and metrics
 
 
 class Timer(Protocol):
@@ -129,7 +130,9 @@ class Actor:
             MailboxFull: its mailbox stayed full for ``timeout`` (``block=False``: at once).
             SerializationError: ``message`` cannot be serialized.
         """
-        self._mb_rt.tell(self._mb_cell.name, to, message, timeout=timeout, block=block)
+        cell = self._mb_cell
+        self._mb_rt.tell(cell.name, to, message, timeout=timeout, block=block)
+        cell.sent += 1
 
     def ask(self, to: str, message: Any, *, timeout: float = 5.0) -> AskFuture:
         """Send ``message`` and return a future of the reply: ``await`` it.

@@ -54,6 +54,7 @@ class Cell:
         "cur_corr",
         "cur_kind",
         "cur_sender",
+        "dead_letters",
         "failing",
         "finished",
         "instance",
@@ -61,8 +62,11 @@ class Cell:
         "killing",
         "name",
         "parent",
+        "received",
         "restart_timers",
         "restarting",
+        "restarts",
+        "sent",
         "stopping",
         "supervisor",
         "task",
@@ -97,6 +101,13 @@ class Cell:
         self.restarting = False  # between instances: messages wait in `backlog`
         self.failing = False  # receive raised and the supervisor ends this instance
         self.killing = False  # Ref.kill: end without on_stop
+        # Counted for `mybus top` and metrics (published by the runtime, `counters.py`):
+        # messages handed to it, messages it sent, its own that came back undelivered,
+        # restarts of its children it made.
+        self.received = 0
+        self.sent = 0
+        self.dead_letters = 0
+        self.restarts = 0
 
 
 class Watch:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Children"]
 
-_log = logging.getLogger("mybus_actors.runtime")
+_log = logging.getLogger(__name__)
 _USER: Final = int(Kind.USER)
 _ASK: Final = int(Kind.ASK)
 
@@ -217,6 +217,7 @@ class Children:
         self, parent: _Cell, decision: Restart, order: list[str], failed: str, *, clean: bool
     ) -> None:
         rt = self._rt
+        parent.restarts += len(decision.names)
         _log.info("%s: restarting %s in %.3fs", parent.address, ", ".join(decision.names),
                      decision.delay)  # fmt: skip
         for name in reversed(order):  # latest started first

@@ -1,81 +1,47 @@
 """`mybus`: the operator's command for a node's runtime directory.
 
-    mybus ls [--node N] [--runtime-dir DIR]      actors, their processes, their rings
-    mybus clean [--node N] [--runtime-dir DIR]   reclaim what dead processes left behind
+    mybus ls [--json [--interval S]]             actors, their processes, their rings
+    mybus top [--once] [--interval S]            a live view (`top.py`); q quits
+    mybus metrics --listen HOST:PORT             Prometheus metrics (`metrics.py`)
+    mybus clean [--outboxes]                     reclaim what dead processes left behind
     mybus demo                                   the main job (see mybus_actors.demo)
 
-Reads the runtime directory; never writes a ring or talks to an actor.
+Each but demo takes [--node N] [--runtime-dir DIR]. Reads the runtime directory; never
+writes a ring or talks to an actor (clean removes what the dead left).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import mmap
-import os
+import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
-from mybus_actors import ring, ringcore
-from mybus_actors.errors import RingCorrupted
-from mybus_actors.registry import (
-    Registry,
-    mailbox_name,
-    parse_ring_filename,
-    resolve_runtime_dir,
-)
+from mybus_actors import logs, ringcore, snapshot
+from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
 
 __all__ = ["main"]
 
 
-def _ring_stats(path: str) -> ring.RingStats | None:
-    """A snapshot of a ring's counters, read from a private copy (nothing is published)."""
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            snapshot = bytearray(m)
-        view = ring.Consumer(snapshot)
-        try:
-            return view.stats()
-        finally:
-            view.release()
-    except (OSError, ValueError, RingCorrupted):
-        return None
-
-
-def _ls(registry: Registry) -> int:
-    entries = registry.list()
+def _ls(registry: Registry, node: str) -> int:
+    snap = snapshot.take(registry, node)
     print(f"runtime directory {registry.root}")
     print(f"{ringcore.describe()} (in this process; each process says in its own)")
     print(f"{'actor':<32}{'pid':>8}")
-    for e in entries:
-        print(f"{e.name:<32}{e.pid:>8}")
-    # A ring joins two processes' mailboxes: shown as the actors each one hosts.
-    hosted: dict[str, list[str]] = {}
-    for e in entries:
-        hosted.setdefault(mailbox_name(e.doorbell), []).append(e.name)
-
-    def end(mailbox: str) -> str:
-        names = hosted.get(mailbox)
-        if not names:
-            return mailbox
-        public = [n for n in names if not n.startswith("_")] or names
-        shown = ",".join(public[:3])
-        return shown + (f",+{len(public) - 3}" if len(public) > 3 else "")
-
-    rings = sorted(os.listdir(registry.rings_dir))
-    if rings:
+    for a in snap.actors:
+        print(f"{a.name:<32}{a.pid:>8}")
+    if snap.gateway is not None:
+        print(f"{'gateway':<32}{snap.gateway.pid:>8}")
+    names = snapshot.labels(snap)  # a ring joins two processes: shown as their actors
+    if snap.rings:
         print(f"\n{'ring':<48}{'written':>10}{'read':>10}{'unread B':>10}{'full':>6}")
-    for fname in rings:
-        parsed = parse_ring_filename(fname)
-        if parsed is None:
-            continue
-        label = f"{end(parsed[0])} -> {end(parsed[1])}"
-        stats = _ring_stats(str(registry.rings_dir / fname))
-        if stats is None:
-            print(f"{label:<48}  (unreadable)")
-            continue
+    for r in snap.rings:
+        stats = r.stats
         print(
-            f"{label:<48}{stats.messages_written:>10}"
+            f"{snapshot.ring_label(r, names):<48}{stats.messages_written:>10}"
             f"{stats.messages_read:>10}{stats.used:>10}{stats.full_events:>6}"
         )
     return 0
@@ -89,14 +55,73 @@ def _clean(registry: Registry, outboxes: bool) -> int:
     return 0
 
 
+def _ls_json(registry: Registry, node: str, interval: float | None) -> int:
+    snap, rates = snapshot.sample(registry, node, interval)
+    json.dump(snapshot.to_dict(snap, rates), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _metrics(registry: Registry, node: str, listen: tuple[str, int]) -> int:
+    from mybus_actors import metrics  # prometheus_client: only for this command
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server, thread = metrics.serve(registry, node, *listen)
+    except OSError as exc:
+        sys.exit(f"mybus metrics: cannot listen on {listen[0]}:{listen[1]}: {exc}")
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    return 0
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mybus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("ls", "list actors and rings"), ("clean", "reclaim dead leftovers")):
+    commands = (
+        ("ls", "list actors and rings"),
+        ("top", "a live view of the node: rates, backlogs, links (q quits)"),
+        ("metrics", "serve Prometheus metrics of the node"),
+        ("clean", "reclaim dead leftovers"),
+    )
+    for name, text in commands:
         p = sub.add_parser(name, help=text)
         p.add_argument("--node", help="default: MYBUS_NODE, else the host name")
         p.add_argument("--runtime-dir", help="default: MYBUS_RUNTIME_DIR, else /dev/shm/...")
-        if name == "clean":
+        if name == "ls":
+            p.add_argument("--json", action="store_true", help="the snapshot as JSON")
+            p.add_argument(
+                "--interval", type=float, default=None, metavar="SECONDS",
+                help="with --json: take two snapshots this far apart and add the rates",
+            )  # fmt: skip
+        elif name == "top":
+            p.add_argument("--once", action="store_true", help="print one frame and exit")
+            p.add_argument(
+                "--interval", type=float, default=1.0, metavar="SECONDS",
+                help="refresh period, and what --once measures rates over (default 1)",
+            )  # fmt: skip
+        elif name == "metrics":
+            p.add_argument(
+                "--listen", type=_host_port, required=True, metavar="HOST:PORT",
+                help="serve http://HOST:PORT/metrics (port 0: any free port, logged)",
+            )  # fmt: skip
+            p.add_argument("--log-level", default="info",
+                           choices=["debug", "info", "warning", "error"])  # fmt: skip
+            p.add_argument("--log-format", default="text", choices=list(logs.FORMATS))
+        elif name == "clean":
             p.add_argument(
                 "--outboxes", action="store_true",
                 help="also give up the messages queued for other nodes by senders that are"
@@ -111,8 +136,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    node = validate_name(args.node) if args.node else default_node()
     registry = Registry(resolve_runtime_dir(args.runtime_dir, args.node))
-    code = _ls(registry) if args.command == "ls" else _clean(registry, args.outboxes)
+    if args.command == "ls":
+        code = _ls_json(registry, node, args.interval) if args.json else _ls(registry, node)
+    elif args.command == "top":
+        from mybus_actors import top  # rich: only for this command
+
+        code = top.run(registry, node, once=args.once, interval=args.interval)
+    elif args.command == "metrics":
+        logs.configure("mybus metrics", args.log_level, args.log_format)
+        code = _metrics(registry, node, args.listen)
+    else:
+        code = _clean(registry, args.outboxes)
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.flush()
     sys.exit(code)

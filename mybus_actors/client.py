@@ -41,7 +41,7 @@ from mybus_actors.routing import send_to_node
 
 __all__ = ["Client", "DeadLetterHook", "connect"]
 
-_log = logging.getLogger("mybus_actors.client")
+_log = logging.getLogger(__name__)
 _CLIENT_IDS = itertools.count()
 DeadLetterHook = Callable[[Any, str], object]
 _SLICE: Final = 0.05  # a waiter re-checks at least this often whether its reply came

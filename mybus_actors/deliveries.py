@@ -74,7 +74,7 @@ from mybus_actors.relayed import (
 
 __all__ = ["DEFAULT_MAX_BUFFER", "Deliveries", "may_address"]
 
-_log = logging.getLogger("mybus_actors.gateway")
+_log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BUFFER: Final = 64 << 20
 _ACK_BYTES: Final = 32 << 10  # delivered and not acknowledged: acknowledge now
@@ -146,6 +146,9 @@ class Deliveries:
         self._notices: list[tuple[str, str, int, bytes]] = []  # dead letters to send
         self.delivered = 0
         self.bounced = 0
+        # Per peer node, for `mybus top` and metrics.
+        self.duplicates: dict[str, int] = {}  # records sent again that were taken: dropped
+        self.delivered_from: dict[str, int] = {}
 
     # -- runs in ------------------------------------------------------------------------
 
@@ -177,6 +180,7 @@ class Deliveries:
         for record in records:
             end = record[0]
             if not stream.fresh(end):
+                self.duplicates[peer] = self.duplicates.get(peer, 0) + 1
                 reason = stream.rebounce(end)
                 if reason is not None:
                     self._owe(peer, Control.BOUNCED, sid, end, reason)
@@ -238,7 +242,7 @@ class Deliveries:
         self._short.ok()
         stream.take(last)
         stream.done(last)
-        self.delivered += written
+        self._count(sid, written)
         self._fresh_bytes[sid] = self._fresh_bytes.get(sid, 0) + nbytes
         return () if written == packed.number else packed.records(offset, written)
 
@@ -298,7 +302,7 @@ class Deliveries:
         if written:
             last = batch[written - 1][0]
             stream.done(last)
-            self.delivered += written
+            self._count(sid, written)
             size = sum(len(r[2]) for r in batch[:written])
             self._fresh_bytes[sid] = self._fresh_bytes.get(sid, 0) + size
         rest = batch[written : len(items)]
@@ -441,9 +445,13 @@ class Deliveries:
 
     # -- what is delivered, or bounced ------------------------------------------------------
 
+    def _count(self, sid: StreamId, delivered: int) -> None:
+        self.delivered += delivered
+        self.delivered_from[sid[0]] = self.delivered_from.get(sid[0], 0) + delivered
+
     def _delivered(self, sid: StreamId, stream: InStream, end: int, size: int) -> None:
         stream.done(end)
-        self.delivered += 1
+        self._count(sid, 1)
         self._fresh_bytes[sid] = self._fresh_bytes.get(sid, 0) + size
 
     def _bounce(self, sid: StreamId, stream: InStream, end: int, reason: str) -> None:

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from mybus_actors import codec, ringcore
+from mybus_actors import codec, counters, ringcore
 from mybus_actors.address import format_address, parse_address
 from mybus_actors.allocator import keep_freed_memory
 from mybus_actors.codec import Kind
@@ -48,9 +50,12 @@ from mybus_actors.registry import Registry
 from mybus_actors.relayed import PREFIX, RELAYED, dead_letter_id
 from mybus_actors.routing import GATEWAY
 
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
 __all__ = ["DEFAULT_PORT", "Gateway", "GatewayConfig", "main"]
 
-_log = logging.getLogger("mybus_actors.gateway")
+_log = logging.getLogger(__name__)
 
 _FLUSH_ON_STOP: Final = 2.0
 _RETRY: Final = 0.001  # seconds between tries to deliver into a full ring
@@ -81,7 +86,9 @@ class Gateway:
         self._local: list[tuple[str, int, bytes]] = []  # notices for local actors, waiting
         # Out of descriptors: deliveries wait and accepts pause; one line per episode.
         self._short_deliver = OnceLog(_log, "delivering to local actors")
+        self._short_counters = OnceLog(_log, "publishing the gateway's counters")
         self.dead_letters = 0
+        self.metrics_port: int | None = None  # with --metrics, the port it serves on
 
     @property
     def bound_port(self) -> int | None:
@@ -116,6 +123,7 @@ class Gateway:
             short=self._short_deliver,
         )  # fmt: skip
         quiet_refused_accepts(asyncio.get_running_loop(), self.peers.short_accept)
+        served: tuple[ThreadingHTTPServer, threading.Thread] | None = None
         try:
             self.endpoint.bind(GATEWAY)
             self.outbox.scan()  # what gateways before us left in the rings
@@ -130,6 +138,15 @@ class Gateway:
                 " (TLS)" if self.config.server_ssl else "",
             )
             _log.info("gateway of node %s: %s", self.node, ringcore.describe())
+            if self.config.metrics is not None:
+                from mybus_actors import metrics  # prometheus_client: only when asked
+
+                host, port = self.config.metrics
+                try:
+                    served = metrics.serve(registry, self.node, host, port)
+                except OSError as exc:
+                    raise MyBusError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+                self.metrics_port = served[0].server_port
             tasks = [
                 asyncio.create_task(self._pump(), name="pump"),
                 asyncio.create_task(self._maintain(), name="maintain"),
@@ -145,8 +162,12 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            if served is not None:
+                served[0].shutdown()
+                served[0].server_close()
             self.peers.close()
             self.deliveries.close()
+            counters.remove(registry.stats_path(self.endpoint.bell_path))
             self.endpoint.close()  # closes the rings it wrote: its own outboxes too
             self.outbox.maintain()  # rings drained and done with go; the others stay
             self.outbox.close()
@@ -397,11 +418,63 @@ class Gateway:
 
     async def _maintain(self) -> None:
         period = min(self.config.heartbeat / 2, 0.25)
+        next_publish = 0.0
         while True:
             await asyncio.sleep(period)
-            self.peers.maintain(time.monotonic())
+            now = time.monotonic()
+            self.peers.maintain(now)
             self.outbox.maintain()
             self.outbox.scan()
+            if now >= next_publish:
+                next_publish = now + counters.PUBLISH_EVERY
+                self.publish_counters()
+
+    def link_counters(self) -> counters.ProcessCounters:
+        """This gateway's counters: its links, its dead letters (see `counters.py`)."""
+        ep = self.endpoint
+        assert ep is not None
+        outbox, deliveries = self.outbox, self.deliveries
+        return counters.ProcessCounters(
+            pid=os.getpid(),
+            node=self.node,
+            core=ringcore.CORE,
+            updated=time.time(),
+            dead_letters=self.dead_letters,
+            duplicates=ep.duplicates,
+            links=tuple(
+                counters.LinkCounters(
+                    node=node,
+                    state=_state(link),
+                    rtt=link.rtt if link.up else None,
+                    resends=outbox.resends.get(node, 0),
+                    resent_bytes=outbox.resent_bytes.get(node, 0),
+                    duplicates=deliveries.duplicates.get(node, 0),
+                    frames_refused=link.frames_refused,
+                    refused=link.refused,
+                    reconnects=link.reconnects,
+                    delivered=deliveries.delivered_from.get(node, 0),
+                )
+                for node, link in sorted(self.peers.links.items())
+            ),
+        )
+
+    def publish_counters(self) -> None:
+        ep = self.endpoint
+        assert ep is not None
+        try:
+            counters.write(ep.registry.stats_path(ep.bell_path), self.link_counters())
+        except OSError as exc:
+            self._short_counters.failed(exc)
+        else:
+            self._short_counters.ok()
+
+
+def _state(link: Link) -> str:
+    if link.up:
+        return "up"
+    if link.unreachable:
+        return "unreachable"
+    return "connecting" if link.connecting is not None else "down"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -428,4 +501,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m mybus_actors.gateway`: run the module under its own name, so that its
+    # loggers are `mybus_actors.gateway`, not `__main__`.
+    from mybus_actors.gateway import main as _main
+
+    _main()

@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import ssl
-import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +21,13 @@ import attrs
 from mybus_actors import wire
 from mybus_actors.deliveries import DEFAULT_MAX_BUFFER
 from mybus_actors.errors import InvalidAddress
+from mybus_actors.logs import FORMATS
+from mybus_actors.logs import configure as configure_logging
 from mybus_actors.registry import default_node, resolve_runtime_dir, validate_name
 
 __all__ = ["DEFAULT_PORT", "GatewayConfig", "build_config", "certificate_names", "parser"]
 
-_log = logging.getLogger("mybus_actors.gateway")
+_log = logging.getLogger(__name__)
 
 DEFAULT_PORT: Final = 4096
 
@@ -49,6 +50,7 @@ class GatewayConfig:
     channel_idle: float = 30.0
     tls_verify_name: bool = True
     max_buffer: int = DEFAULT_MAX_BUFFER
+    metrics: tuple[str, int] | None = None  # where to serve Prometheus metrics
 
 
 def certificate_names(cert: dict[str, Any]) -> set[str]:
@@ -151,6 +153,15 @@ def parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="default info: a line per link up/down and per rejected peer",
     )  # fmt: skip
+    p.add_argument(
+        "--log-format", default="text", choices=list(FORMATS),
+        help="text (default) or json: one JSON object per line, for log shippers",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics", type=lambda t: _host_port(t, "--metrics"), metavar="HOST:PORT",
+        help="serve Prometheus metrics of this node (its actors, rings and links) on"
+        " http://HOST:PORT/metrics",
+    )  # fmt: skip
     return p
 
 
@@ -218,11 +229,7 @@ def build_config(argv: Sequence[str] | None = None) -> GatewayConfig:
     """Parse the command line into a config; exit with a message on bad input."""
     p = parser()
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s mybus-gateway %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging("mybus-gateway", args.log_level, args.log_format)
     secret = _secret(args, p)
     if args.tls_no_verify_name:
         _log.warning(
@@ -255,4 +262,5 @@ def build_config(argv: Sequence[str] | None = None) -> GatewayConfig:
         channel_idle=args.channel_idle,
         tls_verify_name=not args.tls_no_verify_name,
         max_buffer=args.max_buffer,
+        metrics=args.metrics,
     )

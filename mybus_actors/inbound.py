@@ -54,7 +54,7 @@ from mybus_actors.timers import ActivityTable
 
 __all__ = ["Batch", "Delivery", "Inbound", "Payload"]
 
-_log = logging.getLogger("mybus_actors.mailbox")
+_log = logging.getLogger(__name__)
 
 _MAX_SLEEP: Final = 0.5  # the doorbell sleep's safety net, should a wake-up ever go astray
 _HOT_SPIN: Final = 50e-6  # spin without yielding for this long, then yield each round

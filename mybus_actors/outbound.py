@@ -60,7 +60,7 @@ from mybus_actors.timers import ActivityTable
 
 __all__ = ["Outbound"]
 
-_log = logging.getLogger("mybus_actors.mailbox")
+_log = logging.getLogger(__name__)
 
 _ANNOUNCE_TIMEOUT: Final = 5.0
 _STATE: Final = _ring.STATE_MASK
@@ -856,7 +856,6 @@ class Outbound:
         self._next_out_sweep = now + self._sweep_every
         for key, out in list(self._rings.items()):
             written = out.producer.written
-            out.producer.publish_counters()  # for `mybus ls`: write() skips them
             if written != out.seen:
                 out.seen = written
                 self._out_table.touch(key, now)

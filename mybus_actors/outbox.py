@@ -43,7 +43,7 @@ from mybus_actors.registry import is_alive, parse_forward_name, parse_ring_filen
 
 __all__ = ["WINDOW", "OutStream", "Outbox"]
 
-_log = logging.getLogger("mybus_actors.gateway")
+_log = logging.getLogger(__name__)
 
 WINDOW: Final = 1 << 20  # bytes a stream may have sent and not acknowledged
 # On a new connection a stream starts with a small window that doubles with every
@@ -144,6 +144,9 @@ class Outbox:
         self._window: dict[str, int] = {}  # per node: what each stream may have in flight
         self._owed: list[tuple[OutStream, Record, str]] = []  # dead letters not written yet
         self.taken = 0  # records handed to the links so far (the pump's measure of a flow)
+        # Per node, for `mybus top` and metrics: times records went again, and their bytes.
+        self.resends: dict[str, int] = {}
+        self.resent_bytes: dict[str, int] = {}
 
     # -- finding rings ---------------------------------------------------------------
 
@@ -208,7 +211,13 @@ class Outbox:
         window that grows with the acknowledgements."""
         self._window[node] = FIRST_WINDOW
         for stream in self.active(node):
+            self._count_resend(node, stream.reader.position - stream.reader.head)
             stream.reader.rewind()
+
+    def _count_resend(self, node: str, nbytes: int) -> None:
+        if nbytes > 0:
+            self.resends[node] = self.resends.get(node, 0) + 1
+            self.resent_bytes[node] = self.resent_bytes.get(node, 0) + nbytes
 
     def next_runs(self, node: str, budget: int) -> list[Run]:
         """Runs for a DATA frame of about ``budget`` payload bytes, round robin."""
@@ -257,7 +266,9 @@ class Outbox:
                 stream.release()
                 self._window[node] = min(2 * self._window.get(node, FIRST_WINDOW), WINDOW)
         elif entry.kind is Control.REWIND:
+            before = stream.reader.position
             stream.reader.rewind_to(entry.position)
+            self._count_resend(node, before - stream.reader.position)
         else:
             record = stream.record_ending_at(entry.position)
             if record is not None:  # else released already, or not read again yet

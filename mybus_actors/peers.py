@@ -35,7 +35,7 @@ from mybus_actors.timers import ActivityTable
 
 __all__ = ["Link", "Peers", "Relay", "quiet_refused_accepts"]
 
-_log = logging.getLogger("mybus_actors.gateway")
+_log = logging.getLogger(__name__)
 
 _READ_SIZE: Final = 256 << 10
 _HANDSHAKE_TIMEOUT: Final = 5.0
@@ -144,6 +144,10 @@ class Link:
         self.refusals_logged: set[str] = set()  # kinds of refusal already logged
         self.frames_refused = 0  # connections closed on a bad frame
         self.reconnects = 0
+        # Round-trip time: a PING goes every heartbeat while the link is up, busy or not
+        # (`mybus top`, metrics); its token is when it went, in microseconds.
+        self.rtt: float | None = None
+        self.ping_token = 0
 
     @property
     def up(self) -> bool:
@@ -500,6 +504,9 @@ class Peers:
                     self.wake(link.node)
             elif isinstance(event, wire.Ping):
                 conn.send(proto.send_pong(event.token))
+            elif isinstance(event, wire.Pong):
+                if event.token == link.ping_token:
+                    link.rtt = time.monotonic() - event.token / 1e6
             elif isinstance(event, wire.Bye):
                 _log.info("link to %s: peer said goodbye (%s)", link.node, event.reason)
             elif isinstance(event, wire.ConnectionClosed):
@@ -586,9 +593,11 @@ class Peers:
                 )
                 conn.close()
                 self._link_down(link, "heartbeat lost", conn.label)
-            elif now - conn.last_tx > beat:
+            elif now - conn.last_tx > beat or now - link.ping_token / 1e6 > beat:
+                # Idle, it keeps the link alive; busy, it measures the round trip.
+                link.ping_token = int(now * 1e6)
                 with contextlib.suppress(LocalProtocolError):
-                    conn.send(conn.proto.send_ping(int(now * 1000)))
+                    conn.send(conn.proto.send_ping(link.ping_token))
 
 
 def quiet_refused_accepts(loop: asyncio.AbstractEventLoop, short: OnceLog) -> None:

@@ -32,7 +32,7 @@ from mybus_actors.supervision import OneForOne
 
 __all__ = ["ROUTINGS", "PoolRouter"]
 
-_log = logging.getLogger("mybus_actors.pool")
+_log = logging.getLogger(__name__)
 ROUTINGS = ("least-loaded", "round-robin")
 _HOLD_MAX = 10_000  # messages a pool keeps while no worker takes them
 _HOLD_FOR = 10.0  # seconds it keeps one (a tell's default timeout), then MailboxFull

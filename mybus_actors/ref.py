@@ -58,7 +58,7 @@ from mybus_actors.registry import (
 
 __all__ = ["Ref", "spawn", "spawn_pool"]
 
-_log = logging.getLogger("mybus_actors.ref")
+_log = logging.getLogger(__name__)
 _START_TIMEOUT: Final = 60.0
 _ERRORS: Final[dict[str, type[MyBusError]]] = {
     "NameTaken": NameTaken,

@@ -403,7 +403,8 @@ class Registry:
         """Open (creating if needed) the runtime directory `root`.
 
         `root`, its parent when that is named `mybus-<uid>`, and the `actors/`, `bells/`,
-        `rings/` and `blobs/` subdirectories are created with mode 0700 whatever the umask.
+        `rings/`, `blobs/`, `restarts/` and `stats/` subdirectories are created with mode
+        0700 whatever the umask.
 
         Raises:
             PermissionError: a runtime directory exists but belongs to another user.
@@ -420,7 +421,8 @@ class Registry:
             parent.mkdir(parents=True, exist_ok=True)
         _make_private_dir(self._root)
         for sub in (
-            self.actors_dir, self.bells_dir, self.rings_dir, self.blobs_dir, self.restarts_dir
+            self.actors_dir, self.bells_dir, self.rings_dir, self.blobs_dir, self.restarts_dir,
+            self.stats_dir,
         ):
             _make_private_dir(sub)
         self._gen_lock = threading.Lock()
@@ -458,6 +460,16 @@ class Registry:
     def restarts_dir(self) -> pathlib.Path:
         """`<root>/restarts/<name>`: a live supervisor restarts ``name`` when it ends."""
         return self._root / "restarts"
+
+    @property
+    def stats_dir(self) -> pathlib.Path:
+        """`<root>/stats/<doorbell>`: a process's published counters (`counters.py`)."""
+        return self._root / "stats"
+
+    def stats_path(self, doorbell: str | os.PathLike[str]) -> pathlib.Path:
+        """Where the process with doorbell ``doorbell`` publishes its counters: named as
+        the doorbell, so `reclaim` judges it the same way."""
+        return self.stats_dir / pathlib.Path(doorbell).name
 
     def expect_restart(self, name: str) -> None:
         """Mark ``name`` as one this process (its supervisor) starts again whenever it
@@ -645,12 +657,12 @@ class Registry:
         """Remove what dead processes left behind.
 
         That is: every stale entry with its rings; abandoned unreadable entries and temp
-        files; every doorbell whose process (pid and create time) is dead; and every ring
-        file neither of whose ends has a live entry. Rings into the gateway for other
-        nodes are outboxes, kept for the next gateway to send; with ``outboxes`` (an
-        operator's decision: those messages are given up) they go too when no gateway
-        is live and their writer is not, and so do the gateway's blob files and
-        `gateway_expected`.
+        files; every doorbell whose process (pid and create time) is dead, with its
+        counters; and every ring file neither of whose ends has a live entry. Rings into
+        the gateway for other nodes are outboxes, kept for the next gateway to send;
+        with ``outboxes`` (an operator's decision: those messages are given up) they go
+        too when no gateway is live and their writer is not, and so do the gateway's
+        blob files and `gateway_expected`.
 
         Returns:
             The stale entries reclaimed.
@@ -676,6 +688,9 @@ class Registry:
         for fname in self._listdir(self.bells_dir):
             if self._bell_is_dead(fname):
                 _unlink(self.bells_dir / fname)
+        for fname in self._listdir(self.stats_dir):  # named as doorbells, or their temps
+            if self._bell_is_dead(fname.removeprefix(".tmp-")):
+                _unlink(self.stats_dir / fname)
         for fname in self._listdir(self.restarts_dir):
             if fname.startswith(".tmp-"):  # a mark half written by a process now dead
                 pid = fname.split("-")[1]

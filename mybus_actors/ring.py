@@ -78,6 +78,7 @@ __all__ = [
     "Record",
     "RingStats",
     "buffer_size",
+    "header_stats",
     "init_ring",
 ]
 
@@ -224,6 +225,32 @@ class _RingView:
         )
 
 
+def header_stats(header: bytes) -> RingStats:
+    """The counters in a copy of a ring's first `HEADER_SIZE` bytes (what `mybus top`
+    and metrics read with one ``pread``, never mapping the ring).
+
+    The copy is not atomic as a whole: each word is whole (8-byte aligned stores), but
+    the counters may be from slightly different moments, as any sampled gauge is.
+
+    Raises:
+        RingCorrupted: not a ring header of this layout.
+    """
+    if len(header) < HEADER_SIZE:
+        raise RingCorrupted(f"a ring header has {HEADER_SIZE} bytes, got {len(header)}")
+    w = memoryview(header)[:HEADER_SIZE].cast("Q")
+    if w[_MAGIC] != MAGIC or w[_VERSION] != VERSION:
+        raise RingCorrupted(f"not a layout-{VERSION} ring header")
+    return RingStats(
+        capacity=w[_CAPACITY],
+        used=max(0, w[_TAIL] - w[_HEAD]),
+        messages_written=w[_MSGS_W],
+        bytes_written=w[_BYTES_W],
+        full_events=w[_FULL],
+        messages_read=w[_MSGS_R],
+        bytes_read=w[_BYTES_R],
+    )
+
+
 @attrs.frozen
 class RingStats:
     """A snapshot of a ring's counters (for `mybus ls` and tests)."""
@@ -240,9 +267,9 @@ class RingStats:
 class Producer(_RingView):
     """The writing end. One thread of one process at a time.
 
-    The shared message and byte counters are refreshed on every batch and fragment
-    publish, and by `publish_counters` (a caller's periodic sweep): `write` skips them
-    to stay cheap. The producer's own `stats()` is always exact.
+    The shared message and byte counters are published with the tail, by every write,
+    batch and fragment (`mybus top` reads them from the header, even of a ring whose
+    reader is stopped); `publish_counters` stays for a caller that wants them now.
     """
 
     def __init__(self, buf: Any) -> None:
@@ -356,8 +383,10 @@ class Producer(_RingView):
         words[start >> 3] = n | (WHOLE << 32) | (meta << 40)
         tail += size
         self._tail = tail
-        self._msgs += 1
-        self._bytes += n
+        # The counters are published with every message (for `mybus top`: a reader that
+        # was stopped never reads the ones it would otherwise count).
+        words[_MSGS_W] = self._msgs = self._msgs + 1
+        words[_BYTES_W] = self._bytes = self._bytes + n
         words[_TAIL] = tail  # the commit point
         self._acquire()
         self._release()

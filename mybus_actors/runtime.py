@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from mybus_actors import codec
+from mybus_actors import codec, counters, ringcore
 from mybus_actors.actor import Actor
 from mybus_actors.address import format_address, parse_address
 from mybus_actors.aio import AsyncReceives
@@ -64,7 +64,7 @@ from mybus_actors.watches import Watches
 
 __all__ = ["STOP", "Runtime", "TimerHandle", "run"]
 
-_log = logging.getLogger("mybus_actors.runtime")
+_log = logging.getLogger(__name__)
 
 _USER: Final = int(Kind.USER)
 _ASK: Final = int(Kind.ASK)
@@ -149,6 +149,10 @@ class Runtime(Children):
         # Replies and notices that could not be sent for lack of descriptors or memory:
         # one warning per episode, not one per message.
         self._short = OnceLog(_log, f"runtime of node {self.node} (pid {os.getpid()})")
+        # Published for `mybus top` and metrics while the dispatcher runs (`counters`).
+        self._counters_path = self.registry.stats_path(self.endpoint.bell_path)
+        self._next_publish = 0.0
+        self._counters_short = OnceLog(_log, f"counters of pid {os.getpid()}")
 
     # -- hosting -------------------------------------------------------------------
 
@@ -306,6 +310,7 @@ class Runtime(Children):
             self.tell(
                 cell.name, to, message, timeout=timeout, kind=_ASK, corr=corr, reply_to=reply_to
             )
+            cell.sent += 1
         except BaseException:
             self.asks.pop(corr)
             handle.cancel()
@@ -321,6 +326,7 @@ class Runtime(Children):
             self.tell(cell.name, to, message, kind=_REPLY, corr=cell.cur_corr)
         else:
             self.tell(cell.name, to, message)
+        cell.sent += 1
 
     def _reply_error(self, cell: _Cell, to: str, corr: int, exc: BaseException) -> None:
         """Tell an asker its ask failed; a failure to do so is logged, never raised.
@@ -468,6 +474,7 @@ class Runtime(Children):
             else:
                 self._bounce(sender, receiver, items)
             return
+        cell.received += len(items)
         for meta, payload in items:
             kind = meta & _KIND_MASK
             try:
@@ -569,6 +576,7 @@ class Runtime(Children):
         elif kind == _REROUTE:
             self._reroute(cell, sender, corr, msg)
         elif kind == _DEAD:
+            cell.dead_letters += 1
             message, reason = msg
             if cell.actor is not None and not cell.finished:
                 try:
@@ -725,12 +733,16 @@ class Runtime(Children):
         Running out of descriptors or memory is contained here as a last resort (each
         message's own handling contains it first): the actors stay up, logged once.
         """
+        clock = self._clock
         while self.cells:
             if self._stop_all.is_set():
                 self._end_all()
                 break
             try:
-                if not self.do_work():
+                work = self.do_work()
+                if clock() >= self._next_publish:
+                    self.publish_counters()
+                if not work:
                     self._idle()
             except ResourceExhausted as exc:
                 self._short.failed(exc)
@@ -740,6 +752,27 @@ class Runtime(Children):
         """One duty cycle (dispatcher.py): due timers, local messages, one poll of the
         rings, a pass of async receives, the stop pass."""
         return self.dispatcher.do_work()
+
+    def publish_counters(self) -> None:
+        """Write this process's counters for `mybus top` and metrics (`counters.py`);
+        `run_until_stopped` does it every `counters.PUBLISH_EVERY` seconds. A full
+        runtime directory is logged once, never raised: the counters are only a view."""
+        self._next_publish = self._clock() + counters.PUBLISH_EVERY
+        snapshot = counters.ProcessCounters(
+            pid=os.getpid(),
+            node=self.node,
+            core=ringcore.CORE,
+            updated=time.time(),
+            dead_letters=self.dead_letters,
+            duplicates=self.endpoint.duplicates,
+            actors=tuple(_counters_of(c) for c in self.cells.values() if c.name[0] != "_"),
+        )
+        try:
+            counters.write(self._counters_path, snapshot)
+        except OSError as exc:
+            self._counters_short.failed(exc)
+        else:
+            self._counters_short.ok()
 
     # -- what the dispatcher needs of us (`DispatchHost`) ---------------------------
 
@@ -751,6 +784,7 @@ class Runtime(Children):
             sender, receiver, kind, corr, msg = local.popleft()
             cell = self.cells.get(receiver)
             if cell is not None:
+                cell.received += 1
                 self._dispatch(cell, sender, kind, corr, msg)
             else:
                 _log.warning("dead letter for %s (stopped): %r", receiver, msg)
@@ -835,6 +869,7 @@ class Runtime(Children):
         self.watches.close()
         self.asks.fail_all(lambda f: MailboxClosed(f"{f.description}: the runtime closed"))
         self.aio.close()
+        counters.remove(self._counters_path)
         self.endpoint.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -846,6 +881,19 @@ class Runtime(Children):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _counters_of(cell: _Cell) -> counters.ActorCounters:
+    return counters.ActorCounters(
+        name=cell.name,
+        received=cell.received,
+        sent=cell.sent,
+        dead_letters=cell.dead_letters,
+        restarts=cell.restarts,
+        queued=len(cell.backlog),
+        instance=cell.instance,
+        parent=cell.parent.name if cell.parent is not None else None,
+    )
 
 
 def run(

@@ -25,7 +25,7 @@ from mybus_actors.timers import TimerWheel
 
 __all__ = ["Scheduler"]
 
-_log = logging.getLogger("mybus_actors.runtime")
+_log = logging.getLogger(__name__)
 
 
 class Scheduler:

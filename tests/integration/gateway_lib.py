@@ -13,31 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from waiting import wait_for_file
 
 import mybus_actors as mb
+from mybus_actors.testing.gateway_process import GATEWAY_COMMAND as GATEWAY_COMMAND
+from mybus_actors.testing.gateway_process import GatewayProcess
+from mybus_actors.testing.gateway_process import LogReader as LogReader
+from mybus_actors.testing.gateway_process import child_pythonpath as child_pythonpath
+from mybus_actors.testing.gateway_process import free_port as free_port
 
 LIMIT = 30.0  # the longest any actor here waits on an ask of its own
-# How tests start ``mybus-gateway``: through this interpreter, never a PATH lookup, so
-# that ``venv/bin/python -m pytest`` works without an activated venv.
-GATEWAY_COMMAND = [sys.executable, "-m", "mybus_actors.gateway"]
 
-
-def child_pythonpath() -> str:
-    """This process's import path, for a child that must import what we import."""
-    return os.pathsep.join(p for p in sys.path if p)
+# The gateway process, its log and the helpers around it are the test kit's
+# (mybus_actors.testing): the project's tests run on what its users get.
+GatewayProc = GatewayProcess
 
 
 # -- actors ----------------------------------------------------------------------------
@@ -341,141 +338,6 @@ def wait_released(runtime_dir: Path, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class LogReader:
-    """Collects a process's stderr lines in a thread; `wait_for` polls with a deadline."""
-
-    def __init__(self, stream: Any, label: str) -> None:
-        self.label = label
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: Any) -> None:
-        for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        stream.close()
-
-    def text(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def count(self, regex: str) -> int:
-        with self._cond:
-            return sum(1 for line in self.lines if re.search(regex, line))
-
-    def wait_for(self, regex: str, timeout: float = 10.0, *, count: int = 1) -> str:
-        """The ``count``-th line matching ``regex``; AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                hits = [line for line in self.lines if re.search(regex, line)]
-                if len(hits) >= count:
-                    return hits[count - 1]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"{self.label}: no {count} line(s) matching {regex!r} within "
-                        f"{timeout}s; log so far:\n" + "\n".join(self.lines[-60:])
-                    )
-                self._cond.wait(min(remaining, 0.5))
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
-class GatewayProc:
-    """One ``mybus-gateway`` process, its stderr read by a thread."""
-
-    def __init__(
-        self,
-        node: str,
-        runtime_dir: Path,
-        port: int,
-        *,
-        peers: dict[str, tuple[str, int]] | None = None,
-        secret: str | None = None,
-        secret_file: Path | None = None,
-        host: str = "127.0.0.1",
-        extra: Iterable[str] = (),
-        prefix: Iterable[str] = (),
-    ) -> None:
-        self.node = node
-        self.runtime_dir = runtime_dir
-        self.port = port
-        self.peers, self.secret, self.secret_file = peers, secret, secret_file
-        self.host, self.extra, self.prefix = host, list(extra), list(prefix)
-        argv = [
-            *prefix,
-            *GATEWAY_COMMAND,
-            "--node", node,
-            "--runtime-dir", str(runtime_dir),
-            "--listen", f"{host}:{port}",
-        ]  # fmt: skip
-        for peer, (phost, pport) in (peers or {}).items():
-            argv += ["--peer", f"{peer}={phost}:{pport}"]
-        if secret_file is not None:
-            argv += ["--secret-file", str(secret_file)]
-        argv += list(extra)
-        env = {k: v for k, v in os.environ.items() if k != "MYBUS_SECRET"}
-        env["PYTHONPATH"] = child_pythonpath()
-        if secret is not None:
-            env["MYBUS_SECRET"] = secret
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        self.log = LogReader(self.proc.stderr, f"gateway {node}")
-        self.killed = False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_listening(self, timeout: float = 15.0) -> None:
-        try:
-            self.log.wait_for(r"listening on", timeout)
-        except AssertionError:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"gateway {self.node} exited {self.proc.returncode}:\n{self.log.text()}"
-                ) from None
-            raise
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        """SIGTERM, then wait (SIGKILL if it hangs); the exit code (or -9 after a kill)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.join(5)
-        return int(self.proc.returncode)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.killed = True
-        self.proc.wait(10)
-
-
 class _Pair:
     """Both sockets of one forwarded connection; the second copier to finish closes them."""
 
@@ -501,8 +363,10 @@ class _Pair:
 
 class CuttingProxy:
     """A TCP forwarder to ``target`` that cuts every connection every ``period`` seconds,
-    and (with ``every_bytes``) each time that many more bytes went towards the target:
-    cuts that land while traffic flows, however fast it flows.
+    and (with ``every_bytes``) each time that many more bytes went through it, either
+    way: cuts that land while traffic flows, however fast it flows and whichever side
+    dialled the connection it flows on (a stream from the target's side rides a
+    connection the other side may have opened).
 
     Threads: one accepts, two per connection copy bytes, one cuts. `close` stops them all.
     """
@@ -513,7 +377,7 @@ class CuttingProxy:
         self.target = target
         self.period = period
         self.every_bytes = every_bytes
-        self.forwarded = 0  # bytes towards the target, over all connections
+        self.forwarded = 0  # bytes through it, both ways, over all connections
         self._stalled_until = 0.0  # `stall`: nothing is forwarded before then
         self.accepted = 0
         self.cuts = 0
@@ -553,12 +417,11 @@ class CuttingProxy:
                 self.accepted += 1
                 self._pairs.add(pair)
                 for src, dst in ((client, upstream), (upstream, client)):
-                    args = (pair, src, dst, src is client)
-                    t = threading.Thread(target=self._copy, args=args, daemon=True)
+                    t = threading.Thread(target=self._copy, args=(pair, src, dst), daemon=True)
                     t.start()
                     self._copiers.append(t)
 
-    def _copy(self, pair: _Pair, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+    def _copy(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(256 << 10)
@@ -567,7 +430,7 @@ class CuttingProxy:
                 while time.monotonic() < self._stalled_until and not self._stop.is_set():
                     time.sleep(0.01)  # a stalled path: the bytes wait, TCP pushes back
                 dst.sendall(data)
-                if upstream and self.every_bytes:
+                if self.every_bytes:
                     with self._lock:
                         before = self.forwarded
                         self.forwarded += len(data)

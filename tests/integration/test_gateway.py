@@ -8,6 +8,10 @@ timeout). The `cluster` fixture stops every actor, closes every client, stops ea
 gateway with SIGTERM and asserts it exited 0, then asserts that no file is left in any
 node's directory; `runtime_dir` then asserts that no child process is left. Tests that
 move many messages, or 100 MiB, are marked ``stress``.
+
+Tests that need nothing but two (or three) plain nodes take the user's test kit's
+`mybus_cluster` instead (``mybus_actors.testing``: the same checks at teardown, and
+its gateways reach each other through the kit's link proxies).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pytest
 import mybus_actors as mb
 from mybus_actors.ref import close_clients
 from mybus_actors.registry import Registry
+from mybus_actors.testing import ClusterFactory
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -206,14 +211,14 @@ def two_nodes(cluster: Cluster, *extra: str) -> tuple[lib.GatewayProc, lib.Gatew
 # -- 1. ask and tell, both directions --------------------------------------------------
 
 
-def test_ask_and_tell_across_two_nodes_both_ways(cluster: Cluster) -> None:
-    two_nodes(cluster)
-    cluster.spawn(lib.Echo, "echo", "beta")
-    cluster.spawn(lib.Echo, "echo", "alpha")
-    cluster.spawn(lib.Echo, "relay", "alpha", notify="observer")
-    on_alpha = cluster.connect("alpha", "asker")
-    observer = cluster.connect("alpha", "observer")
-    on_beta = cluster.connect("beta", "asker")
+def test_ask_and_tell_across_two_nodes_both_ways(mybus_cluster: ClusterFactory) -> None:
+    alpha, beta = mybus_cluster(2, names=["alpha", "beta"])
+    beta.spawn(lib.Echo, "echo")
+    alpha.spawn(lib.Echo, "echo")
+    alpha.spawn(lib.Echo, "relay", kwargs={"notify": "observer"})
+    on_alpha = alpha.connect("asker")
+    observer = alpha.connect("observer")
+    on_beta = beta.connect("asker")
 
     # alpha -> beta and beta -> alpha; the remote actor sees the sender qualified.
     seen = on_alpha.ask("beta/echo", ("whoami",), timeout=WAIT)
@@ -266,7 +271,7 @@ CORES = [
 ]
 
 
-def core_of(gateway: lib.GatewayProc) -> str:
+def core_of(gateway: lib.GatewayProcess) -> str:
     """The ring core a gateway says it runs (its log's line at start)."""
     return "python" if gateway.log.count(r"ring core: pure Python") else "native"
 
@@ -307,15 +312,16 @@ def test_three_senders_on_alpha_into_one_collector_on_beta(
 
 @pytest.mark.parametrize("core_env", CORES)
 def test_per_pair_order_holds_for_a_large_message_then_small_ones(
-    cluster: Cluster, core_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    mybus_cluster: ClusterFactory, core_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key, value in core_env.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value)  # inherited by the gateways and spawned actors
     size = 4 << 20  # cut into fragments on the link
-    two_nodes(cluster)
-    observer = cluster.connect("beta", "observer")
-    cluster.spawn(lib.Sink, "sink", "beta", notify="observer")
-    me = cluster.connect("alpha")
+    cluster = mybus_cluster(2, names=["alpha", "beta"])
+    alpha, beta = cluster
+    observer = beta.connect("observer")
+    beta.spawn(lib.Sink, "sink", kwargs={"notify": "observer"})
+    me = alpha.connect()
     me.tell("beta/sink", ("before", 0))
     me.tell("beta/sink", lib.pattern(size))
     for i in range(3):
@@ -331,7 +337,7 @@ def test_per_pair_order_holds_for_a_large_message_then_small_ones(
         ("after", 2),
     ]
     expected = "python" if core_env else "native"
-    assert [core_of(cluster.gateways[n]) for n in ("alpha", "beta")] == [expected] * 2
+    assert [core_of(cluster.gateway(n)) for n in ("alpha", "beta")] == [expected] * 2
 
 
 # -- 3. connections cut every few hundred ms -------------------------------------------
@@ -690,14 +696,15 @@ def test_no_secret_refuses_to_start_and_help_documents_every_flag(cluster: Clust
 # -- 9. watching across nodes ----------------------------------------------------------
 
 
-def test_watch_across_nodes_stopped_and_node_unreachable(cluster: Cluster) -> None:
-    cluster.gateway("alpha", ["beta"], extra=["--unreachable-grace", "1"])
-    beta = cluster.gateway("beta", ["alpha"])
-    x = cluster.spawn(lib.Echo, "x", "beta")
-    cluster.spawn(lib.Echo, "y", "beta")
-    cluster.spawn(lib.Watcher, "watcher", "alpha", forward="alpha/observer")
-    observer = cluster.connect("alpha", "observer")
-    me = cluster.connect("alpha")
+def test_watch_across_nodes_stopped_and_node_unreachable(mybus_cluster: ClusterFactory) -> None:
+    cluster = mybus_cluster(2, names=["alpha", "beta"],
+                            node_args={0: ["--unreachable-grace", "1"]})  # fmt: skip
+    alpha, beta = cluster
+    x = beta.spawn(lib.Echo, "x")
+    beta.spawn(lib.Echo, "y")
+    alpha.spawn(lib.Watcher, "watcher", kwargs={"forward": "alpha/observer"})
+    observer = alpha.connect("observer")
+    me = alpha.connect()
 
     assert me.ask("watcher", ("watch", "beta/x"), timeout=WAIT) == "watching"
     assert observer.receive(timeout=WAIT) == ("synced", "beta/x")  # x has read the watch
@@ -706,18 +713,20 @@ def test_watch_across_nodes_stopped_and_node_unreachable(cluster: Cluster) -> No
 
     assert me.ask("watcher", ("watch", "beta/y"), timeout=WAIT) == "watching"
     assert observer.receive(timeout=WAIT) == ("synced", "beta/y")
-    beta.kill()
+    cluster.kill_gateway(beta)
     assert observer.receive(timeout=WAIT) == mb.Terminated("beta/y", "node unreachable")
 
 
 # -- 10. what comes back, and a gateway out of descriptors ------------------------------
 
 
-def test_a_client_hears_remote_bounces_and_a_bounced_ask_fails_at_once(cluster: Cluster) -> None:
-    two_nodes(cluster)
-    cluster.spawn(lib.Echo, "echo", "beta")
+def test_a_client_hears_remote_bounces_and_a_bounced_ask_fails_at_once(
+    mybus_cluster: ClusterFactory,
+) -> None:
+    alpha, beta = mybus_cluster(2, names=["alpha", "beta"])
+    beta.spawn(lib.Echo, "echo")
     heard: list[tuple[Any, str]] = []
-    me = cluster.connect("alpha", on_dead_letter=lambda m, why: heard.append((m, why)))
+    me = alpha.connect(on_dead_letter=lambda m, why: heard.append((m, why)))
     assert me.ask("beta/echo", "up", timeout=WAIT) == "up"
 
     for i in range(10):

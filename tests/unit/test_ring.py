@@ -38,6 +38,7 @@ from mybus_actors.ring import (
     Reader,
     Record,
     buffer_size,
+    header_stats,
     init_ring,
 )
 
@@ -1023,15 +1024,31 @@ def test_unread_and_shared_counters() -> None:
     assert p.stats().messages_written == 5  # the producer's own view is exact
     assert len(c.poll(budget=2)) == 2
     assert p.unread == 3
-    p.publish_counters()
+    # Every write publishes them with the tail: a reader that stopped reading (SIGSTOP)
+    # still shows what waits for it (`mybus top`), with nobody's sweep.
     stats = c.stats()
     assert (stats.messages_written, stats.bytes_written) == (5, 50)
     assert (stats.messages_read, stats.bytes_read) == (2, 20)
     assert p.write(b"x") != FULL
-    p.close()  # closing publishes the counters too
+    assert c.stats().messages_written == 6
+    p.close()
     assert c.stats().messages_written == 6
     assert len(drain(c)) == 4
     assert p.unread == 0
+
+
+def test_header_stats_reads_the_counters_from_a_copy_of_the_header() -> None:
+    buf, p, c = make_ring()
+    for i in range(3):
+        assert p.write(message(i, 10), i) != FULL
+    assert len(c.poll(budget=1)) == 1
+    got = header_stats(bytes(buf[:HEADER_SIZE]))
+    assert got == c.stats()
+    assert (got.messages_written, got.messages_read, got.used) == (3, 1, 2 * record_size(10))
+    with pytest.raises(RingCorrupted):
+        header_stats(bytes(HEADER_SIZE))  # zeroes: no magic
+    with pytest.raises(RingCorrupted):
+        header_stats(bytes(buf[:100]))
 
 
 def test_producer_identity_is_seen_by_the_consumer() -> None:
