@@ -255,16 +255,21 @@ def test_metrics_of_a_node_without_gateway_rise_during_a_stream(runtime_dir: Pat
                 and s,
                 "a first scrape with messages received",
             )
-            time.sleep(1.0)  # two publishes of the counters apart (every 0.5 s)
-            second = _scrape(url)
-        for name, labels in (
-            ("mybus_actor_messages_received_total", {"actor": "counter"}),
-            ("mybus_actor_messages_sent_total", {"actor": "pump"}),
-            ("mybus_ring_messages_read_total", {"writer": "pump", "reader": "counter"}),
-            ("mybus_ring_bytes_read_total", {"writer": "pump", "reader": "counter"}),
-        ):
-            before, after = _value(first, name, **labels), _value(second, name, **labels)
-            assert after > before, f"{name} {labels} did not rise: {before} -> {after}"
+            rising = (
+                ("mybus_actor_messages_received_total", {"actor": "counter"}),
+                ("mybus_actor_messages_sent_total", {"actor": "pump"}),
+                ("mybus_ring_messages_read_total", {"writer": "pump", "reader": "counter"}),
+                ("mybus_ring_bytes_read_total", {"writer": "pump", "reader": "counter"}),
+            )
+
+            def all_rose() -> dict[Any, float] | None:
+                s = _scrape(url)
+                rose = all(_value(s, n, **ls) > _value(first, n, **ls) for n, ls in rising)
+                return s if rose else None
+
+            # The processes publish their counters every 0.5 s: a later scrape shows
+            # every one of them higher (bounded: a stream that stalled fails here).
+            second = _until(all_rose, "every counter higher in a later scrape")
         assert _value(second, "mybus_process_resident_memory_bytes") > 0
     finally:
         for ref in refs:
