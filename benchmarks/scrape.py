@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 import mybus_actors as mb
 
 _SCRAPER = r"""
@@ -61,7 +63,10 @@ while True:
         conn.close()
         conn = http.client.HTTPConnection(host, int(port), timeout=5)
     i += 1
-print(json.dumps({"scrapes": len(latencies), "failures": failures, "latencies": latencies}))
+import os
+cpu = sum(os.times()[:2])
+print(json.dumps({"scrapes": len(latencies), "failures": failures, "latencies": latencies,
+                  "cpu": cpu}))
 """
 
 
@@ -99,21 +104,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _window(me: mb.Client, seconds: float, scraper: list[str] | None) -> tuple[float, Any]:
-    """The Counter's receive rate over ``seconds``, with the scraper running if given."""
+def _window(
+    me: mb.Client, seconds: float, scraper: list[str] | None, server: psutil.Process
+) -> tuple[float, Any]:
+    """The Counter's receive rate over ``seconds``, with the scraper running if given;
+    and the scraper's report, with the CPU seconds the server spent in the window."""
     proc = None
     if scraper is not None:
         proc = subprocess.Popen(scraper, stdout=subprocess.PIPE, text=True)
     try:
         first = me.ask("counter", "count?", timeout=30)
         t0 = time.monotonic()
+        served_cpu = sum(server.cpu_times()[:2])
         time.sleep(seconds)
+        served_cpu = sum(server.cpu_times()[:2]) - served_cpu
         last = me.ask("counter", "count?", timeout=30)
         rate = (last - first) / (time.monotonic() - t0)
         report = None
         if proc is not None:
             out, _ = proc.communicate(timeout=seconds + 30)
             report = json.loads(out)
+            report["server_cpu"] = served_cpu
         return rate, report
     finally:
         if proc is not None and proc.poll() is None:
@@ -145,6 +156,7 @@ def main() -> None:
         refs.append(mb.spawn(Counter, "counter", node=node, runtime_dir=root))
         refs.append(mb.spawn(Pump, "pump", node=node, runtime_dir=root))
         scraper = [sys.executable, "-c", _SCRAPER, url, str(args.rate), str(args.seconds)]
+        watched = psutil.Process(server.pid)
         with mb.connect(node=node, runtime_dir=root) as me:
             assert me.ask("pump", ("pump", "counter"), timeout=30) == "pumping"
             time.sleep(1.0)  # the stream settles; the server is up by now
@@ -152,11 +164,15 @@ def main() -> None:
                 order = ("off", "on") if r % 2 == 0 else ("on", "off")
                 row: dict[str, Any] = {"round": r + 1}
                 for mode in order:
-                    rate, report = _window(me, args.seconds, scraper if mode == "on" else None)
+                    rate, report = _window(
+                        me, args.seconds, scraper if mode == "on" else None, watched
+                    )
                     row[mode] = rate
                     if report is not None:
                         row["scrapes"] = report["scrapes"]
                         row["failures"] = report["failures"]
+                        row["server_cpu_ms"] = report["server_cpu"] * 1e3 / report["scrapes"]
+                        row["scraper_cpu_ms"] = report["cpu"] * 1e3 / report["scrapes"]
                         row["latency_ms"] = statistics.median(report["latencies"]) * 1e3
                         row["latency_p99_ms"] = (
                             sorted(report["latencies"])[int(0.99 * len(report["latencies"]))]
@@ -185,15 +201,16 @@ def main() -> None:
           f" nproc {os.cpu_count()}")  # fmt: skip
     print()
     print("| round | unscraped msg/s | scraped msg/s | scraped/unscraped | scrapes served |"
-          " failed | scrape median ms | p99 ms |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          " failed | scrape median ms | p99 ms | server CPU ms/scrape |"
+          " scraper CPU ms/scrape |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['round']} | {r['off']:,.0f} | {r['on']:,.0f} | {r['on'] / r['off']:.3f} |"
             f" {r['scrapes']} | {r['failures']} | {r['latency_ms']:.2f} |"
-            f" {r['latency_p99_ms']:.2f} |"
+            f" {r['latency_p99_ms']:.2f} | {r['server_cpu_ms']:.3f} | {r['scraper_cpu_ms']:.3f} |"
         )
-    print(f"| median | {off:,.0f} | {on:,.0f} | {ratio:.3f} | | | | |")
+    print(f"| median | {off:,.0f} | {on:,.0f} | {ratio:.3f} | | | | | | |")
     verdict = "PASS" if ratio >= 0.9 else "MISS"
     print(f"\n{verdict} scraped stream >= 0.90x unscraped: {ratio:.3f}x (median of rounds)")
     if args.json is not None:

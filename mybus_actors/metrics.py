@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mybus_actors import counters
 from mybus_actors.registry import Registry
 from mybus_actors.snapshot import labels, ring_label, take
 
@@ -214,7 +215,8 @@ class _Exposition:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a scraper reuses its connection
-    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms stall
+    wbufsize = 1 << 16  # headers and body leave in one write (flushed after each request)
+    disable_nagle_algorithm = True  # a larger body is a second write: no 40 ms stall
     exposition: _Exposition  # set on the subclass `serve` makes
 
     def do_GET(self) -> None:
@@ -234,7 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("%s %s", self.address_string(), format % args)
+        if _log.isEnabledFor(logging.DEBUG):  # one line per request: format only if kept
+            _log.debug("%s %s", self.address_string(), format % args)
 
 
 class _Server(ThreadingHTTPServer):
@@ -242,15 +245,22 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(
-    registry: Registry, node: str, host: str, port: int, *, min_interval: float = 0.1
+    registry: Registry,
+    node: str,
+    host: str,
+    port: int,
+    *,
+    min_interval: float = counters.PUBLISH_EVERY,
 ) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve ``http://host:port/metrics`` from a daemon thread; returns the server (its
     ``server_port`` is the port bound, when ``port`` is 0) and the thread. Stop it with
     ``server.shutdown()`` and ``server.server_close()``.
 
-    Requests less than ``min_interval`` seconds apart share one reading of the node
-    (a dashboard polling ten times a second costs one reading per tenth): the processes
-    publish their own counters only every `counters.PUBLISH_EVERY` seconds anyway.
+    Requests less than ``min_interval`` seconds apart share one reading of the node, so
+    a scraper polling a hundred times a second costs two readings a second (a reading of
+    a few processes takes milliseconds, most of it ``prometheus_client``'s formatting).
+    The default is the age the processes' own counters may have anyway: they publish
+    them every `counters.PUBLISH_EVERY` seconds.
 
     Raises:
         OSError: the address cannot be bound.

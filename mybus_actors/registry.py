@@ -645,10 +645,11 @@ class Registry:
     def list(self) -> builtins.list[Entry]:
         """Return the live entries, sorted by name; stale ones are reclaimed on the way."""
         live: builtins.list[Entry] = []
+        alive: dict[tuple[int, float], bool] = {}  # one probe per process, not per actor
         for name in self._entry_names():
             slot = self._read(name)
             if slot is not None:
-                held = self._judge(name, slot)
+                held = self._judge(name, slot, alive)
                 if held is not None:
                     live.append(held)
         return sorted(live, key=lambda e: e.name)
@@ -810,15 +811,23 @@ class Registry:
             entry = None
         return _Slot(entry, _ident(st), st.st_mtime)
 
-    def _judge(self, name: str, slot: _Slot) -> Entry | None:
+    def _judge(
+        self, name: str, slot: _Slot, alive: dict[tuple[int, float], bool] | None = None
+    ) -> Entry | None:
         """Return the slot's entry if it is live; otherwise reclaim it (a corrupt one only
-        once it is old enough) and return None."""
+        once it is old enough) and return None. ``alive`` memoises the liveness of the
+        processes seen so far in one pass over the entries."""
         held = slot.entry
         if held is None:
             if time.time() - slot.mtime >= _CORRUPT_GRACE:
                 self._delete_if_same(name, slot, None)
             return None
-        if is_alive(held.pid, held.create_time):
+        key = (held.pid, held.create_time)
+        if alive is None:
+            lives = is_alive(*key)
+        elif (lives := alive.get(key)) is None:
+            lives = alive[key] = is_alive(*key)
+        if lives:
             return held
         self._delete_if_same(name, slot, held)
         return None
