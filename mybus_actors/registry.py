@@ -823,11 +823,12 @@ class Registry:
                 self._delete_if_same(name, slot, None)
             return None
         key = (held.pid, held.create_time)
-        if alive is None:
-            lives = is_alive(*key)
-        elif (lives := alive.get(key)) is None:
-            lives = alive[key] = is_alive(*key)
-        if lives:
+        known = None if alive is None else alive.get(key)
+        if known is None:
+            known = is_alive(*key)
+            if alive is not None:
+                alive[key] = known
+        if known:
             return held
         self._delete_if_same(name, slot, held)
         return None
