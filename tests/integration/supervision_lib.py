@@ -133,6 +133,13 @@ class UnderFire(Supervisor):
     supervision = mb.OneForOne(max_restarts=3, within=1.0, backoff=(0.01, 0.1))
 
 
+class GivesUp(Supervisor):
+    """For kills in a row past the budget: a window far longer than four restarts take,
+    however slow the machine is at starting a process."""
+
+    supervision = mb.OneForOne(max_restarts=3, within=30.0, backoff=(0.01, 0.1))
+
+
 class Many(mb.Actor):
     """("start", n) spawns n in-process children and asks each; replies the timings."""
 
