@@ -18,6 +18,11 @@
  *   consumer: announce WAITING, then re-check the tail) is the store-load pattern that
  *   only a sequentially consistent fence orders: both sides issue one.
  * Every shared word is an aligned 8-byte atomic, so no reader sees a torn value.
+ *
+ * Beside the ring ends, two callables take the common case of the two calls every
+ * local message makes off the Python interpreter: `Sender` (Outbound.send: a channel
+ * in use, one record) and `Encoder` (codec.encode: a message with no envelope). Each
+ * stands in front of the Python function and hands it everything else.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,6 +30,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <structmember.h>
+#include <time.h>
 
 #define MAGIC 0x3130474E49525542ULL
 #define VERSION 3
@@ -1675,6 +1682,363 @@ short_:
     return NULL;
 }
 
+/* -- the send fast path ---------------------------------------------------------------- */
+
+/* Sender(chan_type, chans, slow, after_write, maintain, timeout): a callable with
+ * outbound.Outbound.send's signature (sender, to, data, meta=0, *, timeout, block) that
+ * does that method's common case without a Python frame: the channel is in `chans`, its
+ * receiver's liveness check is not due, the ring's SELECT names it, the receiver does
+ * not hold it back, and the message fits one record. Anything else is `slow(...)`, the
+ * Python method itself, with the same arguments. After a write whose signal word is
+ * not zero (no room, the receiver sleeps, it closed), `after_write(chan, signal, sender,
+ * to, data, meta, timeout, block)` does what the method does then. Every 1024 fast
+ * sends it calls `maintain()`, as the method does.
+ *
+ * It reads the channel's __slots__ by their offsets: the channel stays one Python class
+ * for both cores, and the Python send and the C one read the same fields. The liveness
+ * deadline is on CLOCK_MONOTONIC, so the Python side uses it only when the endpoint's
+ * clock is time.monotonic (the same clock on Linux). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyTypeObject *chan_type;
+    PyObject *chans;
+    PyObject *slow;
+    PyObject *after;
+    PyObject *maintain;
+    PyObject *timeout; /* the method's default */
+    Py_ssize_t off_current, off_id, off_next_check, off_page, off_write;
+    uint64_t sends;
+} Sender;
+
+static PyObject *zero; /* the int 0: meta when not given */
+
+static PyObject *sender_call(Sender *self, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames);
+
+static Py_ssize_t slot_offset(PyTypeObject *type, const char *name) {
+    PyObject *d = PyDict_GetItemString(type->tp_dict, name);
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+        ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "%s has no __slots__ entry %s", type->tp_name, name);
+        return -1;
+    }
+    return ((PyMemberDescrObject *)d)->d_member->offset;
+}
+
+static inline PyObject *slot(PyObject *obj, Py_ssize_t off) {
+    return *(PyObject **)((char *)obj + off);
+}
+
+static int sender_init(Sender *self, PyObject *args, PyObject *kwds) {
+    PyObject *type, *chans, *slow, *after, *maintain, *timeout;
+    static char *kwlist[] = {"chan_type", "chans", "slow", "after_write", "maintain",
+                             "timeout", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO:Sender", kwlist, &PyType_Type,
+                                     &type, &PyDict_Type, &chans, &slow, &after, &maintain,
+                                     &timeout))
+        return -1;
+    PyTypeObject *t = (PyTypeObject *)type;
+    if ((self->off_current = slot_offset(t, "current")) < 0 ||
+        (self->off_id = slot_offset(t, "id")) < 0 ||
+        (self->off_next_check = slot_offset(t, "next_check")) < 0 ||
+        (self->off_page = slot_offset(t, "page")) < 0 ||
+        (self->off_write = slot_offset(t, "write")) < 0)
+        return -1;
+    Py_INCREF(type);
+    Py_XSETREF(self->chan_type, t);
+    Py_INCREF(chans);
+    Py_XSETREF(self->chans, chans);
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    Py_INCREF(after);
+    Py_XSETREF(self->after, after);
+    Py_INCREF(maintain);
+    Py_XSETREF(self->maintain, maintain);
+    Py_INCREF(timeout);
+    Py_XSETREF(self->timeout, timeout);
+    self->sends = 0;
+    return 0;
+}
+
+static int sender_traverse(Sender *self, visitproc visit, void *arg) {
+    Py_VISIT(self->chan_type);
+    Py_VISIT(self->chans);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->after);
+    Py_VISIT(self->maintain);
+    Py_VISIT(self->timeout);
+    return 0;
+}
+
+static int sender_clear(Sender *self) {
+    Py_CLEAR(self->chan_type);
+    Py_CLEAR(self->chans);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->after);
+    Py_CLEAR(self->maintain);
+    Py_CLEAR(self->timeout);
+    return 0;
+}
+
+static void sender_dealloc(Sender *self) {
+    PyObject_GC_UnTrack(self);
+    sender_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Sender *self = (Sender *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)sender_call;
+    return (PyObject *)self;
+}
+
+/* time.monotonic() as Python computes it on Linux. */
+static inline double monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)((int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
+}
+
+/* The channel's state byte on the receiver's page (OPEN is 0), or -1: not readable. */
+static int page_state(PyObject *page, PyObject *id) {
+    Py_ssize_t i = PyLong_AsSsize_t(id);
+    if (i == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(page, &b, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    int state = i >= 0 && i < b.len ? ((volatile uint8_t *)b.buf)[i] : -1;
+    PyBuffer_Release(&b);
+    return state;
+}
+
+static PyObject *sender_call(Sender *self, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *timeout = self->timeout, *block = Py_True;
+    if (nargs < 3 || nargs > 4)
+        goto slow;
+    if (kwnames != NULL) {
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(kwnames); j++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, j);
+            if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0)
+                timeout = args[nargs + j];
+            else if (PyUnicode_CompareWithASCIIString(key, "block") == 0)
+                block = args[nargs + j];
+            else
+                goto slow;
+        }
+    }
+    PyObject *key = PyTuple_Pack(2, args[0], args[1]);
+    if (key == NULL)
+        return NULL;
+    PyObject *c = PyDict_GetItemWithError(self->chans, key);
+    Py_DECREF(key);
+    if (c == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        goto slow;
+    }
+    if (!Py_IS_TYPE(c, self->chan_type))
+        goto slow;
+    Py_INCREF(c); /* what follows may drop it from chans */
+    /* The clock first: a due check finds a ring another process truncated before
+     * anything of it (the channel page too) is touched. */
+    PyObject *next_check = slot(c, self->off_next_check);
+    if (next_check == NULL || !PyFloat_CheckExact(next_check) ||
+        monotonic() >= PyFloat_AS_DOUBLE(next_check))
+        goto slow_c;
+    if (slot(c, self->off_current) != Py_True)
+        goto slow_c;
+    PyObject *page = slot(c, self->off_page), *id = slot(c, self->off_id);
+    if (page == NULL || id == NULL || page_state(page, id) != 0)
+        goto slow_c;
+    PyObject *write = slot(c, self->off_write);
+    if (write == NULL || !PyCFunction_Check(write))
+        goto slow_c;
+    PyObject *prod = PyCFunction_GET_SELF(write);
+    if (prod == NULL || !Py_IS_TYPE(prod, &ProducerType))
+        goto slow_c;
+    Producer *p = (Producer *)prod;
+    if (p->v.base == NULL)
+        goto slow_c;
+    PyObject *metaobj = nargs == 4 ? args[3] : zero;
+    uint64_t meta;
+    if (meta_get(metaobj, &meta) < 0) {
+        PyErr_Clear(); /* the method raises it, with its own message */
+        goto slow_c;
+    }
+    Data d;
+    if (data_get(args[2], &d) < 0) {
+        PyErr_Clear();
+        goto slow_c;
+    }
+    uint64_t n = (uint64_t)d.len;
+    if (n > p->v.max_record) { /* fragments: the method's */
+        data_put(&d);
+        goto slow_c;
+    }
+    int ok;
+    uint64_t tail = put(p, p->tail, NULL, 0, d.ptr, n, WHOLE, meta, &ok);
+    data_put(&d);
+    long long signal;
+    if (ok) {
+        publish(p, tail, 1, n);
+        signal = (long long)signal_word(p);
+    } else {
+        note_full(p);
+        signal = -1;
+    }
+    if (signal != 0) {
+        PyObject *sig = PyLong_FromLongLong(signal);
+        if (sig == NULL) {
+            Py_DECREF(c);
+            return NULL;
+        }
+        PyObject *a[8] = {c, sig, args[0], args[1], args[2], metaobj, timeout, block};
+        PyObject *r = PyObject_Vectorcall(self->after, a, 8, NULL);
+        Py_DECREF(sig);
+        if (r == NULL) {
+            Py_DECREF(c);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(c);
+    if (!(++self->sends & 1023)) {
+        PyObject *r = PyObject_CallNoArgs(self->maintain);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+slow_c:
+    Py_DECREF(c);
+slow:
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static PyTypeObject SenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mybus_actors._ringcore.Sender",
+    .tp_doc = "Outbound.send's common case in C; anything else is the Python method.",
+    .tp_basicsize = sizeof(Sender),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Sender, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = sender_new,
+    .tp_init = (initproc)sender_init,
+    .tp_traverse = (traverseproc)sender_traverse,
+    .tp_clear = (inquiry)sender_clear,
+    .tp_dealloc = (destructor)sender_dealloc,
+};
+
+/* -- the encode fast path -------------------------------------------------------------- */
+
+/* Encoder(slow, dumps, protocol, pickle_meta): a callable with codec.encode's signature
+ * that does its common call (one positional message, no envelope) in C: `bytes` travel
+ * as they are, (0, message); anything but a bytearray or a memoryview is
+ * `dumps(message, protocol)`, (pickle_meta, pickle). Everything else, and a message
+ * plain pickle refuses (cloudpickle's turn), is `slow(...)`, codec's Python encode. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *slow;
+    PyObject *dumps;
+    PyObject *protocol;
+    PyObject *pickle_meta;
+} Encoder;
+
+static PyObject *encoder_call(Encoder *self, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs != 1)
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    PyObject *message = args[0];
+    if (PyBytes_CheckExact(message))
+        return PyTuple_Pack(2, zero, message);
+    if (Py_IS_TYPE(message, &PyByteArray_Type) || Py_IS_TYPE(message, &PyMemoryView_Type))
+        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    PyObject *a[2] = {message, self->protocol};
+    PyObject *body = PyObject_Vectorcall(self->dumps, a, 2, NULL);
+    if (body == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL; /* KeyboardInterrupt and the like go through */
+        PyErr_Clear();
+        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    }
+    PyObject *out = PyTuple_Pack(2, self->pickle_meta, body);
+    Py_DECREF(body);
+    return out;
+}
+
+static PyObject *encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Encoder *self = (Encoder *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)encoder_call;
+    return (PyObject *)self;
+}
+
+static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
+    PyObject *slow, *dumps, *protocol, *pickle_meta;
+    static char *kwlist[] = {"slow", "dumps", "protocol", "pickle_meta", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!O!:Encoder", kwlist, &slow, &dumps,
+                                     &PyLong_Type, &protocol, &PyLong_Type, &pickle_meta))
+        return -1;
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    Py_INCREF(dumps);
+    Py_XSETREF(self->dumps, dumps);
+    Py_INCREF(protocol);
+    Py_XSETREF(self->protocol, protocol);
+    Py_INCREF(pickle_meta);
+    Py_XSETREF(self->pickle_meta, pickle_meta);
+    return 0;
+}
+
+static int encoder_traverse(Encoder *self, visitproc visit, void *arg) {
+    Py_VISIT(self->slow);
+    Py_VISIT(self->dumps);
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->pickle_meta);
+    return 0;
+}
+
+static int encoder_clear(Encoder *self) {
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->dumps);
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->pickle_meta);
+    return 0;
+}
+
+static void encoder_dealloc(Encoder *self) {
+    PyObject_GC_UnTrack(self);
+    encoder_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mybus_actors._ringcore.Encoder",
+    .tp_doc = "codec.encode's common call in C; anything else is the Python function.",
+    .tp_basicsize = sizeof(Encoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Encoder, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = encoder_new,
+    .tp_init = (initproc)encoder_init,
+    .tp_traverse = (traverseproc)encoder_traverse,
+    .tp_clear = (inquiry)encoder_clear,
+    .tp_dealloc = (destructor)encoder_dealloc,
+};
+
 static PyMethodDef module_methods[] = {
     {"scan_packed", (PyCFunction)(void (*)(void))scan_packed, METH_FASTCALL,
      "Check records packed as a run carries them; the offset after them."},
@@ -1710,7 +2074,11 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     if (RingStats == NULL)
         return NULL;
     if (PyType_Ready(&ProducerType) < 0 || PyType_Ready(&ConsumerType) < 0 ||
-        PyType_Ready(&ReaderType) < 0)
+        PyType_Ready(&ReaderType) < 0 || PyType_Ready(&SenderType) < 0 ||
+        PyType_Ready(&EncoderType) < 0)
+        return NULL;
+    zero = PyLong_FromLong(0);
+    if (zero == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&ringcore_module);
     if (m == NULL)
@@ -1718,7 +2086,9 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     if (PyModule_AddIntConstant(m, "VERSION", VERSION) < 0 ||
         PyModule_AddObjectRef(m, "Producer", (PyObject *)&ProducerType) < 0 ||
         PyModule_AddObjectRef(m, "Consumer", (PyObject *)&ConsumerType) < 0 ||
-        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "Sender", (PyObject *)&SenderType) < 0 ||
+        PyModule_AddObjectRef(m, "Encoder", (PyObject *)&EncoderType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,7 +1,50 @@
 # The native ring core's types are ring.py's, method for method: see ringcore.py, which
 # hands them out typed as ring.Producer, ring.Consumer and ring.Reader.
+from collections.abc import Callable
+from typing import Any
+
 from mybus_actors.ring import Consumer as Consumer
 from mybus_actors.ring import Producer as Producer
 from mybus_actors.ring import Reader as Reader
 
 VERSION: int
+
+# The hot calls' common cases in C, each in front of the Python function it stands for
+# (outbound.Outbound.fast_send and codec.encode build them).
+class Sender:
+    def __init__(
+        self,
+        chan_type: type,
+        chans: dict[tuple[str, str], object],
+        slow: Callable[..., None],
+        after_write: Callable[..., None],
+        maintain: Callable[[], None],
+        timeout: float,
+    ) -> None: ...
+    def __call__(
+        self,
+        sender: str,
+        to: str,
+        data: Any,
+        meta: int = 0,
+        *,
+        timeout: float = ...,
+        block: bool = ...,
+    ) -> None: ...
+
+class Encoder:
+    def __init__(
+        self,
+        slow: Callable[..., tuple[int, Any]],
+        dumps: Callable[[object, int], bytes],
+        protocol: int,
+        pickle_meta: int,
+    ) -> None: ...
+    def __call__(
+        self,
+        message: object,
+        *,
+        kind: int = ...,
+        sender: str | None = ...,
+        correlation_id: int = ...,
+    ) -> tuple[int, Any]: ...

@@ -32,17 +32,19 @@ import functools
 import pickle
 import struct
 import threading
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import cloudpickle
 
+from mybus_actors import ringcore
 from mybus_actors.errors import InvalidAddress, SerializationError
 
 __all__ = [
     "HAS_CORRELATION",
     "HAS_SENDER",
     "Buffer",
+    "Encode",
     "Envelope",
     "Kind",
     "Tag",
@@ -51,6 +53,7 @@ __all__ = [
     "decode_fields",
     "decode_message",
     "encode",
+    "encode_python",
     "peek",
     "sender_bytes",
 ]
@@ -174,7 +177,7 @@ def _cloudpickle(message: object) -> bytes:
     return data
 
 
-def encode(
+def encode_python(
     message: object,
     *,
     kind: int = Kind.USER,
@@ -237,6 +240,27 @@ def encode(
     if sender is None:
         return meta, payload
     return meta | _HAS_SENDER, _checked_prefix(sender) + payload
+
+
+class Encode(Protocol):
+    """`encode`'s signature."""
+
+    def __call__(
+        self,
+        message: object,
+        *,
+        kind: int = Kind.USER,
+        sender: str | None = None,
+        correlation_id: int = 0,
+    ) -> tuple[int, Buffer]: ...
+
+
+# `encode_python`, or on the native core its common call (one message, no envelope) in
+# C, with everything else handed to `encode_python`: the same results, a Python frame
+# and a few checks less per message.
+encode: Encode = encode_python
+if ringcore.NATIVE is not None:
+    encode = ringcore.NATIVE.Encoder(encode_python, _dumps, _PROTOCOL, _PICKLE_BITS)
 
 
 def _checked_prefix(sender: str) -> bytes:

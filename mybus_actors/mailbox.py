@@ -24,7 +24,9 @@ Guarantees (each half's docstring has its own):
   `ResourceExhausted` at the call that needed them.
 
 The hot paths (`send`, `poll_batches`, the offers, the sleep handshake) are the halves'
-own bound methods, set on the façade: no call in between.
+own bound methods, set on the façade: no call in between. On the native core `send` is
+`Outbound.fast_send`'s C callable: a channel in use, one record, nothing due, and the
+whole send is C; anything else is `Outbound.send`.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class Endpoint:
         )
         self.mailbox = mailbox_name(self.bell_path)
         # Sending (see `Outbound`'s methods).
-        self.send = out.send
+        self.send = out.fast_send()
         self.offer = out.offer
         self.offer_batch = out.offer_batch
         self.offer_relayed = out.offer_relayed

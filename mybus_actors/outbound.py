@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from mybus_actors import codec, ringcore
 from mybus_actors import ring as _ring
@@ -119,6 +119,21 @@ class _OutRing:
         self.cur: _Chan | None = None  # the channel the last SELECT named
         self.seen = -1  # messages written as of the last sweep: unchanged means idle
         self.rung = 0  # the consumer's signal word we last rang its doorbell for
+
+
+class Send(Protocol):
+    """`Outbound.send`'s signature: what `Outbound.fast_send` returns."""
+
+    def __call__(
+        self,
+        sender: str,
+        to: str,
+        data: Any,
+        meta: int = 0,
+        *,
+        timeout: float = 10.0,
+        block: bool = True,
+    ) -> None: ...
 
 
 class _Chan:
@@ -267,26 +282,60 @@ class Outbound:
         else:
             signal = self._send_fragments(c, data, meta, timeout, block)
         if signal:
-            ch = c.ring
-            if signal < 0:
-                write = c.write
-                signal = self._wait_for_room(c, lambda: write(data, meta), timeout, block)
-            if signal & _STATE == _WAITING:
-                if signal != ch.rung:  # once per sleep of the receiver
-                    ch.rung = signal
-                    try:
-                        self._ring_bell(ch)
-                    except ActorNotFound:
-                        # The process this ring was opened for is dead and did not read
-                        # ours: a new holder of the name may take it; with none, the
-                        # lookup raises ActorNotFound again.
-                        self.send(sender, to, data, meta, timeout=timeout, block=block)
-                        return
-            elif signal:
-                self._consumer_gone(c, data, meta, timeout, block)
+            self._after_write(c, signal, sender, to, data, meta, timeout, block)
         self._sends += 1
         if not self._sends & 1023:
             self.maintain()
+
+    def _after_write(
+        self,
+        c: _Chan,
+        signal: int,
+        sender: str,
+        to: str,
+        data: Any,
+        meta: int,
+        timeout: float,
+        block: bool,
+    ) -> None:
+        """What follows a write whose signal word was not zero: no room (wait for it),
+        a receiver asleep (ring its bell, once per sleep), or one that closed."""
+        ch = c.ring
+        if signal < 0:
+            write = c.write
+            signal = self._wait_for_room(c, lambda: write(data, meta), timeout, block)
+        if signal & _STATE == _WAITING:
+            if signal != ch.rung:  # once per sleep of the receiver
+                ch.rung = signal
+                try:
+                    self._ring_bell(ch)
+                except ActorNotFound:
+                    # The process this ring was opened for is dead and did not read
+                    # ours: a new holder of the name may take it; with none, the
+                    # lookup raises ActorNotFound again.
+                    self.send(sender, to, data, meta, timeout=timeout, block=block)
+        elif signal:
+            self._consumer_gone(c, data, meta, timeout, block)
+
+    def fast_send(self) -> Send:
+        """`send`, or on the native core a callable with its signature that does its
+        common case (a channel in use, nothing due, one record) in C and calls `send`
+        for everything else. The C side keeps the liveness deadline on CLOCK_MONOTONIC,
+        so only an endpoint on `time.monotonic` gets it."""
+        native = ringcore.NATIVE
+        if native is None or self._clock is not time.monotonic:
+            return self.send
+        defaults = Outbound.send.__kwdefaults__
+        assert defaults is not None  # send's timeout and block
+        sender: Send = native.Sender(
+            _Chan,
+            self._out,
+            self.send,
+            self._after_write,
+            self.maintain,
+            defaults["timeout"],
+        )
+        return sender
 
     def _prepare(
         self, sender: str, to: str, c: _Chan | None, timeout: float, block: bool

@@ -1,6 +1,10 @@
 """Channels: every (sender, receiver) pair of names rides the one ring between two
 endpoints. Real ring files and doorbells, two endpoints in this process (each is what a
 process has), a stepped clock where time matters.
+
+Every test runs twice (the `send_path` fixture): with `Endpoint.send` as the package
+sets it (on the native core, the C `Sender` in front of `Outbound.send`) and with the
+Python method alone.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from mybus_actors import _ringcore
 from mybus_actors.errors import ActorNotFound, MailboxFull
 from mybus_actors.mailbox import Batch, Endpoint
+from mybus_actors.outbound import Outbound, Send
 from mybus_actors.registry import Registry
 
 SMALL = 1 << 16  # ring capacity: 64 KiB
@@ -38,6 +44,61 @@ def messages(batches: list[Batch]) -> list[tuple[str, str, bytes]]:
 
 def rings(registry: Registry) -> list[str]:
     return sorted(os.listdir(registry.rings_dir))
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def send_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which `send` endpoints get: the package's, or the Python method alone."""
+    if request.param == "python":
+
+        def python_send(self: Outbound) -> Send:
+            return self.send
+
+        monkeypatch.setattr(Outbound, "fast_send", python_send)
+    return str(request.param)
+
+
+def test_send_is_the_native_sender_on_the_real_clock_only(
+    runtime_dir: Path, send_path: str
+) -> None:
+    registry = Registry(runtime_dir)
+    now = [0.0]
+    with Endpoint(registry) as real, Endpoint(registry, clock=lambda: now[0]) as stepped:
+        assert isinstance(real.send, _ringcore.Sender) == (send_path == "native")
+        assert not isinstance(stepped.send, _ringcore.Sender)
+
+
+def test_what_the_fast_path_hands_on_behaves_as_the_method_does(runtime_dir: Path) -> None:
+    registry = Registry(runtime_dir)
+    with (
+        Endpoint(registry, spin=0, ring_capacity=SMALL) as a,
+        Endpoint(registry, spin=0, ring_capacity=SMALL) as b,
+    ):
+        a.bind("r")
+        b.bind("s")
+        b.send("s", "r", b"first")  # opens the ring and declares the channel
+        with pytest.raises(ValueError, match="meta"):
+            b.send("s", "r", b"bad meta", 1 << 24)
+        with pytest.raises(TypeError):
+            b.send("s", "r", "not bytes")
+        with pytest.raises(TypeError):
+            b.send("s", "r", b"x", 0, 1.0)  # timeout is keyword-only
+        with pytest.raises(TypeError):
+            b.send("s", "r", b"x", colour="red")
+        big = bytes(range(256)) * 128  # 32 KiB: fragments, half the ring
+        assert len(big) > b.max_record("s", "r")
+        sent = [b"first", bytearray(b"second"), memoryview(b"third"), big, b"last"]
+        for data in sent[1:]:
+            b.send("s", "r", data, 7, timeout=1.0, block=True)
+        assert messages(drain(a)) == [("s", "r", bytes(m)) for m in sent]
+        # A full ring: block=False raises at once, and nothing half-written is read.
+        with pytest.raises(MailboxFull):
+            while True:
+                b.send("s", "r", b"y" * 1000, block=False)
+        filled = messages(drain(a))
+        assert filled and all(m == ("s", "r", b"y" * 1000) for m in filled)
+        b.send("s", "r", b"after", block=False)
+        assert messages(drain(a)) == [("s", "r", b"after")]
 
 
 def test_many_pairs_share_one_ring_and_keep_their_order(runtime_dir: Path) -> None:
