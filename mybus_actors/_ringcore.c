@@ -21,7 +21,7 @@
  *
  * Beside the ring ends, two callables take the common case of the two calls every
  * local message makes off the Python interpreter: `Sender` (Outbound.send: a channel
- * in use, one record) and `Encoder` (codec.encode: a message with no envelope). Each
+ * in use, one record) and `Encoder` (codec.encode: a message, and its envelope). Each
  * stands in front of the Python function and hands it everything else.
  */
 #define PY_SSIZE_T_CLEAN
@@ -1941,11 +1941,17 @@ static PyTypeObject SenderType = {
 
 /* -- the encode fast path -------------------------------------------------------------- */
 
-/* Encoder(slow, dumps, protocol, pickle_meta): a callable with codec.encode's signature
- * that does its common call (one positional message, no envelope) in C: `bytes` travel
- * as they are, (0, message); anything but a bytearray or a memoryview is
- * `dumps(message, protocol)`, (pickle_meta, pickle). Everything else, and a message
- * plain pickle refuses (cloudpickle's turn), is `slow(...)`, codec's Python encode. */
+/* Encoder(slow, dumps, protocol, pickle_meta, prefix, has_correlation, has_sender,
+ * kinds, correlated): a callable with codec.encode's signature that does its common
+ * calls in C: one positional message, with or without an envelope given by keyword
+ * (kind, sender, correlation_id). `bytes` travel as they are; anything but a bytearray
+ * or a memoryview is `dumps(message, protocol)` (pickle_meta). An envelope is what
+ * encode_python writes: the kind's bits, then the 8-byte little-endian correlation id
+ * (HAS_CORRELATION: for a correlated kind, or a non-zero id), then `prefix(sender)`
+ * (HAS_SENDER), then the payload. `kinds` and `correlated` are bit masks of kind
+ * values. Everything else (an unknown keyword, an odd kind or id, a sender `prefix`
+ * refuses, a message plain pickle refuses: cloudpickle's turn) is `slow(...)`, codec's
+ * Python encode, which raises what it should. */
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -1953,43 +1959,160 @@ typedef struct {
     PyObject *dumps;
     PyObject *protocol;
     PyObject *pickle_meta;
+    PyObject *prefix; /* None: every envelope goes to `slow` */
+    long has_correlation, has_sender, kinds, correlated;
 } Encoder;
+
+static PyObject *kw_kind, *kw_sender, *kw_correlation_id; /* interned at module init */
+
+static int kw_is(PyObject *name, PyObject *interned) {
+    return name == interned || PyUnicode_Compare(name, interned) == 0;
+}
+
+/* The payload of `message`: a new reference to its bytes, with *tag_bits set; NULL
+ * with no exception set when `slow` must take it; NULL with one for a BaseException
+ * that is not an Exception (KeyboardInterrupt and the like go through). */
+static PyObject *encoder_payload(Encoder *self, PyObject *message, long *tag_bits) {
+    if (PyBytes_CheckExact(message)) {
+        *tag_bits = 0;
+        return Py_NewRef(message);
+    }
+    if (Py_IS_TYPE(message, &PyByteArray_Type) || Py_IS_TYPE(message, &PyMemoryView_Type))
+        return NULL;
+    PyObject *a[2] = {message, self->protocol};
+    PyObject *body = PyObject_Vectorcall(self->dumps, a, 2, NULL);
+    if (body == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_Exception))
+            PyErr_Clear();
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(body)) {
+        Py_DECREF(body);
+        return NULL;
+    }
+    *tag_bits = PyLong_AsLong(self->pickle_meta);
+    return body;
+}
+
+static PyObject *encoder_slow(Encoder *self, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames) {
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
 
 static PyObject *encoder_call(Encoder *self, PyObject *const *args, size_t nargsf,
                               PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL || nargs != 1)
+    if (nargs != 1)
         return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
     PyObject *message = args[0];
-    if (PyBytes_CheckExact(message))
-        return PyTuple_Pack(2, zero, message);
-    if (Py_IS_TYPE(message, &PyByteArray_Type) || Py_IS_TYPE(message, &PyMemoryView_Type))
-        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
-    PyObject *a[2] = {message, self->protocol};
-    PyObject *body = PyObject_Vectorcall(self->dumps, a, 2, NULL);
-    if (body == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception))
-            return NULL; /* KeyboardInterrupt and the like go through */
-        PyErr_Clear();
-        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    long kind = 0;
+    unsigned long long corr = 0;
+    PyObject *sender = Py_None;
+    if (kwnames != NULL) {
+        if (self->prefix == Py_None)
+            return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, i), *value = args[1 + i];
+            if (kw_is(name, kw_kind)) {
+                if (!PyLong_Check(value))
+                    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+                kind = PyLong_AsLong(value);
+                if ((kind == -1 && PyErr_Occurred()) || kind < 0 || kind > 30 ||
+                    !(self->kinds & (1L << kind))) {
+                    PyErr_Clear();
+                    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+                }
+            } else if (kw_is(name, kw_correlation_id)) {
+                if (!PyLong_Check(value))
+                    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+                corr = PyLong_AsUnsignedLongLong(value);
+                if (corr == (unsigned long long)-1 && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+                }
+            } else if (kw_is(name, kw_sender)) {
+                if (value != Py_None && !PyUnicode_CheckExact(value))
+                    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+                sender = value;
+            } else {
+                if (PyErr_Occurred())
+                    return NULL;
+                return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+            }
+        }
     }
-    PyObject *out = PyTuple_Pack(2, self->pickle_meta, body);
+    long tag_bits = 0;
+    PyObject *payload = encoder_payload(self, message, &tag_bits);
+    if (payload == NULL)
+        return encoder_slow(self, args, nargsf, kwnames);
+    int with_corr = corr != 0 || (self->correlated & (1L << kind));
+    if (!with_corr && sender == Py_None) {
+        PyObject *meta = PyLong_FromLong(tag_bits | kind);
+        PyObject *out = meta == NULL ? NULL : PyTuple_Pack(2, meta, payload);
+        Py_XDECREF(meta);
+        Py_DECREF(payload);
+        return out;
+    }
+    PyObject *prefix = NULL;
+    if (sender != Py_None) {
+        prefix = PyObject_CallOneArg(self->prefix, sender);
+        if (prefix == NULL || !PyBytes_CheckExact(prefix)) {
+            Py_XDECREF(prefix);
+            Py_DECREF(payload);
+            if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+                return NULL;
+            PyErr_Clear(); /* the Python encode raises the same, in its own order */
+            return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+        }
+    }
+    Py_ssize_t np = prefix == NULL ? 0 : PyBytes_GET_SIZE(prefix);
+    Py_ssize_t nc = with_corr ? 8 : 0;
+    Py_ssize_t nb = PyBytes_GET_SIZE(payload);
+    PyObject *body = PyBytes_FromStringAndSize(NULL, nc + np + nb);
+    if (body == NULL) {
+        Py_XDECREF(prefix);
+        Py_DECREF(payload);
+        return NULL;
+    }
+    char *out_bytes = PyBytes_AS_STRING(body);
+    if (with_corr)
+        for (int b = 0; b < 8; b++)
+            out_bytes[b] = (char)((corr >> (8 * b)) & 0xFF); /* little-endian, any host */
+    if (np)
+        memcpy(out_bytes + nc, PyBytes_AS_STRING(prefix), (size_t)np);
+    memcpy(out_bytes + nc + np, PyBytes_AS_STRING(payload), (size_t)nb);
+    Py_XDECREF(prefix);
+    Py_DECREF(payload);
+    long meta_bits = tag_bits | kind | (with_corr ? self->has_correlation : 0) |
+                     (np ? self->has_sender : 0);
+    PyObject *meta = PyLong_FromLong(meta_bits);
+    PyObject *out = meta == NULL ? NULL : PyTuple_Pack(2, meta, body);
+    Py_XDECREF(meta);
     Py_DECREF(body);
     return out;
 }
 
 static PyObject *encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     Encoder *self = (Encoder *)type->tp_alloc(type, 0);
-    if (self != NULL)
+    if (self != NULL) {
         self->vectorcall = (vectorcallfunc)encoder_call;
+        self->prefix = Py_NewRef(Py_None);
+    }
     return (PyObject *)self;
 }
 
 static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
-    PyObject *slow, *dumps, *protocol, *pickle_meta;
-    static char *kwlist[] = {"slow", "dumps", "protocol", "pickle_meta", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!O!:Encoder", kwlist, &slow, &dumps,
-                                     &PyLong_Type, &protocol, &PyLong_Type, &pickle_meta))
+    PyObject *slow, *dumps, *protocol, *pickle_meta, *prefix = Py_None;
+    long has_correlation = 0, has_sender = 0, kinds = 0, correlated = 0;
+    static char *kwlist[] = {"slow", "dumps", "protocol", "pickle_meta", "prefix",
+                             "has_correlation", "has_sender", "kinds", "correlated", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!O!|Ollll:Encoder", kwlist, &slow,
+                                     &dumps, &PyLong_Type, &protocol, &PyLong_Type,
+                                     &pickle_meta, &prefix, &has_correlation, &has_sender,
+                                     &kinds, &correlated))
         return -1;
     Py_INCREF(slow);
     Py_XSETREF(self->slow, slow);
@@ -1999,6 +2122,12 @@ static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->protocol, protocol);
     Py_INCREF(pickle_meta);
     Py_XSETREF(self->pickle_meta, pickle_meta);
+    Py_INCREF(prefix);
+    Py_XSETREF(self->prefix, prefix);
+    self->has_correlation = has_correlation;
+    self->has_sender = has_sender;
+    self->kinds = kinds;
+    self->correlated = correlated;
     return 0;
 }
 
@@ -2007,6 +2136,7 @@ static int encoder_traverse(Encoder *self, visitproc visit, void *arg) {
     Py_VISIT(self->dumps);
     Py_VISIT(self->protocol);
     Py_VISIT(self->pickle_meta);
+    Py_VISIT(self->prefix);
     return 0;
 }
 
@@ -2015,6 +2145,7 @@ static int encoder_clear(Encoder *self) {
     Py_CLEAR(self->dumps);
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->pickle_meta);
+    Py_CLEAR(self->prefix);
     return 0;
 }
 
@@ -2076,6 +2207,11 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     if (PyType_Ready(&ProducerType) < 0 || PyType_Ready(&ConsumerType) < 0 ||
         PyType_Ready(&ReaderType) < 0 || PyType_Ready(&SenderType) < 0 ||
         PyType_Ready(&EncoderType) < 0)
+        return NULL;
+    kw_kind = PyUnicode_InternFromString("kind");
+    kw_sender = PyUnicode_InternFromString("sender");
+    kw_correlation_id = PyUnicode_InternFromString("correlation_id");
+    if (kw_kind == NULL || kw_sender == NULL || kw_correlation_id == NULL)
         return NULL;
     zero = PyLong_FromLong(0);
     if (zero == NULL)

@@ -39,6 +39,11 @@ class Encoder:
         dumps: Callable[[object, int], bytes],
         protocol: int,
         pickle_meta: int,
+        prefix: Callable[[str], bytes] | None = None,
+        has_correlation: int = 0,
+        has_sender: int = 0,
+        kinds: int = 0,
+        correlated: int = 0,
     ) -> None: ...
     def __call__(
         self,

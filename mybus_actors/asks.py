@@ -1,7 +1,8 @@
 """Pending asks: correlation ids, the futures that wait on them, and error replies.
 
 Knows futures and the shape of an error reply; does not know rings, actors or clocks
-(timeouts are scheduled by whoever owns the table). A reply that comes after its ask
+(a deadline is a number the owner hands in, and `PendingAsks.expire` compares it with
+a ``now`` handed in). A reply that comes after its ask
 was given up finds no entry and is discarded: it can never answer a later ask, because
 correlation ids are never reused within a table.
 """
@@ -14,12 +15,14 @@ import pickle
 import threading
 import traceback
 from collections.abc import Callable, Generator
-from typing import Any
+from contextvars import Context
+from heapq import heapify, heappop, heappush
+from typing import Any, Protocol
 
 from mybus_actors.codec import contained
 from mybus_actors.errors import ActorError, ActorNotFound, DeadlockError, MyBusError
 
-__all__ = ["AskFuture", "PendingAsks", "error_from_reply", "error_reply"]
+__all__ = ["AskFuture", "PendingAsks", "StepsTasks", "error_from_reply", "error_reply"]
 
 _UNSET: Any = object()
 _WAITERS_LOCK = threading.Lock()
@@ -33,10 +36,15 @@ class AskFuture:
     the reply could never be read while the dispatcher waits.
     """
 
-    __slots__ = ("_callbacks", "_done", "_exc", "_owner", "_result", "_waiter", "description")
+    __slots__ = (
+        "_callbacks", "_done", "_exc", "_owner", "_result", "_waiter", "description", "tag",
+    )  # fmt: skip
 
-    def __init__(self, description: str, owner_thread: int | None = None) -> None:
+    def __init__(
+        self, description: str, owner_thread: int | None = None, tag: object = None
+    ) -> None:
         self.description = description
+        self.tag = tag  # the asker's: what it needs to find or explain this ask later
         self._owner = owner_thread
         self._result: object = _UNSET
         self._exc: BaseException | None = None
@@ -109,36 +117,182 @@ class AskFuture:
 
     def __await__(self) -> Generator[Any, None, object]:
         if not self._done:
-            loop = asyncio.get_running_loop()
-            waiter = loop.create_future()
-
-            def wake(_: AskFuture) -> None:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-            self.add_done_callback(wake)
-            yield from waiter.__await__()
+            waiter = _Wakeup(asyncio.get_running_loop())
+            self.add_done_callback(waiter.wake)
+            yield from waiter
         return self.result()
 
 
+class StepsTasks(Protocol):
+    """A loop that runs task wake-ups itself (the dispatcher's: `aio.DispatchLoop`)."""
+
+    def step_soon(
+        self, callback: Callable[[Any], object], arg: object, context: Context | None
+    ) -> None: ...
+
+
+_PENDING, _DONE, _CANCELLED = 0, 1, 2
+
+
+class _Wakeup:
+    """What a task waits on while it awaits an `AskFuture`.
+
+    It keeps asyncio's future protocol (a Task parks on it and can cancel it), but not
+    the cost of asyncio.Future's wake-up: that schedules the task with ``call_soon``,
+    for a pass of the loop to run, and a pass (``run_forever`` until a ``stop``) costs
+    more than the rest of an ask between two processes. On the loop of the thread that
+    awaited, when that loop offers `StepsTasks.step_soon`, the task's wake-up goes to
+    the loop's own queue instead, which its dispatcher runs right after the reply was
+    delivered; elsewhere it is scheduled as asyncio would.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_callbacks", "_loop", "_msg", "_state", "_thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asyncio_future_blocking = False  # the Task protocol: True while yielded
+        self._loop = loop
+        self._thread = threading.get_ident()
+        self._state = _PENDING
+        self._msg: object = None
+        self._callbacks: list[tuple[Callable[[Any], object], Context | None]] = []
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def result(self) -> None:
+        if self._state == _CANCELLED:
+            raise asyncio.CancelledError(*(() if self._msg is None else (self._msg,)))
+        if self._state == _PENDING:
+            raise asyncio.InvalidStateError("the ask has not been answered yet")
+
+    def exception(self) -> BaseException | None:
+        self.result()
+        return None
+
+    def add_done_callback(
+        self, fn: Callable[[Any], object], *, context: Context | None = None
+    ) -> None:
+        if self._state == _PENDING:
+            self._callbacks.append((fn, context))
+        else:
+            self._loop.call_soon(fn, self, context=context)
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        kept = [(f, c) for f, c in self._callbacks if f != fn]
+        removed = len(self._callbacks) - len(kept)
+        self._callbacks = kept
+        return removed
+
+    def cancel(self, msg: object = None) -> bool:
+        """The awaiting task was cancelled: it wakes at the loop's next pass (the ask
+        itself still stands; its reply, if any, is discarded)."""
+        if self._state != _PENDING:
+            return False
+        self._state, self._msg = _CANCELLED, msg
+        callbacks, self._callbacks = self._callbacks, []
+        for fn, ctx in callbacks:
+            self._loop.call_soon(fn, self, context=ctx)
+        return True
+
+    def wake(self, _: AskFuture) -> None:
+        """The ask was answered (or failed): wake the task that awaits it."""
+        if self._state != _PENDING:
+            return
+        self._state = _DONE
+        callbacks, self._callbacks = self._callbacks, []
+        loop = self._loop
+        step_soon = getattr(loop, "step_soon", None)
+        same_thread = threading.get_ident() == self._thread
+        for fn, ctx in callbacks:
+            if step_soon is not None and same_thread:
+                step_soon(fn, self, ctx)
+            elif same_thread:
+                loop.call_soon(fn, self, context=ctx)
+            else:
+                loop.call_soon_threadsafe(fn, self, context=ctx)
+
+    def __await__(self) -> Generator[_Wakeup, None, None]:
+        if self._state == _PENDING:
+            self._asyncio_future_blocking = True
+            yield self
+        self.result()
+
+    __iter__ = __await__
+
+
 class PendingAsks:
-    """Correlation id → future, for one mailbox's outstanding asks. Thread-safe."""
+    """Correlation id → future, for one mailbox's outstanding asks, and when they time
+    out. Thread-safe.
+
+    A deadline is a number handed in (`new`) and compared with a ``now`` handed in
+    (`expire`): the table reads no clock. Deadlines sit in a heap; an ask answered
+    before its deadline leaves its entry behind, dropped when it reaches the top or
+    when such entries outnumber the pending asks (cheaper than removing each one: an
+    ask costs a push, not a timer to schedule and cancel).
+    """
 
     def __init__(self, owner_thread: int | None = None) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[int, AskFuture] = {}
         self._lock = threading.Lock()
         self._owner = owner_thread
+        self.deadlines: list[tuple[float, int]] = []  # a heap of (deadline, corr)
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def new(self, description: str) -> tuple[int, AskFuture]:
-        fut = AskFuture(description, self._owner)
+    def __contains__(self, corr: object) -> bool:
+        return corr in self._pending
+
+    def new(
+        self, description: str, *, deadline: float | None = None, tag: object = None
+    ) -> tuple[int, AskFuture]:
+        """A new ask: its correlation id and future; it fails at `expire` once
+        ``deadline`` has passed (never, if None)."""
+        fut = AskFuture(description, self._owner, tag)
         with self._lock:
             corr = next(self._ids)
             self._pending[corr] = fut
+            if deadline is not None:
+                heap = self.deadlines
+                heappush(heap, (deadline, corr))
+                if len(heap) > 2 * len(self._pending) + 1024:
+                    self._prune()
         return corr, fut
+
+    def _prune(self) -> None:
+        """Drop the entries of asks no longer pending (lock held)."""
+        pending = self._pending
+        self.deadlines = [entry for entry in self.deadlines if entry[1] in pending]
+        heapify(self.deadlines)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a pending ask."""
+        with self._lock:
+            heap, pending = self.deadlines, self._pending
+            while heap and heap[0][1] not in pending:
+                heappop(heap)
+            return heap[0][0] if heap else None
+
+    def expire(self, now: float, error: Callable[[AskFuture], BaseException]) -> int:
+        """Fail every pending ask whose deadline is ``now`` or earlier with
+        ``error(future)``; return how many failed."""
+        expired: list[AskFuture] = []
+        with self._lock:
+            heap, pending = self.deadlines, self._pending
+            while heap and heap[0][0] <= now:
+                fut = pending.pop(heappop(heap)[1], None)
+                if fut is not None:
+                    expired.append(fut)
+        for fut in expired:
+            fut.set_exception(error(fut))
+        return len(expired)
 
     def pop(self, corr: int) -> AskFuture | None:
         with self._lock:
@@ -159,9 +313,21 @@ class PendingAsks:
         fut.set_exception(exc)
         return True
 
+    def fail_where(
+        self, which: Callable[[AskFuture], bool], exc_factory: Callable[[AskFuture], BaseException]
+    ) -> int:
+        """Fail the pending asks ``which`` picks; return how many."""
+        with self._lock:
+            picked = [corr for corr, fut in self._pending.items() if which(fut)]
+            futures = [self._pending.pop(corr) for corr in picked]
+        for fut in futures:
+            fut.set_exception(exc_factory(fut))
+        return len(futures)
+
     def fail_all(self, exc_factory: Callable[[AskFuture], BaseException]) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            self.deadlines = []
         for fut in pending.values():
             fut.set_exception(exc_factory(fut))
 

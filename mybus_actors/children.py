@@ -436,6 +436,8 @@ class Children:
 
     def _fail_asks_of(self, cell: _Cell, why: str) -> None:
         rt = self._rt
-        mine = [c for c, owner in rt._ask_owner.items() if owner == cell.name]
-        for corr in mine:
-            rt.asks.fail(corr, MailboxClosed(f"{cell.address} {why}"))
+        name = cell.name
+        rt.asks.fail_where(
+            lambda fut: isinstance(fut.tag, tuple) and fut.tag[0] == name,
+            lambda _: MailboxClosed(f"{cell.address} {why}"),
+        )

@@ -255,12 +255,19 @@ class Encode(Protocol):
     ) -> tuple[int, Buffer]: ...
 
 
-# `encode_python`, or on the native core its common call (one message, no envelope) in
-# C, with everything else handed to `encode_python`: the same results, a Python frame
-# and a few checks less per message.
+# `encode_python`, or on the native core its common calls (one message, with or without
+# an envelope given by keyword) in C, with everything else handed to `encode_python`:
+# the same results, a Python frame and a few checks less per message.
 encode: Encode = encode_python
 if ringcore.NATIVE is not None:
-    encode = ringcore.NATIVE.Encoder(encode_python, _dumps, _PROTOCOL, _PICKLE_BITS)
+    encode = ringcore.NATIVE.Encoder(
+        encode_python, _dumps, _PROTOCOL, _PICKLE_BITS,
+        prefix=_sender_prefix,  # memoized; the C side hands it only a str
+        has_correlation=_HAS_CORRELATION,
+        has_sender=_HAS_SENDER,
+        kinds=sum(1 << k for k in _KIND_VALUES),
+        correlated=sum(1 << k for k in _CORRELATED_KINDS),
+    )  # fmt: skip
 
 
 def _checked_prefix(sender: str) -> bytes:

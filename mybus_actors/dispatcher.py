@@ -1,8 +1,9 @@
 """The dispatcher: one process's duty cycle, and how it idles between cycles.
 
 A duty cycle (`Dispatcher.do_work`) is, in this order: the timers that are due, the
-local queue (messages between actors of this process), one poll of the rings, one pass
-of the asyncio loop if async receives run, and the stop pass (cells marked to end). It
+local queue (messages between actors of this process), one poll of the rings, the
+wake-ups of async receives whose asks were answered and a pass of their asyncio loop
+if it has something to do, and the stop pass (cells marked to end). It
 returns how much it did; with nothing done the dispatcher idles (`idle`): it spins for
 ``spin`` seconds (a peer usually answers within tens of microseconds), then announces
 that it may sleep, re-checks, and sleeps on its descriptors (the doorbell, the wake-up
@@ -67,6 +68,7 @@ class Dispatcher:
         self._endpoint = endpoint
         self._scheduler = scheduler
         self._wheel = scheduler.wheel  # its length is read each cycle: a call less
+        self._asks = scheduler.asks  # and whether asks have deadlines
         self._aio = aio
         self._poller = poller
         self._clock = clock
@@ -76,14 +78,15 @@ class Dispatcher:
         """One duty cycle (see the module's docstring); returns the work done."""
         host = self._host
         work = 0
-        if len(self._wheel):
+        if len(self._wheel) or self._asks.deadlines:
             work += self._scheduler.fire_due()
         work += host.run_local()
         for sender, receiver, items in self._endpoint.poll_batches(BUDGET):
             work += len(items)
             host.deliver(sender, receiver, items)
         if self._aio.tasks:
-            work += host.settle(self._aio.run_once())
+            steps, done = self._aio.run_due()
+            work += steps + host.settle(done)
         host.stop_pass()
         return work
 

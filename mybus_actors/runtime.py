@@ -114,16 +114,17 @@ class Runtime(Children):
             on_undelivered=self._undelivered,
         )
         self._thread = threading.get_ident()
+        self.asks = PendingAsks(self._thread)
         self.scheduler = Scheduler(
             self._clock,
             lambda cell, message: self._offer(cell, None, _USER, 0, message),
             lambda cell, to, message: self.tell(cell.name, to, message),
+            asks=self.asks,
+            ask_error=_ask_timeout,
         )
         self._wheel = self.scheduler.wheel
         self.cells: dict[str, _Cell] = {}
         self._local: deque[tuple[str | None, str, int, int, Any]] = deque()
-        self.asks = PendingAsks(self._thread)
-        self._ask_owner: dict[int, str] = {}
         self.watches = Watches(self)
         self.aio = AsyncReceives()  # the loop of async receives, made on first use
         self._routes: dict[str, tuple[str, str]] = {}  # parsed addresses (see `_route`)
@@ -289,21 +290,16 @@ class Runtime(Children):
         return self._reply_name
 
     def ask(self, cell: _Cell, to: str, message: Any, *, timeout: float = 5.0) -> AskFuture:
-        node, name = parse_address(to, self.node)
-        address = format_address(node, name)
-        corr, fut = self.asks.new(f"ask to {address}")
-        self._ask_owner[corr] = cell.name
-
-        def expire() -> None:
-            self.asks.fail(corr, AskTimeout(f"no reply from {address} within {timeout}s"))
-
-        handle = self._wheel.schedule(self._clock() + timeout, expire)
-
-        def settled(_: AskFuture) -> None:
-            handle.cancel()
-            self._ask_owner.pop(corr, None)
-
-        fut.add_done_callback(settled)
+        route = self._routes.get(to) if type(to) is str else None
+        if route is None:
+            route = self._route(to)
+        node, name = route
+        address = f"{node}/{name}"
+        # The tag names the asking cell (its asks fail when it ends) and what an
+        # AskTimeout says; the deadline is the table's (the scheduler fails it), not a timer.
+        corr, fut = self.asks.new(
+            f"ask to {address}", deadline=self._clock() + timeout, tag=(cell.name, timeout)
+        )
         try:
             local = node == self.node and name in self.cells
             reply_to = None if local else self._reply_mailbox()
@@ -313,8 +309,6 @@ class Runtime(Children):
             cell.sent += 1
         except BaseException:
             self.asks.pop(corr)
-            handle.cancel()
-            self._ask_owner.pop(corr, None)
             raise
         return fut
 
@@ -881,6 +875,12 @@ class Runtime(Children):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ask_timeout(fut: AskFuture) -> AskTimeout:
+    tag: tuple[str, float] = fut.tag  # type: ignore[assignment]  # Runtime.ask's
+    timeout = tag[1]
+    return AskTimeout(f"no reply from {fut.description[len('ask to '):]} within {timeout}s")
 
 
 def _counters_of(cell: _Cell) -> counters.ActorCounters:

@@ -1,5 +1,6 @@
 """Scheduling: actors' timers (`send_after`, `every`) and the runtime's own deadlines on
-one hashed timer wheel, with an injected clock.
+one hashed timer wheel, and asks' timeouts (the deadlines of a `PendingAsks`), with an
+injected clock.
 
 A timer belongs to a cell: it stops with the cell (cancelled with it, never fired for an
 actor that ended) and with `TimerHandle.cancel`. A repeating timer is re-armed from its
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from mybus_actors.asks import AskFuture, PendingAsks
 from mybus_actors.cell import Cell, TimerHandle
 from mybus_actors.errors import MyBusError
 from mybus_actors.timers import TimerHandle as WheelHandle
@@ -36,6 +38,8 @@ class Scheduler:
         offer: hands ``message`` to ``cell``'s actor (a timer with no ``to``).
         send: tells ``to`` ``message`` as ``cell``'s actor.
         tick: the wheel's resolution in seconds.
+        asks: the pending asks whose deadlines `fire_due` enforces, failing each late
+            one with ``ask_error(future)``.
     """
 
     def __init__(
@@ -45,14 +49,18 @@ class Scheduler:
         send: Callable[[Cell, str, Any], None],
         *,
         tick: float = 0.001,
+        asks: PendingAsks | None = None,
+        ask_error: Callable[[AskFuture], BaseException] = lambda f: TimeoutError(f.description),
     ) -> None:
         self._clock = clock
         self._offer = offer
         self._send = send
         self.wheel: TimerWheel[Callable[[], None]] = TimerWheel(tick=tick, now=clock())
+        self.asks = PendingAsks() if asks is None else asks
+        self._ask_error = ask_error
 
     def __len__(self) -> int:
-        return len(self.wheel)
+        return len(self.wheel) + len(self.asks.deadlines)
 
     def at(self, deadline: float, fire: Callable[[], None]) -> WheelHandle[Callable[[], None]]:
         """Call ``fire`` once the clock has passed ``deadline`` (from `fire_due`)."""
@@ -90,13 +98,20 @@ class Scheduler:
         timer._wheel_handle = self.wheel.schedule(deadline, fire)
 
     def fire_due(self) -> int:
-        """Fire what is due now; return how many fired."""
-        if not len(self.wheel):
-            return 0
-        due = self.wheel.advance(self._clock())
-        for fire in due:
-            fire()
-        return len(due)
+        """Fire what is due now, and fail the asks past their deadline; how many."""
+        now = self._clock()
+        fired = 0
+        if len(self.wheel):
+            due = self.wheel.advance(now)
+            for fire in due:
+                fire()
+            fired = len(due)
+        if self.asks.deadlines:
+            fired += self.asks.expire(now, self._ask_error)
+        return fired
 
     def next_deadline(self) -> float | None:
-        return self.wheel.next_deadline()
+        wheel, asks = self.wheel.next_deadline(), self.asks.next_deadline()
+        if wheel is None or asks is None:
+            return asks if wheel is None else wheel
+        return min(wheel, asks)

@@ -89,9 +89,51 @@ def test_native_and_python_encoders_agree(name: str) -> None:
     assert bytes(native_body) == bytes(body)
 
 
+ENVELOPES: dict[str, dict[str, object]] = {
+    "ask": {"kind": Kind.ASK, "correlation_id": 7},
+    "ask-int-kind": {"kind": 1, "correlation_id": 2**64 - 1},
+    "reply-from": {"kind": Kind.REPLY, "sender": "_reply-1-1", "correlation_id": 3},
+    "error-reply-zero-id": {"kind": Kind.ERROR_REPLY, "correlation_id": 0},
+    "user-from": {"kind": Kind.USER, "sender": "node1/actor-7"},
+    "user-with-id": {"correlation_id": 9},
+    "system": {"kind": Kind.SYSTEM},
+    "nothing": {"kind": 0, "sender": None, "correlation_id": 0},
+    "bad-kind": {"kind": 9},
+    "forward-kind": {"kind": Kind.FORWARD},
+    "negative-kind": {"kind": -1},
+    "str-kind": {"kind": "1"},
+    "negative-id": {"kind": Kind.ASK, "correlation_id": -1},
+    "huge-id": {"kind": Kind.ASK, "correlation_id": 2**64},
+    "float-id": {"correlation_id": 1.0},
+    "non-ascii-sender": {"sender": "\u00e9"},
+    "long-sender": {"sender": "x" * 256},
+    "int-sender": {"sender": 5},
+    "unknown-keyword": {"kind": Kind.ASK, "reply_to": "a"},
+}
+
+
+def _outcome(fn: object, message: object, envelope: dict[str, object]) -> object:
+    try:
+        meta, body = fn(message, **envelope)  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc), str(exc)
+    return meta, bytes(body)
+
+
+@pytest.mark.parametrize("envelope", list(ENVELOPES))
+@pytest.mark.parametrize("name", list(AGREEING))
+def test_native_and_python_encoders_agree_on_envelopes_and_their_errors(
+    name: str, envelope: str
+) -> None:
+    message, env = AGREEING[name], ENVELOPES[envelope]
+    assert _outcome(codec.encode, message, env) == _outcome(codec.encode_python, message, env)
+
+
 def test_the_native_encoder_lets_a_keyboard_interrupt_through() -> None:
     with pytest.raises(KeyboardInterrupt):
         codec.encode(_Reduces(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        codec.encode(_Reduces(KeyboardInterrupt()), kind=Kind.ASK, correlation_id=1)
 
 
 def test_the_native_encoder_hands_a_refused_pickle_to_cloudpickle() -> None:
