@@ -880,7 +880,8 @@ class Runtime(Children):
 def _ask_timeout(fut: AskFuture) -> AskTimeout:
     tag: tuple[str, float] = fut.tag  # type: ignore[assignment]  # Runtime.ask's
     timeout = tag[1]
-    return AskTimeout(f"no reply from {fut.description[len('ask to '):]} within {timeout}s")
+    address = fut.description.removeprefix("ask to ")
+    return AskTimeout(f"no reply from {address} within {timeout}s")
 
 
 def _counters_of(cell: _Cell) -> counters.ActorCounters:

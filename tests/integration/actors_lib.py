@@ -10,7 +10,9 @@ Messages are tuples whose first item is a verb; anything else is echoed back.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
 from waiting import wait_for_file
@@ -272,6 +274,19 @@ class Relay(mb.Actor):
                 a = await self.ask(to, first, timeout=HOLD_LIMIT)
                 b = await self.ask(to, second, timeout=HOLD_LIMIT)
                 self.reply((a, b))
+            case ("relay_within", to, payload, timeout):
+                # How long the ask took, and how it ended (an AskTimeout, by name).
+                started = time.monotonic()
+                try:
+                    outcome: Any = await self.ask(to, payload, timeout=timeout)
+                except mb.AskTimeout as exc:
+                    outcome = ("AskTimeout", str(exc))
+                self.reply((outcome, time.monotonic() - started))
+            case ("relay_then_sleep", to, payload, seconds):
+                # An asyncio timer after an ask: the loop still runs for the receive.
+                answer = await self.ask(to, payload, timeout=HOLD_LIMIT)
+                await asyncio.sleep(seconds)
+                self.reply((answer, asyncio.current_task() is not None))
             case _:
                 self.reply(message)
 

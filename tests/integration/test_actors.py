@@ -365,6 +365,33 @@ def test_async_receive_awaits_an_ask_to_another_actor(actors: Actors, tmp_path: 
     assert me.ask("relay", ("relay", "slow", "again"), timeout=WAIT) == "again"
 
 
+def test_an_awaited_ask_times_out_on_time_and_its_late_reply_answers_nothing(
+    actors: Actors, tmp_path: Path
+) -> None:
+    me = actors.connect("observer")
+    actors.spawn(lib.Echo, "slow", notify="observer")
+    assert me.receive(timeout=WAIT) == ("started", actors.address("slow"))
+    actors.spawn(lib.Relay, "relay")
+
+    # Nobody answers: AskTimeout inside the receive, after its timeout and not long after.
+    (kind, text), took = me.ask("relay", ("relay_within", "slow", ("ignore",), 0.3), timeout=WAIT)
+    assert kind == "AskTimeout" and f"{actors.address('slow')} within 0.3s" in text
+    assert 0.3 <= took < 3.0
+
+    # An answer held past the timeout comes late: it answers neither that ask nor the next.
+    release = tmp_path / "release-slow"
+    outcome, took = me.ask(
+        "relay", ("relay_within", "slow", ("hold", str(release), "late"), 0.3), timeout=WAIT
+    )
+    assert outcome[0] == "AskTimeout" and 0.3 <= took < 3.0
+    assert receive_until(me, lambda m: m[0] == "holding") == ("holding", "late")
+    release.touch()
+    assert me.ask("relay", ("relay_within", "slow", "next", 10.0), timeout=WAIT)[0] == "next"
+
+    # After an answered ask the receive's asyncio timers still run.
+    assert me.ask("relay", ("relay_then_sleep", "slow", "s", 0.05), timeout=WAIT) == ("s", True)
+
+
 # -- 8. timers -------------------------------------------------------------------------
 
 

@@ -218,6 +218,7 @@ def test_a_receive_awaiting_io_gets_a_pass_every_cycle() -> None:
     aio = AsyncReceives()
     r, w = socket.socketpair()
     try:
+
         async def reads() -> bytes:
             loop = asyncio.get_running_loop()
             got: asyncio.Future[bytes] = loop.create_future()

@@ -1,4 +1,5 @@
-"""Unit tests for `mybus_actors.scheduling`: actors' timers on the wheel, a stepped clock."""
+"""Unit tests for `mybus_actors.scheduling`: actors' timers on the wheel and asks'
+deadlines, a stepped clock."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from mybus_actors.asks import PendingAsks
 from mybus_actors.cell import Cell
-from mybus_actors.errors import ActorNotFound
+from mybus_actors.errors import ActorNotFound, AskTimeout
 from mybus_actors.scheduling import Scheduler
 
 
@@ -98,3 +100,51 @@ def test_plain_deadlines_share_the_wheel() -> None:
     assert len(rig.s) == 1 and rig.s.next_deadline() is not None
     rig.step(0.03)
     assert len(fired) == 1 and fired[0] >= 100.02
+
+
+def test_asks_fail_at_their_deadlines_and_answered_ones_leave_nothing_due() -> None:
+    asks = PendingAsks()
+    now = [100.0]
+    s = Scheduler(
+        lambda: now[0],
+        lambda cell, message: None,
+        lambda cell, to, message: None,
+        asks=asks,
+        ask_error=lambda fut: AskTimeout(f"{fut.description} timed out"),
+    )
+    late, f_late = asks.new("late", deadline=100.5)
+    answered, f_answered = asks.new("answered", deadline=100.2)
+    _, f_forever = asks.new("forever")  # no deadline: only a reply or a close ends it
+    assert s.next_deadline() == 100.2
+    assert asks.resolve(answered, "yes")
+    assert s.next_deadline() == 100.5  # the answered ask's entry is dropped, not due
+    now[0] = 100.49
+    assert s.fire_due() == 0 and not f_late.done()
+    now[0] = 100.5
+    assert s.fire_due() == 1
+    with pytest.raises(AskTimeout, match="late timed out"):
+        f_late.result()
+    assert not asks.resolve(late, "too late")  # a late reply answers nothing
+    assert f_answered.result() == "yes" and not f_forever.done()
+    assert s.next_deadline() is None and len(asks) == 1
+
+
+def test_answered_asks_do_not_pile_up_in_the_deadline_heap() -> None:
+    asks = PendingAsks()
+    for i in range(10_000):
+        corr, _ = asks.new("ask", deadline=float(i))
+        asks.resolve(corr, None)
+    assert len(asks.deadlines) <= 1024 + 2
+    _, fut = asks.new("kept", deadline=5.0)
+    assert asks.expire(4.9, lambda f: AskTimeout("x")) == 0
+    assert asks.expire(5.0, lambda f: AskTimeout("x")) == 1 and fut.done()
+
+
+def test_fail_where_fails_only_the_picked_asks() -> None:
+    asks = PendingAsks()
+    _, a = asks.new("a", tag=("cell-a", 1.0))
+    _, b = asks.new("b", tag=("cell-b", 1.0))
+    assert (
+        asks.fail_where(lambda f: f.tag[0] == "cell-a", lambda f: ActorNotFound(f.description)) == 1
+    )
+    assert a.done() and not b.done() and len(asks) == 1
