@@ -21,8 +21,10 @@
  *
  * Beside the ring ends, two callables take the common case of the two calls every
  * local message makes off the Python interpreter: `Sender` (Outbound.send: a channel
- * in use, one record) and `Encoder` (codec.encode: a message, and its envelope). Each
- * stands in front of the Python function and hands it everything else.
+ * in use, one record) and `Encoder` (codec.encode: a message, and its envelope), and
+ * of the one every message with an envelope needs at the receiver: `FieldsDecoder`
+ * (codec.decode_fields). Each stands in front of the Python function and hands it
+ * everything else.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -2170,6 +2172,195 @@ static PyTypeObject EncoderType = {
     .tp_dealloc = (destructor)encoder_dealloc,
 };
 
+/* -- the decode fast path -------------------------------------------------------------- */
+
+/* FieldsDecoder(slow, loads, failed, kinds, pickle_tags, has_correlation, has_sender):
+ * codec.decode_fields(meta, body) in C: (kind, sender, correlation id, message), with
+ * `kinds[meta & 7]` as the kind (None: not a kind), the envelope read as encode wrote
+ * it, the payload `bytes` (RAW) or `loads(view)` for a tag whose bit is in
+ * `pickle_tags`. A record it cannot read cleanly (unknown bits, a short or non-ASCII
+ * prefix) is `slow(meta, body)`, codec's Python function, which raises the
+ * SerializationError that says why; an unpickling that raises is `failed(tag, view,
+ * exc)`'s to turn into the right error (so a hostile payload runs once, not twice). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *slow, *loads, *failed, *kinds;
+    long pickle_tags, has_correlation, has_sender;
+} FieldsDecoder;
+
+static PyObject *fields_call(FieldsDecoder *self, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs != 2 || !PyLong_CheckExact(args[0]))
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    long meta = PyLong_AsLong(args[0]);
+    if (meta == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    long tag = (meta >> 3) & 3;
+    PyObject *kind = meta >= 0 && meta <= 0x7F ? PyTuple_GET_ITEM(self->kinds, meta & 7) : Py_None;
+    if (kind == Py_None || (tag != 0 && !(self->pickle_tags & (1L << tag))))
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t size = view.len, pos = 0;
+    unsigned long long corr = 0;
+    PyObject *sender = NULL, *message = NULL, *corr_obj = NULL, *out = NULL;
+    if (meta & self->has_correlation) {
+        if (size < 8)
+            goto slow;
+        for (int b = 7; b >= 0; b--)
+            corr = (corr << 8) | data[b];
+        pos = 8;
+    }
+    if (meta & self->has_sender) {
+        if (pos >= size || pos + 1 + data[pos] > size)
+            goto slow;
+        Py_ssize_t n = data[pos];
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (data[pos + 1 + i] & 0x80)
+                goto slow;
+        sender = PyUnicode_DecodeASCII((const char *)data + pos + 1, n, NULL);
+        if (sender == NULL)
+            goto done;
+        pos += 1 + n;
+    }
+    if (tag == 0) {
+        if (pos == 0 && PyBytes_CheckExact(args[1]))
+            message = Py_NewRef(args[1]); /* as the Python function: no copy */
+        else
+            message = PyBytes_FromStringAndSize((const char *)data + pos, size - pos);
+    } else {
+        PyObject *sub = PyMemoryView_FromMemory((char *)data + pos, size - pos, PyBUF_READ);
+        if (sub == NULL)
+            goto done;
+        message = PyObject_CallOneArg(self->loads, sub);
+        if (message == NULL) {
+#if PY_VERSION_HEX >= 0x030C0000
+            PyObject *exc = PyErr_GetRaisedException();
+#else
+            PyObject *etype, *exc, *etb;
+            PyErr_Fetch(&etype, &exc, &etb);
+            PyErr_NormalizeException(&etype, &exc, &etb);
+            if (etb != NULL)
+                PyException_SetTraceback(exc, etb);
+            Py_XDECREF(etype);
+            Py_XDECREF(etb);
+#endif
+            PyObject *tag_obj = PyLong_FromLong(tag);
+            if (tag_obj != NULL) {
+                PyObject *a[3] = {tag_obj, sub, exc};
+                PyObject *r = PyObject_Vectorcall(self->failed, a, 3, NULL);
+                Py_XDECREF(r); /* it raises; a None would be a bug of codec's */
+                if (r != NULL && !PyErr_Occurred())
+                    PyErr_SetString(PyExc_SystemError, "decode failure not raised");
+                Py_DECREF(tag_obj);
+            }
+            Py_DECREF(exc);
+        }
+        /* Our view of the buffer ends here: a reference kept to it (a traceback's
+         * frame holds it) must not read the ring's memory later. The error raised
+         * above, if any, stays as it was. */
+        PyObject *et, *ev, *etb2;
+        PyErr_Fetch(&et, &ev, &etb2);
+        PyObject *r = PyObject_CallMethod(sub, "release", NULL);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        PyErr_Restore(et, ev, etb2);
+        Py_DECREF(sub);
+    }
+    if (message == NULL)
+        goto done;
+    corr_obj = PyLong_FromUnsignedLongLong(corr);
+    if (corr_obj == NULL)
+        goto done;
+    out = PyTuple_Pack(4, kind, sender == NULL ? Py_None : sender, corr_obj, message);
+    goto done;
+slow:
+    PyBuffer_Release(&view);
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+done:
+    Py_XDECREF(sender);
+    Py_XDECREF(message);
+    Py_XDECREF(corr_obj);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyObject *fields_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    FieldsDecoder *self = (FieldsDecoder *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)fields_call;
+    return (PyObject *)self;
+}
+
+static int fields_init(FieldsDecoder *self, PyObject *args, PyObject *kwds) {
+    PyObject *slow, *loads, *failed, *kinds;
+    long pickle_tags, has_correlation, has_sender;
+    static char *kwlist[] = {"slow", "loads", "failed", "kinds", "pickle_tags",
+                             "has_correlation", "has_sender", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!lll:FieldsDecoder", kwlist, &slow,
+                                     &loads, &failed, &PyTuple_Type, &kinds, &pickle_tags,
+                                     &has_correlation, &has_sender))
+        return -1;
+    if (PyTuple_GET_SIZE(kinds) != 8) {
+        PyErr_SetString(PyExc_ValueError, "kinds must have 8 entries, one per kind value");
+        return -1;
+    }
+    Py_XSETREF(self->slow, Py_NewRef(slow));
+    Py_XSETREF(self->loads, Py_NewRef(loads));
+    Py_XSETREF(self->failed, Py_NewRef(failed));
+    Py_XSETREF(self->kinds, Py_NewRef(kinds));
+    self->pickle_tags = pickle_tags;
+    self->has_correlation = has_correlation;
+    self->has_sender = has_sender;
+    return 0;
+}
+
+static int fields_traverse(FieldsDecoder *self, visitproc visit, void *arg) {
+    Py_VISIT(self->slow);
+    Py_VISIT(self->loads);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->kinds);
+    return 0;
+}
+
+static int fields_clear(FieldsDecoder *self) {
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->loads);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->kinds);
+    return 0;
+}
+
+static void fields_dealloc(FieldsDecoder *self) {
+    PyObject_GC_UnTrack(self);
+    fields_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FieldsDecoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mybus_actors._ringcore.FieldsDecoder",
+    .tp_doc = "codec.decode_fields in C; a record it cannot read is the Python function's.",
+    .tp_basicsize = sizeof(FieldsDecoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(FieldsDecoder, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = fields_new,
+    .tp_init = (initproc)fields_init,
+    .tp_traverse = (traverseproc)fields_traverse,
+    .tp_clear = (inquiry)fields_clear,
+    .tp_dealloc = (destructor)fields_dealloc,
+};
+
 static PyMethodDef module_methods[] = {
     {"scan_packed", (PyCFunction)(void (*)(void))scan_packed, METH_FASTCALL,
      "Check records packed as a run carries them; the offset after them."},
@@ -2206,7 +2397,7 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
         return NULL;
     if (PyType_Ready(&ProducerType) < 0 || PyType_Ready(&ConsumerType) < 0 ||
         PyType_Ready(&ReaderType) < 0 || PyType_Ready(&SenderType) < 0 ||
-        PyType_Ready(&EncoderType) < 0)
+        PyType_Ready(&EncoderType) < 0 || PyType_Ready(&FieldsDecoderType) < 0)
         return NULL;
     kw_kind = PyUnicode_InternFromString("kind");
     kw_sender = PyUnicode_InternFromString("sender");
@@ -2224,7 +2415,8 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
         PyModule_AddObjectRef(m, "Consumer", (PyObject *)&ConsumerType) < 0 ||
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Sender", (PyObject *)&SenderType) < 0 ||
-        PyModule_AddObjectRef(m, "Encoder", (PyObject *)&EncoderType) < 0) {
+        PyModule_AddObjectRef(m, "Encoder", (PyObject *)&EncoderType) < 0 ||
+        PyModule_AddObjectRef(m, "FieldsDecoder", (PyObject *)&FieldsDecoderType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -53,3 +53,16 @@ class Encoder:
         sender: str | None = ...,
         correlation_id: int = ...,
     ) -> tuple[int, Any]: ...
+
+class FieldsDecoder:
+    def __init__(
+        self,
+        slow: Callable[[int, Any], tuple[int, str | None, int, object]],
+        loads: Callable[[Any], object],
+        failed: Callable[[int, Any, BaseException], object],
+        kinds: tuple[Any, ...],
+        pickle_tags: int,
+        has_correlation: int,
+        has_sender: int,
+    ) -> None: ...
+    def __call__(self, meta: int, body: Any) -> tuple[int, str | None, int, object]: ...

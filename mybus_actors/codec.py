@@ -32,7 +32,7 @@ import functools
 import pickle
 import struct
 import threading
-from typing import Final, Protocol
+from typing import Final, NoReturn, Protocol
 
 import attrs
 import cloudpickle
@@ -44,6 +44,7 @@ __all__ = [
     "HAS_CORRELATION",
     "HAS_SENDER",
     "Buffer",
+    "DecodeFields",
     "Encode",
     "Envelope",
     "Kind",
@@ -51,6 +52,7 @@ __all__ = [
     "contained",
     "decode",
     "decode_fields",
+    "decode_fields_python",
     "decode_message",
     "encode",
     "encode_python",
@@ -351,7 +353,7 @@ def decode_message(meta: int, body: Buffer) -> object:
     return _load(tag, payload)
 
 
-def decode_fields(meta: int, body: Buffer) -> tuple[int, str | None, int, object]:
+def decode_fields_python(meta: int, body: Buffer) -> tuple[int, str | None, int, object]:
     """Return (kind, sender, correlation id, message): `decode` without the Envelope.
 
     For hot paths (replies, asks), where building the value object costs more than
@@ -362,6 +364,31 @@ def decode_fields(meta: int, body: Buffer) -> tuple[int, str | None, int, object
     """
     kind, tag, sender, correlation_id, payload = _parse(meta, body)
     return kind, sender, correlation_id, _load(tag, payload)
+
+
+def _load_failed(tag: int, payload: Buffer, exc: BaseException) -> NoReturn:
+    """What the native decode_fields calls when unpickling raised: `_load`'s handling."""
+    if not contained(exc):
+        raise exc
+    raise _load_error(tag, payload, exc) from exc
+
+
+class DecodeFields(Protocol):
+    """`decode_fields`'s signature."""
+
+    def __call__(self, meta: int, body: Buffer) -> tuple[int, str | None, int, object]: ...
+
+
+# `decode_fields_python`, or on the native core the same in C for every record it can
+# read cleanly (what it cannot, the Python function reads, and raises for).
+decode_fields: DecodeFields = decode_fields_python
+if ringcore.NATIVE is not None:
+    decode_fields = ringcore.NATIVE.FieldsDecoder(
+        decode_fields_python, _loads, _load_failed, _KINDS,
+        pickle_tags=(1 << Tag.PICKLE) | (1 << Tag.CLOUDPICKLE),
+        has_correlation=_HAS_CORRELATION,
+        has_sender=_HAS_SENDER,
+    )  # fmt: skip
 
 
 def decode(meta: int, body: Buffer) -> tuple[Envelope, object]:

@@ -2,7 +2,9 @@
 
 Every test runs twice: against `encode` as the package uses it (on the native core, the
 C `Encoder` in front of the Python function) and against `encode_python` alone (the
-`encoder` fixture). A native core that is not built fails here, it is not skipped.
+`encoder` fixture); the C `FieldsDecoder` is held against `decode_fields_python` on the
+same records, corrupt ones included. A native core that is not built fails here, it is
+not skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import array
 import contextlib
 import pickle
 import struct
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -110,6 +113,16 @@ ENVELOPES: dict[str, dict[str, object]] = {
     "int-sender": {"sender": 5},
     "unknown-keyword": {"kind": Kind.ASK, "reply_to": "a"},
 }
+
+
+_VALID_ENVELOPES = (
+    "ask", "ask-int-kind", "reply-from", "error-reply-zero-id", "user-from", "user-with-id",
+    "system", "nothing",
+)  # fmt: skip
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def _outcome(fn: object, message: object, envelope: dict[str, object]) -> object:
@@ -489,3 +502,75 @@ def test_forward_is_not_a_message_kind() -> None:
         encode(b"x", kind=Kind.FORWARD)
     with pytest.raises(SerializationError, match="meta"):
         decode(int(Kind.FORWARD), b"x")
+
+
+# --- decode_fields: the native reader and the Python one ------------------------------
+
+
+def _fields(fn: object, meta: int, body: object) -> object:
+    try:
+        kind, sender, corr, message = fn(meta, body)  # type: ignore[operator]
+    except SerializationError as exc:
+        return SerializationError, str(exc)
+    return type(kind), kind, sender, corr, type(message).__name__, repr(message)
+
+
+def test_the_package_decodes_fields_with_the_native_reader() -> None:
+    assert isinstance(codec.decode_fields, _ringcore.FieldsDecoder)
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["bytes", "memoryview"])
+@pytest.mark.parametrize("envelope", [e for e in ENVELOPES if e in _VALID_ENVELOPES])
+@pytest.mark.parametrize("name", [n for n in AGREEING if n != "lambda"])
+def test_native_and_python_decode_fields_agree(name: str, envelope: str, view: bool) -> None:
+    meta, body = codec.encode_python(AGREEING[name], **ENVELOPES[envelope])  # type: ignore[arg-type]
+    record: object = as_received(body) if view else bytes(body)
+    native = _fields(codec.decode_fields, meta, record)
+    assert native == _fields(codec.decode_fields_python, meta, record)
+    assert native[0] is Kind
+
+
+def test_a_raw_body_with_no_prefix_comes_back_as_the_same_bytes() -> None:
+    body = b"as it was"
+    assert codec.decode_fields(0, body)[3] is body
+
+
+CORRUPT = {
+    "unknown-bit": (0x80, b"x"),
+    "forward-kind": (Kind.FORWARD, b"x"),
+    "unknown-tag": (3 << 3, b"x"),
+    "negative-meta": (-1, b"x"),
+    "short-correlation": (HAS_CORRELATION | Kind.ASK, b"1234567"),
+    "no-sender-length": (HAS_SENDER, b""),
+    "short-sender": (HAS_SENDER, b"\x05abc"),
+    "non-ascii-sender": (HAS_SENDER, b"\x02\xc3\xa9"),
+    "bad-pickle": (Tag.PICKLE << 3, b"\x80\x05not a pickle"),
+    "huge-meta": (2**70, b"x"),
+}
+
+
+class _ExitsOnLoad:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, (3,))
+
+
+CORRUPT["pickle-exits"] = (Tag.PICKLE << 3, pickle.dumps(_ExitsOnLoad(), 5))
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_native_and_python_decode_fields_refuse_alike(case: str) -> None:
+    meta, body = CORRUPT[case]
+    for record in (body, memoryview(body)):
+        native = _fields(codec.decode_fields, meta, record)
+        assert native[0] is SerializationError
+        assert native == _fields(codec.decode_fields_python, meta, record)
+
+
+def test_a_keyboard_interrupt_while_unpickling_goes_through_the_native_reader() -> None:
+    class Interrupts:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (_interrupt, ())
+
+    body = pickle.dumps(Interrupts(), 5)
+    with pytest.raises(KeyboardInterrupt):
+        codec.decode_fields(Tag.PICKLE << 3, body)
