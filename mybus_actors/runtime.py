@@ -65,6 +65,8 @@ from mybus_actors.watches import Watches
 __all__ = ["STOP", "Runtime", "TimerHandle", "run"]
 
 _log = logging.getLogger(__name__)
+# Local messages handed out per duty cycle before the rings are polled again.
+_LOCAL_BUDGET: Final = 256
 
 _USER: Final = int(Kind.USER)
 _ASK: Final = int(Kind.ASK)
@@ -771,10 +773,13 @@ class Runtime(Children):
     # -- what the dispatcher needs of us (`DispatchHost`) ---------------------------
 
     def run_local(self) -> int:
-        """Hand out what actors of this process told each other (as queued so far)."""
+        """Hand out what actors of this process told each other, including what they
+        tell while it runs (an ask's reply is handed to the asker in the same cycle),
+        up to `_LOCAL_BUDGET` messages: a chatty pair cannot keep the rings unread."""
         local = self._local
-        n = len(local)
-        for _ in range(n):
+        done = 0
+        while local and done < _LOCAL_BUDGET:
+            done += 1
             sender, receiver, kind, corr, msg = local.popleft()
             cell = self.cells.get(receiver)
             if cell is not None:
@@ -782,7 +787,7 @@ class Runtime(Children):
                 self._dispatch(cell, sender, kind, corr, msg)
             else:
                 _log.warning("dead letter for %s (stopped): %r", receiver, msg)
-        return n
+        return done
 
     def has_local(self) -> bool:
         return bool(self._local)
