@@ -1,4 +1,5 @@
-"""Actor benchmark: mybus actors in two processes against mp.Queue/Pipe, iceoryx2, Pykka, Ray.
+"""Actor benchmark: mybus actors in two processes against mp.Queue/Pipe, pyzmq, iceoryx2,
+Pykka and Ray.
 
 ``python benchmarks/actors.py [--quick] [--reps N] [--json PATH] [--peers LIST] [--profile]``
 
@@ -21,6 +22,9 @@ Peers, on the same workloads:
   (go to the source, done from the sink); round trips through a second Queue / the same
   Pipe. Bytes travel as ``send_bytes``/``recv_bytes`` on the Pipe, dicts pickled by
   ``send``; the Queue pickles everything;
+- pyzmq over ``ipc://`` (the "benchmark" extra; skipped with a note when it is not
+  importable): a source process PUSHes to a sink that PULLs, dicts pickled by the sender
+  and unpickled by the receiver, the asks over a PAIR socket pair.
 - iceoryx2 (``pip install iceoryx2``; skipped with a note when it is not importable): a
   source and a sink process, driven like the Queue and Pipe pairs. Tells go over a
   publish-subscribe service of ``Slice[c_uint8]`` (safe overflow off, the publisher's
@@ -248,6 +252,7 @@ PEERS: Final = {
     "mybus-client": "mybus client->actor",
     "queue": "mp.Queue",
     "pipe": "mp.Pipe",
+    "zmq": "zmq ipc",
     "iceoryx2": "iceoryx2",
     "pykka": "Pykka",
     "ray": "Ray",
@@ -562,6 +567,49 @@ def _serve_pipe_source(ctl: Connection, conn: Connection) -> None:
         _serve(ctl, _source_commands(ctl, conn.send_bytes, conn.send, ping))
 
 
+def _serve_zmq_sink(ctl: Connection, stream_addr: str, rpc_addr: str) -> None:
+    """B: PULLs the tells, echoes the asks on a PAIR socket; binds both (and unlinks them)."""
+    import zmq
+
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pair = context.socket(zmq.PAIR)
+    try:
+        pull.bind(stream_addr)
+        pair.bind(rpc_addr)
+        get_obj = lambda: pickle.loads(pull.recv())  # noqa: E731
+        echo = lambda n: echo_back(pair.recv, pair.send, n)  # noqa: E731
+        _serve(ctl, _sink_commands(ctl, pull.recv, get_obj, echo))
+    finally:
+        pull.close(linger=0)
+        pair.close(linger=0)
+        context.term()
+        for addr in (stream_addr, rpc_addr):
+            Path(addr.removeprefix("ipc://")).unlink(missing_ok=True)
+
+
+def _serve_zmq_source(ctl: Connection, stream_addr: str, rpc_addr: str) -> None:
+    """A: PUSHes the tells (dicts pickled here), asks over the PAIR socket."""
+    import zmq
+
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    pair = context.socket(zmq.PAIR)
+    try:
+        push.connect(stream_addr)
+        pair.connect(rpc_addr)
+        put_obj = lambda obj: push.send(pickle.dumps(obj, protocol=5))  # noqa: E731
+
+        def ping(payload: bytes, n: int) -> list[float]:
+            return round_trips(pair.send, pair.recv, payload, n)
+
+        _serve(ctl, _source_commands(ctl, push.send, put_obj, ping))
+    finally:
+        push.close(linger=0)
+        pair.close(linger=0)
+        context.term()
+
+
 def _serve_iceoryx2_sink(ctl: Connection, domain: iox.Domain) -> None:
     """B: a subscriber of the tells, a server of the asks (see ``_iceoryx2``)."""
     with iox.ports(domain) as ports:
@@ -818,6 +866,25 @@ def _open_queue(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext
     source = start_proc(
         stack, cleanup, _Proc, ctx, f"{name} source", _serve_queue_source, a_to_b, b_to_a
     )
+    return _MpPair(name, source, sink)
+
+
+def _open_zmq(stack: contextlib.ExitStack, cleanup: Cleanup, ctx: SpawnContext) -> _MpPair:
+    """A source and a sink process over pyzmq ``ipc://`` sockets in a private directory."""
+    import zmq  # noqa: F401  (ImportError: skipped with a note)
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="mybus-actors-bench-zmq-"))
+    stack.callback(cleanup.remove_dir, sock_dir, "zmq ipc socket dir")  # registered first
+    stream_addr, rpc_addr = f"ipc://{sock_dir}/stream", f"ipc://{sock_dir}/rpc"
+    name = PEERS["zmq"]
+    sink = start_proc(
+        stack, cleanup, _Proc, ctx, f"{name} sink", _serve_zmq_sink, stream_addr, rpc_addr
+    )
+    source = start_proc(
+        stack, cleanup, _Proc, ctx, f"{name} source", _serve_zmq_source, stream_addr, rpc_addr
+    )
+    sink.expect("ready", START_TIMEOUT)
+    source.expect("ready", START_TIMEOUT)
     return _MpPair(name, source, sink)
 
 
@@ -1241,6 +1308,9 @@ TARGETS: Final = (
     Target("tell 1 MiB MB/s >= 2x mp.Queue", "b1m", PEERS["queue"], 2.0, True),
     Target("ask round trip median <= 0.5x mp.Pipe", "ask.median", PEERS["pipe"], 0.5, False),
     Target("tell small dict >= 1.3x iceoryx2", "dict", PEERS["iceoryx2"], 1.3, True),
+    Target("tell small dict >= 1.3x zmq ipc", "dict", PEERS["zmq"], 1.3, True),
+    Target("tell 64 B >= 1x zmq ipc", "b64", PEERS["zmq"], 1.0, True),
+    Target("tell 1 MiB MB/s >= 2x zmq ipc", "b1m", PEERS["zmq"], 2.0, True),
     Target(
         "ask round trip median <= 1.5x iceoryx2's request-response round trip",
         "ask.median",
@@ -1307,6 +1377,7 @@ def _header(
             "mybus actor benchmark",
             info,
             f"mybus_actors {info['mybus_actors']}, "
+            f"pyzmq {info['pyzmq'] or 'not installed'}, "
             f"iceoryx2 {info['iceoryx2'] or 'not installed'}, "
             f"pykka {info['pykka'] or 'not installed'}, ray {info['ray'] or 'not installed'}",
             config,
@@ -1316,7 +1387,9 @@ def _header(
         f"{_RUNTIME_SPIN * 1e6:g} us, rings of {DEFAULT_CAPACITY:,} B); timed in the client "
         'from its tell of "go" to B\'s "done"',
         "- Pykka: ThreadingActors, both in the benchmark process (threads: no copy, no "
-        "serialization, one GIL); Queue/Pipe: a source and a sink process",
+        "serialization, one GIL); Queue/Pipe: a source and a sink process; zmq ipc: a "
+        "source PUSHes to a sink that PULLs (dicts pickled by the source, unpickled by the "
+        "sink), asks over a PAIR pair",
         *(
             [
                 "- iceoryx2: a source and a sink process; tells over Slice[c_uint8] pub/sub "
@@ -1418,6 +1491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine(
         mybus_actors=mb.__version__,
         ring_core=describe(),
+        pyzmq=_version("pyzmq"),
         iceoryx2=_version("iceoryx2"),
         pykka=_version("pykka"),
         ray=_version("ray"),
@@ -1454,6 +1528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pair.source.expect("ready", START_TIMEOUT)
                     pair.sink.expect("ready", START_TIMEOUT)
                 peers += pairs
+                if "zmq" in args.peers:
+                    zmq_pair = _open_optional("zmq", lambda: _open_zmq(stack, cleanup, ctx), notes)
+                    if isinstance(zmq_pair, _MpPair):
+                        peers.append(zmq_pair)
                 if "iceoryx2" in args.peers:
                     iox_pair = _open_optional(
                         "iceoryx2", lambda: _open_iceoryx2(stack, cleanup, ctx), notes
