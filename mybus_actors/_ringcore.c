@@ -2361,6 +2361,134 @@ static PyTypeObject FieldsDecoderType = {
     .tp_dealloc = (destructor)fields_dealloc,
 };
 
+/* -- the tell fast path ----------------------------------------------------------------- */
+
+/* Runtime.tell's common call, tell(sender, to, message), for an actor of another process
+   on this node whose address was seen before: the route from the runtime's own cache,
+   codec.encode, then the endpoint's send, with no Python frame between them. Anything
+   else (an address not cached, another node, an actor of this process, keywords) is the
+   Python method, which stays the reference. The dicts are the runtime's own objects, read
+   at each call: what they say now is what the Python method would see. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *slow;   /* Runtime.tell */
+    PyObject *routes; /* address -> (node, name) */
+    PyObject *cells;  /* name -> cell, the actors of this process */
+    PyObject *node;   /* this node's name */
+    PyObject *encode; /* codec.encode */
+    PyObject *send;   /* the endpoint's send */
+} Teller;
+
+static PyObject *teller_call(Teller *self, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || kwnames != NULL || !PyUnicode_CheckExact(args[1]))
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    PyObject *route = PyDict_GetItemWithError(self->routes, args[1]); /* borrowed */
+    if (route == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    if (!PyTuple_CheckExact(route) || PyTuple_GET_SIZE(route) != 2)
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    PyObject *node = PyTuple_GET_ITEM(route, 0);
+    PyObject *name = PyTuple_GET_ITEM(route, 1);
+    int here = node == self->node ? 1 : PyObject_RichCompareBool(node, self->node, Py_EQ);
+    if (here < 0)
+        return NULL;
+    if (!here)
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    int local = PyDict_Contains(self->cells, name);
+    if (local < 0)
+        return NULL;
+    if (local)
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    Py_INCREF(route); /* the route's items outlive a cache cleared by what we call */
+    PyObject *record = PyObject_CallOneArg(self->encode, args[2]);
+    if (record == NULL) {
+        Py_DECREF(route);
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 2) {
+        Py_DECREF(record);
+        Py_DECREF(route);
+        PyErr_SetString(PyExc_TypeError, "encode must return (meta, body)");
+        return NULL;
+    }
+    PyObject *send_args[4] = {args[0], name, PyTuple_GET_ITEM(record, 1),
+                              PyTuple_GET_ITEM(record, 0)};
+    PyObject *out = PyObject_Vectorcall(self->send, send_args, 4, NULL);
+    Py_DECREF(record);
+    Py_DECREF(route);
+    return out;
+}
+
+static PyObject *teller_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Teller *self = (Teller *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)teller_call;
+    return (PyObject *)self;
+}
+
+static int teller_init(Teller *self, PyObject *args, PyObject *kwds) {
+    PyObject *slow, *routes, *cells, *node, *encode, *send;
+    static char *kwlist[] = {"slow", "routes", "cells", "node", "encode", "send", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!OO:Teller", kwlist, &slow,
+                                     &PyDict_Type, &routes, &PyDict_Type, &cells,
+                                     &PyUnicode_Type, &node, &encode, &send))
+        return -1;
+    Py_XSETREF(self->slow, Py_NewRef(slow));
+    Py_XSETREF(self->routes, Py_NewRef(routes));
+    Py_XSETREF(self->cells, Py_NewRef(cells));
+    Py_XSETREF(self->node, Py_NewRef(node));
+    Py_XSETREF(self->encode, Py_NewRef(encode));
+    Py_XSETREF(self->send, Py_NewRef(send));
+    return 0;
+}
+
+static int teller_traverse(Teller *self, visitproc visit, void *arg) {
+    Py_VISIT(self->slow);
+    Py_VISIT(self->routes);
+    Py_VISIT(self->cells);
+    Py_VISIT(self->node);
+    Py_VISIT(self->encode);
+    Py_VISIT(self->send);
+    return 0;
+}
+
+static int teller_clear(Teller *self) {
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->routes);
+    Py_CLEAR(self->cells);
+    Py_CLEAR(self->node);
+    Py_CLEAR(self->encode);
+    Py_CLEAR(self->send);
+    return 0;
+}
+
+static void teller_dealloc(Teller *self) {
+    PyObject_GC_UnTrack(self);
+    teller_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject TellerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mybus_actors._ringcore.Teller",
+    .tp_doc = "Runtime.tell's common call in C; anything else is the Python method.",
+    .tp_basicsize = sizeof(Teller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Teller, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = teller_new,
+    .tp_init = (initproc)teller_init,
+    .tp_traverse = (traverseproc)teller_traverse,
+    .tp_clear = (inquiry)teller_clear,
+    .tp_dealloc = (destructor)teller_dealloc,
+};
+
 static PyMethodDef module_methods[] = {
     {"scan_packed", (PyCFunction)(void (*)(void))scan_packed, METH_FASTCALL,
      "Check records packed as a run carries them; the offset after them."},
@@ -2397,7 +2525,8 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
         return NULL;
     if (PyType_Ready(&ProducerType) < 0 || PyType_Ready(&ConsumerType) < 0 ||
         PyType_Ready(&ReaderType) < 0 || PyType_Ready(&SenderType) < 0 ||
-        PyType_Ready(&EncoderType) < 0 || PyType_Ready(&FieldsDecoderType) < 0)
+        PyType_Ready(&EncoderType) < 0 || PyType_Ready(&FieldsDecoderType) < 0 ||
+        PyType_Ready(&TellerType) < 0)
         return NULL;
     kw_kind = PyUnicode_InternFromString("kind");
     kw_sender = PyUnicode_InternFromString("sender");
@@ -2416,7 +2545,8 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Sender", (PyObject *)&SenderType) < 0 ||
         PyModule_AddObjectRef(m, "Encoder", (PyObject *)&EncoderType) < 0 ||
-        PyModule_AddObjectRef(m, "FieldsDecoder", (PyObject *)&FieldsDecoderType) < 0) {
+        PyModule_AddObjectRef(m, "FieldsDecoder", (PyObject *)&FieldsDecoderType) < 0 ||
+        PyModule_AddObjectRef(m, "Teller", (PyObject *)&TellerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

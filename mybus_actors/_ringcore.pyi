@@ -66,3 +66,15 @@ class FieldsDecoder:
         has_sender: int,
     ) -> None: ...
     def __call__(self, meta: int, body: Any) -> tuple[int, str | None, int, object]: ...
+
+class Teller:
+    def __init__(
+        self,
+        slow: Callable[..., None],
+        routes: dict[str, tuple[str, str]],
+        cells: dict[str, Any],
+        node: str,
+        encode: Callable[[object], tuple[int, Any]],
+        send: Callable[..., None],
+    ) -> None: ...
+    def __call__(self, sender: str, to: str, message: object) -> None: ...

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Actor", "ActorContext", "Terminated"]
 
+_TELL_TIMEOUT = 10.0  # Actor.tell's default: a tell with it and block=True is `tell_plain`
+
 _log = logging.getLogger(__name__)
 
 
@@ -52,6 +54,7 @@ class ActorContext(Protocol):
     def tell(
         self, sender: str, to: str, message: Any, *, timeout: float = ..., block: bool = ...
     ) -> None: ...
+    def tell_plain(self, sender: str, to: str, message: Any) -> None: ...
     def ask(self, cell: Any, to: str, message: Any, *, timeout: float = ...) -> AskFuture: ...
     def reply(self, cell: Any, message: Any) -> None: ...
     def schedule(
@@ -121,7 +124,9 @@ class Actor:
 
     # -- what I can do -------------------------------------------------------------
 
-    def tell(self, to: str, message: Any, *, timeout: float = 10.0, block: bool = True) -> None:
+    def tell(
+        self, to: str, message: Any, *, timeout: float = _TELL_TIMEOUT, block: bool = True
+    ) -> None:
         """Send ``message`` to the actor at ``to``; returns once it is in the mailbox.
 
         Raises:
@@ -131,7 +136,10 @@ class Actor:
             SerializationError: ``message`` cannot be serialized.
         """
         cell = self._mb_cell
-        self._mb_rt.tell(cell.name, to, message, timeout=timeout, block=block)
+        if block and timeout == _TELL_TIMEOUT:
+            self._mb_rt.tell_plain(cell.name, to, message)  # one C call on the native core
+        else:
+            self._mb_rt.tell(cell.name, to, message, timeout=timeout, block=block)
         cell.sent += 1
 
     def ask(self, to: str, message: Any, *, timeout: float = 5.0) -> AskFuture:

@@ -130,6 +130,18 @@ class Runtime(Children):
         self.watches = Watches(self)
         self.aio = AsyncReceives()  # the loop of async receives, made on first use
         self._routes: dict[str, tuple[str, str]] = {}  # parsed addresses (see `_route`)
+        # `tell(sender, to, message)` with nothing else: an actor's plain tell. On the native
+        # core its common case (an actor of another process here, its address seen before)
+        # goes from the route cache through encode to the endpoint's send in one C call;
+        # everything else, and everything without the core, is `tell` itself.
+        native = ringcore.NATIVE
+        self.tell_plain: Callable[[str, str, Any], None] = (
+            native.Teller(
+                self.tell, self._routes, self.cells, self.node, codec.encode, self.endpoint.send
+            )
+            if native is not None
+            else self.tell
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
