@@ -108,7 +108,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext
 from multiprocessing.queues import Queue
@@ -567,35 +567,39 @@ def _serve_pipe_source(ctl: Connection, conn: Connection) -> None:
         _serve(ctl, _source_commands(ctl, conn.send_bytes, conn.send, ping))
 
 
-def _serve_zmq_sink(ctl: Connection, stream_addr: str, rpc_addr: str) -> None:
-    """B: PULLs the tells, echoes the asks on a PAIR socket; binds both (and unlinks them)."""
+@contextlib.contextmanager
+def _zmq_sockets(stream: str) -> Iterator[tuple[Any, Any]]:
+    """A zmq context with a ``stream`` (PUSH or PULL) and a PAIR socket, closed after."""
     import zmq
 
     context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    pair = context.socket(zmq.PAIR)
+    sockets = (context.socket(getattr(zmq, stream)), context.socket(zmq.PAIR))
     try:
-        pull.bind(stream_addr)
-        pair.bind(rpc_addr)
-        get_obj = lambda: pickle.loads(pull.recv())  # noqa: E731
-        echo = lambda n: echo_back(pair.recv, pair.send, n)  # noqa: E731
-        _serve(ctl, _sink_commands(ctl, pull.recv, get_obj, echo))
+        yield sockets
     finally:
-        pull.close(linger=0)
-        pair.close(linger=0)
+        for sock in sockets:
+            sock.close(linger=0)
         context.term()
-        for addr in (stream_addr, rpc_addr):
-            Path(addr.removeprefix("ipc://")).unlink(missing_ok=True)
+
+
+def _serve_zmq_sink(ctl: Connection, stream_addr: str, rpc_addr: str) -> None:
+    """B: PULLs the tells, echoes the asks on a PAIR socket; binds both (and unlinks them)."""
+    with _zmq_sockets("PULL") as (pull, pair):
+        try:
+            pull.bind(stream_addr)
+            pair.bind(rpc_addr)
+            get_obj = lambda: pickle.loads(pull.recv())  # noqa: E731
+            echo = lambda n: echo_back(pair.recv, pair.send, n)  # noqa: E731
+            _serve(ctl, _sink_commands(ctl, pull.recv, get_obj, echo))
+        finally:
+            # libzmq unlinks only the files of wildcard ("ipc://*") endpoints.
+            for addr in (stream_addr, rpc_addr):
+                Path(addr.removeprefix("ipc://")).unlink(missing_ok=True)
 
 
 def _serve_zmq_source(ctl: Connection, stream_addr: str, rpc_addr: str) -> None:
     """A: PUSHes the tells (dicts pickled here), asks over the PAIR socket."""
-    import zmq
-
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    pair = context.socket(zmq.PAIR)
-    try:
+    with _zmq_sockets("PUSH") as (push, pair):
         push.connect(stream_addr)
         pair.connect(rpc_addr)
         put_obj = lambda obj: push.send(pickle.dumps(obj, protocol=5))  # noqa: E731
@@ -604,10 +608,6 @@ def _serve_zmq_source(ctl: Connection, stream_addr: str, rpc_addr: str) -> None:
             return round_trips(pair.send, pair.recv, payload, n)
 
         _serve(ctl, _source_commands(ctl, push.send, put_obj, ping))
-    finally:
-        push.close(linger=0)
-        pair.close(linger=0)
-        context.term()
 
 
 def _serve_iceoryx2_sink(ctl: Connection, domain: iox.Domain) -> None:

@@ -119,6 +119,16 @@ def test_errors_of_encode_and_send_reach_the_caller(calls: Calls) -> None:
     assert [entry[0] for entry in calls.log] == ["encode"]
 
 
+def test_the_default_tell_is_the_default_send() -> None:
+    """`Actor.tell` takes the Teller for a tell at its default timeout, and the Teller
+    calls the send without one: the three defaults must be the same number."""
+    from mybus_actors.outbound import Outbound
+
+    tell_default = (mb.Actor.tell.__kwdefaults__ or {})["timeout"]
+    assert tell_default == (Runtime.tell.__kwdefaults__ or {})["timeout"]
+    assert tell_default == (Outbound.send.__kwdefaults__ or {})["timeout"]
+
+
 # -- in a runtime ----------------------------------------------------------------------------
 
 
