@@ -36,7 +36,13 @@ from mybus_actors.errors import (
     SerializationError,
 )
 from mybus_actors.mailbox import Endpoint, Payload
-from mybus_actors.registry import Registry, default_node, resolve_runtime_dir, validate_name
+from mybus_actors.registry import (
+    Registry,
+    default_node,
+    forward_name,
+    resolve_runtime_dir,
+    validate_name,
+)
 from mybus_actors.routing import send_to_node
 
 __all__ = ["Client", "DeadLetterHook", "connect"]
@@ -44,6 +50,7 @@ __all__ = ["Client", "DeadLetterHook", "connect"]
 _log = logging.getLogger(__name__)
 _CLIENT_IDS = itertools.count()
 DeadLetterHook = Callable[[Any, str], object]
+_RINGS: Final = 4096  # addresses a client remembers the ring of (then it starts over)
 _SLICE: Final = 0.05  # a waiter re-checks at least this often whether its reply came
 
 
@@ -98,6 +105,8 @@ class Client:
         self.dead_letters = 0
         self.last_sender: str | None = None  # who sent what `receive` returned last
         self._closed = False
+        # address -> (the name its records go to, on another node): see `tell`.
+        self._rings: dict[str, tuple[str, bool]] = {}
 
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
@@ -115,10 +124,35 @@ class Client:
             ResourceExhausted: out of descriptors or shared memory (nothing was sent).
             MailboxClosed: this client is closed.
         """
+        # The common case, an address told before, in one frame: its ring's name is
+        # remembered (no parse, no routing call), and the record goes to the endpoint.
+        ring = self._rings.get(to) if type(to) is str else None
+        if ring is None:
+            try:
+                self._send(to, message, timeout, block, Kind.USER, 0)
+            finally:
+                self._hand_dead_letters()
+            return
+        name, remote = ring
+        meta, body = codec.encode(message, sender=self.address) if remote else codec.encode(message)
         try:
-            self._send(to, message, timeout, block, Kind.USER, 0)
+            with self._lock:
+                if self._closed:
+                    raise MailboxClosed(f"client {self.address} is closed")
+                try:
+                    self._endpoint.send(self.name, name, body, meta, timeout=timeout, block=block)
+                except ActorNotFound:
+                    if not remote:
+                        raise
+                    # No gateway: `send_to_node` waits for a restarted one, or says why.
+                    node, actor = parse_address(to, self.node)
+                    send_to_node(
+                        self._endpoint, self.name, node, actor, meta, body,
+                        here=self.node, timeout=timeout, block=block,
+                    )  # fmt: skip
         finally:
-            self._hand_dead_letters()
+            if self._dead:
+                self._hand_dead_letters()
 
     def ask(self, to: str, message: Any, *, timeout: float = 5.0) -> Any:
         """Send ``message`` and wait for the reply.
@@ -156,11 +190,16 @@ class Client:
             self._check_open()
             if node == self.node:
                 self._endpoint.send(self.name, name, body, meta, timeout=timeout, block=block)
+                ring = (name, False)
             else:
                 send_to_node(
                     self._endpoint, self.name, node, name, meta, body,
                     here=self.node, timeout=timeout, block=block,
                 )  # fmt: skip
+                ring = (forward_name(node, name), True)
+        if len(self._rings) >= _RINGS:
+            self._rings.clear()
+        self._rings[to] = ring
 
     # -- receiving -----------------------------------------------------------------
 

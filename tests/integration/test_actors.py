@@ -332,6 +332,29 @@ def test_sigkill_then_not_found_and_the_name_is_free_again(actors: Actors) -> No
     assert me.ask("victim", ("whoami",), timeout=WAIT)["pid"] == again.pid
 
 
+def test_a_client_telling_an_address_again_follows_its_actor(actors: Actors) -> None:
+    """Past the first tell, a client remembers where an address's records go (and parses
+    it no more): tells by short and full address arrive, those after the actor was killed
+    and spawned again reach its new incarnation, and a closed client refuses."""
+    me = actors.connect()
+    ref = actors.spawn(lib.Counter, "sink")
+    for i in range(50):
+        me.tell("sink" if i % 2 else actors.address("sink"), b"x" * i)
+    assert me.ask("sink", "count?", timeout=WAIT) == (50, sum(range(50)))
+
+    ref.kill()
+    assert ref.join(5)
+    again = actors.spawn(lib.Counter, "sink")
+    assert again.pid != ref.pid
+    for address in ("sink", actors.address("sink")):
+        me.tell(address, b"again")
+    assert me.ask("sink", "count?", timeout=WAIT) == (2, 10)
+
+    me.close()
+    with pytest.raises(mb.MailboxClosed):
+        me.tell("sink", b"closed")
+
+
 # -- 7. async receive ------------------------------------------------------------------
 
 

@@ -220,6 +220,13 @@ def test_a_first_tell_to_another_node_waits_out_a_gateway_restart(cluster: Clust
     assert outcome == ["sent"]
     assert observer.receive(timeout=WAIT) == "across a restart"
 
+    # A tell to an address told before goes straight to its remembered ring, the outbox:
+    # taken while no gateway runs, sent by the next one.
+    cluster.gateways["beta"].kill()
+    waiter.tell("alpha/observer", "while it was down", timeout=WAIT)
+    cluster.start_again("beta")
+    assert observer.receive(timeout=WAIT) == "while it was down"
+
     # A gateway stopped on purpose is not waited for: the error comes at once.
     assert cluster.stop_gateway("beta") == 0
     late = cluster.connect("beta", "late")
