@@ -1684,6 +1684,69 @@ short_:
     return NULL;
 }
 
+/* relayed.strip_run in C: the records that go on a run of one stream, as a receiver
+ * strips a gateway's batch. It stops at the first record it does not take (another
+ * stream, a position not past the last, a blob, not relayed, a payload not bytes), which
+ * the Python caller then reads itself. */
+#define RELAYED_BIT (1ULL << 23)
+#define BLOB_BIT (1ULL << 22)
+#define INNER_META_MASK (BLOB_BIT - 1)
+
+static PyObject *strip_run(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyList_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "strip_run(items, index, stream, last, out: list)");
+        return NULL;
+    }
+    PyObject *items = args[0], *out = args[4];
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    unsigned long long stream = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PySequence_Length(items);
+    if (n < 0)
+        return NULL;
+    int list = PyList_CheckExact(items) || PyTuple_CheckExact(items);
+    while (list && index >= 0 && index < n) {
+        PyObject *item = PyList_CheckExact(items) ? PyList_GET_ITEM(items, index)
+                                                  : PyTuple_GET_ITEM(items, index);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            break;
+        PyObject *meta_obj = PyTuple_GET_ITEM(item, 0), *payload = PyTuple_GET_ITEM(item, 1);
+        if (!PyLong_CheckExact(meta_obj) || !PyBytes_CheckExact(payload))
+            break;
+        unsigned long long meta = PyLong_AsUnsignedLongLong(meta_obj);
+        if (meta == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or huge: the Python caller says what it is */
+            break;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(payload);
+        if ((meta & (RELAYED_BIT | BLOB_BIT)) != RELAYED_BIT || size < 16)
+            break;
+        const char *data = PyBytes_AS_STRING(payload);
+        uint64_t key = 0, position = 0; /* little-endian, as relayed.PREFIX packs them */
+        for (int b = 7; b >= 0; b--) {
+            key = (key << 8) | (unsigned char)data[b];
+            position = (position << 8) | (unsigned char)data[8 + b];
+        }
+        if (key != stream || position <= last)
+            break;
+        PyObject *inner = PyLong_FromUnsignedLongLong(meta & INNER_META_MASK);
+        PyObject *body = inner == NULL ? NULL : PyBytes_FromStringAndSize(data + 16, size - 16);
+        PyObject *rec = body == NULL ? NULL : PyTuple_Pack(2, inner, body);
+        Py_XDECREF(inner);
+        Py_XDECREF(body);
+        if (rec == NULL || PyList_Append(out, rec) < 0) {
+            Py_XDECREF(rec);
+            return NULL;
+        }
+        Py_DECREF(rec);
+        last = position;
+        index++;
+    }
+    return Py_BuildValue("(nK)", index, last);
+}
+
 /* -- the send fast path ---------------------------------------------------------------- */
 
 /* Sender(chan_type, chans, slow, after_write, maintain, timeout): a callable with
@@ -1966,6 +2029,8 @@ typedef struct {
 } Encoder;
 
 static PyObject *kw_kind, *kw_sender, *kw_correlation_id; /* interned at module init */
+static PyObject *str_release;                             /* "release", interned too */
+#define SMALL_PAYLOAD 4096 /* bytes up to which a payload to unpickle is copied */
 
 static int kw_is(PyObject *name, PyObject *interned) {
     return name == interned || PyUnicode_Compare(name, interned) == 0;
@@ -2237,7 +2302,12 @@ static PyObject *fields_call(FieldsDecoder *self, PyObject *const *args, size_t 
         else
             message = PyBytes_FromStringAndSize((const char *)data + pos, size - pos);
     } else {
-        PyObject *sub = PyMemoryView_FromMemory((char *)data + pos, size - pos, PyBUF_READ);
+        /* A small payload is copied (cheaper than a view and its release); a large
+         * one is read in place, through a view released before we return. */
+        int small = size - pos <= SMALL_PAYLOAD;
+        PyObject *sub = small
+            ? PyBytes_FromStringAndSize((const char *)data + pos, size - pos)
+            : PyMemoryView_FromMemory((char *)data + pos, size - pos, PyBUF_READ);
         if (sub == NULL)
             goto done;
         message = PyObject_CallOneArg(self->loads, sub);
@@ -2264,16 +2334,18 @@ static PyObject *fields_call(FieldsDecoder *self, PyObject *const *args, size_t 
             }
             Py_DECREF(exc);
         }
-        /* Our view of the buffer ends here: a reference kept to it (a traceback's
-         * frame holds it) must not read the ring's memory later. The error raised
-         * above, if any, stays as it was. */
-        PyObject *et, *ev, *etb2;
-        PyErr_Fetch(&et, &ev, &etb2);
-        PyObject *r = PyObject_CallMethod(sub, "release", NULL);
-        if (r == NULL)
-            PyErr_Clear();
-        Py_XDECREF(r);
-        PyErr_Restore(et, ev, etb2);
+        if (!small) {
+            /* Our view of the buffer ends here: a reference kept to it (a traceback's
+             * frame holds it) must not read the ring's memory later. The error raised
+             * above, if any, stays as it was. */
+            PyObject *et, *ev, *etb2;
+            PyErr_Fetch(&et, &ev, &etb2);
+            PyObject *r = PyObject_CallMethodNoArgs(sub, str_release);
+            if (r == NULL)
+                PyErr_Clear();
+            Py_XDECREF(r);
+            PyErr_Restore(et, ev, etb2);
+        }
         Py_DECREF(sub);
     }
     if (message == NULL)
@@ -2494,6 +2566,8 @@ static PyMethodDef module_methods[] = {
      "Check records packed as a run carries them; the offset after them."},
     {"unpack_packed", (PyCFunction)(void (*)(void))unpack_packed, METH_FASTCALL,
      "The (end, header, payload) records packed at an offset."},
+    {"strip_run", (PyCFunction)(void (*)(void))strip_run, METH_FASTCALL,
+     "Append the records that go on a relayed run, stripped: (index, last)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2531,7 +2605,8 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     kw_kind = PyUnicode_InternFromString("kind");
     kw_sender = PyUnicode_InternFromString("sender");
     kw_correlation_id = PyUnicode_InternFromString("correlation_id");
-    if (kw_kind == NULL || kw_sender == NULL || kw_correlation_id == NULL)
+    str_release = PyUnicode_InternFromString("release");
+    if (kw_kind == NULL || kw_sender == NULL || kw_correlation_id == NULL || str_release == NULL)
         return NULL;
     zero = PyLong_FromLong(0);
     if (zero == NULL)

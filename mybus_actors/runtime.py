@@ -484,38 +484,44 @@ class Runtime(Children):
             return
         cell.received += len(items)
         decode = codec.decode_message
+        decode_fields = codec.decode_fields
         for meta, payload in items:
             kind = meta & _KIND_MASK
             try:
                 if not meta & _PLAIN_MASK:  # a plain tell from a local sender: no prefix
                     msg = decode(meta, payload)
-                    actor = cell.actor
-                    if (
-                        actor is None
-                        or cell.is_async
-                        or cell.task is not None
-                        or cell.backlog
-                        or cell.restarting
-                        or cell.failing
-                        or cell.finished
-                    ):
-                        self._offer(cell, sender, _USER, 0, msg)
+                    origin = sender
+                    corr = 0
+                else:
+                    _, named, corr, msg = decode_fields(meta, payload)
+                    origin = named or sender
+                    if kind != _USER and kind != _ASK:
+                        self._dispatch(cell, origin, kind, corr, msg)
                         continue
-                    # `_offer` and `_handle` inline for the common case, a plain tell to a
-                    # sync actor that is free: two calls a message fewer.
-                    cell.cur_sender = sender
-                    cell.cur_kind = _USER
-                    cell.cur_corr = 0
-                    try:
-                        actor.receive(msg)
-                    except Exception as exc:
-                        self._receive_failed(cell, exc, sender, _USER, 0)
-                    continue
-                _, origin, corr, msg = codec.decode_fields(meta, payload)
             except SerializationError as exc:
                 self._undecodable(cell, sender, meta, payload, exc)
                 continue
-            self._dispatch(cell, origin or sender, kind, corr, msg)
+            actor = cell.actor
+            if (
+                actor is None
+                or cell.is_async
+                or cell.task is not None
+                or cell.backlog
+                or cell.restarting
+                or cell.failing
+                or cell.finished
+            ):
+                self._offer(cell, origin, kind, corr, msg)
+                continue
+            # `_offer` and `_handle` inline for the common case, a tell or an ask to a
+            # sync actor that is free: two calls a message fewer.
+            cell.cur_sender = origin
+            cell.cur_kind = kind
+            cell.cur_corr = corr
+            try:
+                actor.receive(msg)
+            except Exception as exc:
+                self._receive_failed(cell, exc, origin, kind, corr)
 
     def _undecodable(
         self, cell: _Cell, sender: str, meta: int, payload: Payload, exc: SerializationError

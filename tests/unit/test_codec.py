@@ -545,6 +545,9 @@ CORRUPT = {
     "short-sender": (HAS_SENDER, b"\x05abc"),
     "non-ascii-sender": (HAS_SENDER, b"\x02\xc3\xa9"),
     "bad-pickle": (Tag.PICKLE << 3, b"\x80\x05not a pickle"),
+    # Past 4 KiB the native reader unpickles through a view instead of a copy.
+    "bad-large-pickle": (Tag.PICKLE << 3, b"\x80\x05" + b"\xff" * 8192),
+    "truncated-large-pickle": (Tag.PICKLE << 3, pickle.dumps(list(range(5000)), 5)[:-1]),
     "huge-meta": (2**70, b"x"),
 }
 
