@@ -48,7 +48,7 @@ from mybus_actors.registry import (
     parse_forward_name,
     parse_ring_filename,
 )
-from mybus_actors.relayed import BLOB, INNER_META, PREFIX, RELAYED, Dedup, map_blob
+from mybus_actors.relayed import BLOB, INNER_META, PREFIX, RELAYED, Dedup, map_blob, strip_run
 from mybus_actors.ringfile import CHANNEL_ID, GONE, HELD, OPEN, PAGE, RingFile
 from mybus_actors.timers import ActivityTable
 
@@ -415,7 +415,10 @@ class Inbound:
         # A batch is mostly one stream in order: past its first record, the next is fresh
         # when its position is past the last, and the table learns the last one once.
         run_stream = run_last = run_first = -1
-        for meta, payload in items:
+        index, n = 0, len(items)
+        while index < n:
+            meta, payload = items[index]
+            index += 1
             if not meta & RELAYED:
                 append((meta, payload))
                 continue
@@ -433,6 +436,8 @@ class Inbound:
                         run_stream = stream
                         run_first = run_last = position
                     append((meta & INNER_META, payload[16:]))
+                    # The rest of the run in one call (no Python per record natively).
+                    index, run_last = strip_run(items, index, run_stream, run_last, out)
                     continue
                 if run_last != run_first:
                     dedup.seen(run_stream, run_last)

@@ -30,8 +30,9 @@ import os
 import struct
 from collections import OrderedDict
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from mybus_actors import ringcore
 from mybus_actors.errors import SerializationError
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "map_blob",
     "read_blob",
     "stream_id",
+    "strip_run",
     "unwrap",
 ]
 
@@ -55,6 +57,34 @@ INNER_META: Final = BLOB - 1  # the message's own meta bits
 BLOB_HEADER: Final = struct.Struct("<QI4x")
 PREFIX: Final = struct.Struct("<QQ")  # stream id, position
 _DEDUP_SIZE: Final = 1 << 16  # streams remembered per endpoint (least recently used go)
+
+
+def _strip_run(
+    items: Any, index: int, stream: int, last: int, out: list[tuple[int, Any]]
+) -> tuple[int, int]:
+    """`strip_run` in Python (the reference; the native core has its own)."""
+    n = len(items)
+    while index < n:
+        meta, payload = items[index]
+        if meta & (RELAYED | BLOB) != RELAYED or len(payload) < PREFIX.size:
+            break
+        key, position = PREFIX.unpack_from(payload)
+        if key != stream or position <= last:
+            break
+        out.append((meta & INNER_META, payload[PREFIX.size :]))
+        last = position
+        index += 1
+    return index, last
+
+
+_NATIVE = ringcore.NATIVE
+strip_run = _NATIVE.strip_run if _NATIVE is not None else _strip_run
+"""strip_run(items, index, stream, last, out) -> (index, last): append to ``out`` the
+(meta, payload) records of ``items`` from ``index`` on that go on a run of ``stream``
+past position ``last`` (relayed, not blobs, of that stream, positions rising), each as
+(its own meta, its payload without the prefix); return the index of the first that does
+not and the run's last position. A receiver strips a batch from one gateway with it: the
+first record of a run is checked against its dedup table, the rest of the run follows."""
 
 
 def _id(text: str) -> int:
