@@ -156,6 +156,13 @@ TARGETS: Final = (
            PEERS["zmq"], 0.5, True),
     Target("cross-node ask round trip median <= 4x mp.Pipe", "rtt.median",
            PEERS["pipe"], 4.0, False),
+    # The speed issue's (11) targets across two nodes on loopback.
+    Target("speed: cross-node small dict >= 0.6x zmq PUSH/PULL over tcp", "dict",
+           PEERS["zmq"], 0.6, True),
+    Target("speed: cross-node 1 MiB >= 0.7x zmq's MB/s over tcp", "b1m",
+           PEERS["zmq"], 0.7, True),
+    Target("speed: cross-node ask round trip median <= 2.5x zmq REQ/REP", "rtt.median",
+           PEERS["zmq"], 2.5, False),
 )  # fmt: skip
 REPORT: Final = Report(MYBUS, "mybus across two nodes / peer", TARGETS)
 
