@@ -2030,6 +2030,8 @@ typedef struct {
 
 static PyObject *kw_kind, *kw_sender, *kw_correlation_id; /* interned at module init */
 static PyObject *str_release;                             /* "release", interned too */
+static PyObject *kwnames_sender;                          /* ("sender",) */
+static PyObject *ActorNotFound;
 #define SMALL_PAYLOAD 4096 /* bytes up to which a payload to unpickle is copied */
 
 static int kw_is(PyObject *name, PyObject *interned) {
@@ -2450,7 +2452,49 @@ typedef struct {
     PyObject *node;   /* this node's name */
     PyObject *encode; /* codec.encode */
     PyObject *send;   /* the endpoint's send */
+    PyObject *forwards; /* address on another node -> its forward ring's name, or NULL */
+    PyObject *prefix;   /* "node/": a sender's full address begins so */
+    PyObject *not_found; /* errors.ActorNotFound */
 } Teller;
+
+/* A tell to another node whose forward ring is known: encode naming the sender in full,
+   then the endpoint's send into that ring (the gateway's outbox). A missing gateway
+   (ActorNotFound, nothing sent) is the Python method's to handle: it waits for a
+   restarted one or says why, so the message is encoded again there. */
+static PyObject *teller_remote(Teller *self, PyObject *const *args, size_t nargsf,
+                               PyObject *ring) {
+    PyObject *sender = args[0];
+    Py_ssize_t slash = PyUnicode_FindChar(sender, '/', 0, PyUnicode_GET_LENGTH(sender), 1);
+    if (slash == -2)
+        return NULL;
+    PyObject *origin = slash >= 0 ? Py_NewRef(sender) : PyUnicode_Concat(self->prefix, sender);
+    if (origin == NULL)
+        return NULL;
+    Py_INCREF(ring); /* outlives a cache cleared by what we call */
+    PyObject *enc_args[2] = {args[2], origin};
+    PyObject *record = PyObject_Vectorcall(self->encode, enc_args, 1, kwnames_sender);
+    Py_DECREF(origin);
+    if (record == NULL) {
+        Py_DECREF(ring);
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 2) {
+        Py_DECREF(record);
+        Py_DECREF(ring);
+        PyErr_SetString(PyExc_TypeError, "encode must return (meta, body)");
+        return NULL;
+    }
+    PyObject *send_args[4] = {sender, ring, PyTuple_GET_ITEM(record, 1),
+                              PyTuple_GET_ITEM(record, 0)};
+    PyObject *out = PyObject_Vectorcall(self->send, send_args, 4, NULL);
+    Py_DECREF(record);
+    Py_DECREF(ring);
+    if (out == NULL && PyErr_ExceptionMatches(self->not_found)) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    }
+    return out;
+}
 
 static PyObject *teller_call(Teller *self, PyObject *const *args, size_t nargsf,
                              PyObject *kwnames) {
@@ -2470,8 +2514,16 @@ static PyObject *teller_call(Teller *self, PyObject *const *args, size_t nargsf,
     int here = node == self->node ? 1 : PyObject_RichCompareBool(node, self->node, Py_EQ);
     if (here < 0)
         return NULL;
-    if (!here)
-        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    if (!here) {
+        PyObject *ring = self->forwards == NULL
+                             ? NULL
+                             : PyDict_GetItemWithError(self->forwards, args[1]); /* borrowed */
+        if (ring == NULL && PyErr_Occurred())
+            return NULL;
+        if (ring == NULL || !PyUnicode_CheckExact(ring) || !PyUnicode_CheckExact(args[0]))
+            return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+        return teller_remote(self, args, nargsf, ring);
+    }
     int local = PyDict_Contains(self->cells, name);
     if (local < 0)
         return NULL;
@@ -2505,12 +2557,20 @@ static PyObject *teller_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 }
 
 static int teller_init(Teller *self, PyObject *args, PyObject *kwds) {
-    PyObject *slow, *routes, *cells, *node, *encode, *send;
-    static char *kwlist[] = {"slow", "routes", "cells", "node", "encode", "send", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!OO:Teller", kwlist, &slow,
+    PyObject *slow, *routes, *cells, *node, *encode, *send, *forwards = NULL;
+    static char *kwlist[] = {"slow", "routes", "cells", "node", "encode", "send", "forwards",
+                             NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!OO|$O!:Teller", kwlist, &slow,
                                      &PyDict_Type, &routes, &PyDict_Type, &cells,
-                                     &PyUnicode_Type, &node, &encode, &send))
+                                     &PyUnicode_Type, &node, &encode, &send, &PyDict_Type,
+                                     &forwards))
         return -1;
+    PyObject *prefix = PyUnicode_FromFormat("%U/", node);
+    if (prefix == NULL)
+        return -1;
+    Py_XSETREF(self->prefix, prefix);
+    Py_XSETREF(self->forwards, Py_XNewRef(forwards));
+    Py_XSETREF(self->not_found, Py_NewRef(ActorNotFound));
     Py_XSETREF(self->slow, Py_NewRef(slow));
     Py_XSETREF(self->routes, Py_NewRef(routes));
     Py_XSETREF(self->cells, Py_NewRef(cells));
@@ -2527,6 +2587,9 @@ static int teller_traverse(Teller *self, visitproc visit, void *arg) {
     Py_VISIT(self->node);
     Py_VISIT(self->encode);
     Py_VISIT(self->send);
+    Py_VISIT(self->forwards);
+    Py_VISIT(self->prefix);
+    Py_VISIT(self->not_found);
     return 0;
 }
 
@@ -2537,6 +2600,9 @@ static int teller_clear(Teller *self) {
     Py_CLEAR(self->node);
     Py_CLEAR(self->encode);
     Py_CLEAR(self->send);
+    Py_CLEAR(self->forwards);
+    Py_CLEAR(self->prefix);
+    Py_CLEAR(self->not_found);
     return 0;
 }
 
@@ -2587,8 +2653,9 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
         return NULL;
     RingCorrupted = PyObject_GetAttrString(errors, "RingCorrupted");
     RemoteProtocolError = PyObject_GetAttrString(errors, "RemoteProtocolError");
+    ActorNotFound = PyObject_GetAttrString(errors, "ActorNotFound");
     Py_DECREF(errors);
-    if (RingCorrupted == NULL || RemoteProtocolError == NULL)
+    if (RingCorrupted == NULL || RemoteProtocolError == NULL || ActorNotFound == NULL)
         return NULL;
     PyObject *ring = PyImport_ImportModule("mybus_actors.ring");
     if (ring == NULL)
@@ -2606,7 +2673,9 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     kw_sender = PyUnicode_InternFromString("sender");
     kw_correlation_id = PyUnicode_InternFromString("correlation_id");
     str_release = PyUnicode_InternFromString("release");
-    if (kw_kind == NULL || kw_sender == NULL || kw_correlation_id == NULL || str_release == NULL)
+    kwnames_sender = kw_sender == NULL ? NULL : PyTuple_Pack(1, kw_sender);
+    if (kw_kind == NULL || kw_sender == NULL || kw_correlation_id == NULL || str_release == NULL ||
+        kwnames_sender == NULL)
         return NULL;
     zero = PyLong_FromLong(0);
     if (zero == NULL)

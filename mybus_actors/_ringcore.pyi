@@ -74,8 +74,10 @@ class Teller:
         routes: dict[str, tuple[str, str]],
         cells: dict[str, Any],
         node: str,
-        encode: Callable[[object], tuple[int, Any]],
+        encode: Callable[..., tuple[int, Any]],
         send: Callable[..., None],
+        *,
+        forwards: dict[str, str] | None = None,
     ) -> None: ...
     def __call__(self, sender: str, to: str, message: object) -> None: ...
 

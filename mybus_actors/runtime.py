@@ -54,6 +54,7 @@ from mybus_actors.registry import (
     Entry,
     Registry,
     default_node,
+    forward_name,
     resolve_runtime_dir,
     validate_name,
 )
@@ -130,14 +131,22 @@ class Runtime(Children):
         self.watches = Watches(self)
         self.aio = AsyncReceives()  # the loop of async receives, made on first use
         self._routes: dict[str, tuple[str, str]] = {}  # parsed addresses (see `_route`)
+        self._forwards: dict[str, str] = {}  # address on another node -> its forward ring
         # `tell(sender, to, message)` with nothing else: an actor's plain tell. On the native
-        # core its common case (an actor of another process here, its address seen before)
-        # goes from the route cache through encode to the endpoint's send in one C call;
-        # everything else, and everything without the core, is `tell` itself.
+        # core its common cases (an actor of another process here, or of another node whose
+        # forward ring is known, its address seen before) go from the route cache through
+        # encode to the endpoint's send in one C call; everything else, and everything
+        # without the core, is `tell` itself.
         native = ringcore.NATIVE
         self.tell_plain: Callable[[str, str, Any], None] = (
             native.Teller(
-                self.tell, self._routes, self.cells, self.node, codec.encode, self.endpoint.send
+                self.tell,
+                self._routes,
+                self.cells,
+                self.node,
+                codec.encode,
+                self.endpoint.send,
+                forwards=self._forwards,
             )
             if native is not None
             else self.tell
@@ -276,6 +285,10 @@ class Runtime(Children):
             self.endpoint, sender, node, name, meta, body,
             here=self.node, timeout=timeout, block=block,
         )  # fmt: skip
+        # The Teller's next plain tell to ``to`` goes straight into the same ring.
+        if len(self._forwards) >= _ROUTES:
+            self._forwards.clear()
+        self._forwards[to] = forward_name(node, name)
 
     def _route(self, to: str) -> tuple[str, str]:
         """(node, name) of ``to``, remembered: a tell parses its address once, not each

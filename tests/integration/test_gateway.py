@@ -291,8 +291,9 @@ def test_three_senders_on_alpha_into_one_collector_on_beta(
     for name in senders:
         cluster.spawn(lib.Numbered, name, "alpha")
     starter = cluster.connect("alpha")
-    for name in senders:
-        starter.tell(name, ("go", "beta/collector", per_sender))
+    for name in senders:  # s1 by plain tells: past the first, into the forward ring in C
+        how = ("plain",) if name == "s1" else ()
+        starter.tell(name, ("go", "beta/collector", per_sender, *how))
     for _ in senders:
         assert starter.receive(timeout=60)[0] == "done"
     # Each sender's end marker travels behind its last message: a barrier per sender.

@@ -39,6 +39,10 @@ class Calls:
     def send(self, *args: Any, **kwargs: Any) -> None:
         self.log.append(("send", args, kwargs))
 
+    def encode_named(self, message: Any, **kwargs: Any) -> tuple[int, bytes]:
+        self.log.append(("encode", message, kwargs))
+        return 9, b"named:" + repr(message).encode()
+
 
 @pytest.fixture
 def calls() -> Calls:
@@ -117,6 +121,55 @@ def test_errors_of_encode_and_send_reach_the_caller(calls: Calls) -> None:
     with pytest.raises(TypeError, match=r"\(meta, body\)"):
         bad("a", "b", 1)
     assert [entry[0] for entry in calls.log] == ["encode"]
+
+
+FAR = {"far/b": ("far", "b")}
+
+
+def remote_teller(calls: Calls, forwards: dict[str, Any], send: Any = None) -> _ringcore.Teller:
+    return _ringcore.Teller(
+        calls.slow, FAR, {}, "here", calls.encode_named, send or calls.send, forwards=forwards
+    )
+
+
+def test_a_known_address_on_another_node_goes_into_its_forward_ring(calls: Calls) -> None:
+    tell = remote_teller(calls, {"far/b": "gateway+far+b"})
+    tell("a", "far/b", {"x": 1})
+    tell("here/a", "far/b", 2)  # a sender named in full is named as it is
+    assert calls.log == [
+        ("encode", {"x": 1}, {"sender": "here/a"}),
+        ("send", ("a", "gateway+far+b", b"named:{'x': 1}", 9), {}),
+        ("encode", 2, {"sender": "here/a"}),
+        ("send", ("here/a", "gateway+far+b", b"named:2", 9), {}),
+    ]
+
+
+@pytest.mark.parametrize(
+    "forwards", [{}, {"far/b": b"gateway+far+b"}], ids=["ring-unknown", "ring-not-a-str"]
+)
+def test_another_node_without_a_known_ring_goes_to_the_python_method(
+    calls: Calls, forwards: dict[str, Any]
+) -> None:
+    remote_teller(calls, forwards)("a", "far/b", "m")
+    assert calls.log == [("slow", ("a", "far/b", "m"), {})]
+
+
+def test_no_gateway_is_the_python_methods_to_handle_and_other_errors_reach_the_caller(
+    calls: Calls,
+) -> None:
+    def no_gateway(*args: Any) -> None:
+        calls.log.append(("send", args, {}))
+        raise mb.ActorNotFound("no gateway")
+
+    remote_teller(calls, {"far/b": "gateway+far+b"}, no_gateway)("a", "far/b", "m")
+    assert [entry[0] for entry in calls.log] == ["encode", "send", "slow"]
+    assert calls.log[-1] == ("slow", ("a", "far/b", "m"), {})
+
+    def full(*args: Any) -> None:
+        raise mb.MailboxFull("the outbox is full")
+
+    with pytest.raises(mb.MailboxFull, match="outbox is full"):
+        remote_teller(calls, {"far/b": "gateway+far+b"}, full)("a", "far/b", "m")
 
 
 def test_the_default_tell_is_the_default_send() -> None:
