@@ -17,12 +17,19 @@ import traceback
 from collections.abc import Callable, Generator
 from contextvars import Context
 from heapq import heapify, heappop, heappush
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from mybus_actors.codec import contained
 from mybus_actors.errors import ActorError, ActorNotFound, DeadlockError, MyBusError
 
-__all__ = ["AskFuture", "PendingAsks", "StepsTasks", "error_from_reply", "error_reply"]
+__all__ = [
+    "AskFuture",
+    "PendingAsks",
+    "RoundTrips",
+    "StepsTasks",
+    "error_from_reply",
+    "error_reply",
+]
 
 _UNSET: Any = object()
 _WAITERS_LOCK = threading.Lock()
@@ -224,6 +231,45 @@ class _Wakeup:
         self.result()
 
     __iter__ = __await__
+
+
+SPIN_CAP: Final = 1e-3  # replies usually back within this long are waited for by spinning
+_GAIN: Final = 0.125  # the weight of each new round trip in the estimate (TCP's SRTT's)
+
+
+class RoundTrips:
+    """How long an owner's asks usually take, and so how long to spin for a reply.
+
+    A waiter spins briefly (``spin``) before it sleeps on its doorbell. Across nodes a
+    reply takes hundreds of microseconds, longer than that spin, and on a busy machine
+    waking from the sleep costs nearly as much again: spinning through the usual round
+    trip (and half as much again) meets the reply instead, as long as replies come
+    within `SPIN_CAP`. Replies that usually take longer get the plain spin: a spin that
+    would rarely meet them only takes a CPU from whoever must answer.
+
+    The estimate is a moving average of answered asks (timed-out ones say nothing about
+    how soon replies come); pure: the owner hands in each round trip.
+    """
+
+    __slots__ = ("usual",)
+
+    def __init__(self) -> None:
+        self.usual: float | None = None  # seconds; None before the first answered ask
+
+    def observe(self, seconds: float) -> None:
+        # A reply slower than twice the cap says only "slow": one such (a barrier after
+        # a stream, a busy actor) does not outweigh the fast ones around it.
+        seconds = min(seconds, 2 * SPIN_CAP)
+        usual = self.usual
+        self.usual = seconds if usual is None else usual + _GAIN * (seconds - usual)
+
+    def spin(self, plain: float) -> float:
+        """How long to spin for the next reply, for a waiter whose own spin is ``plain``."""
+        usual = self.usual
+        if usual is None:
+            return plain
+        through = 1.5 * usual
+        return through if plain < through <= SPIN_CAP else plain
 
 
 class PendingAsks:

@@ -23,8 +23,8 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Protocol, SupportsIndex, cast
 
 from mybus_actors import wire
 from mybus_actors.errors import LocalProtocolError, RemoteProtocolError
@@ -64,6 +64,55 @@ class Relay(Protocol):
     def link_up(self, node: str) -> None: ...
     def link_down(self, node: str) -> None: ...
     def give_up(self, link: Link) -> None: ...
+
+
+class _Ended(Exception):
+    """The connection's frames ended (the peer closed it cleanly, or we did)."""
+
+
+class _FramesReader(asyncio.StreamReader):
+    """A stream reader that, once given a handler (`deliver_to`), hands each chunk of
+    bytes to it in the transport's callback as they are read, instead of buffering them
+    for a task's `read` (and waking it, a pass of the event loop later). What the
+    handler raises is set as the stream's exception: the reading task's `read` raises
+    it, as if it had read and handled the bytes itself; the stream's end reaches the
+    task as before."""
+
+    _handler: Callable[[bytes], None] | None = None
+
+    def deliver_to(self, handler: Callable[[bytes], None]) -> bytes:
+        """From now on hand arriving bytes to ``handler``; returns what was buffered."""
+        # CPython's StreamReader keeps unread bytes in `_buffer` and pauses the transport
+        # past twice its limit, resuming in `read` (unchanged since Python 3.7): take
+        # them, and resume, since no `read` will take the buffer down again.
+        buffer: bytearray = self._buffer  # type: ignore[attr-defined]
+        early = bytes(buffer)
+        buffer.clear()
+        self._handler = handler
+        self._maybe_resume_transport()  # type: ignore[attr-defined]
+        return early
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        handler = self._handler
+        if handler is None:
+            super().feed_data(data)
+            return
+        try:
+            handler(cast(bytes, data))  # the transport's bytes, as it read them
+        except Exception as exc:
+            self._handler = None  # nothing more is handled: the task ends with exc
+            self.set_exception(exc)
+
+
+async def _open_connection(
+    host: str, port: int, **kwds: Any
+) -> tuple[_FramesReader, asyncio.StreamWriter]:
+    """`asyncio.open_connection`, with a `_FramesReader`."""
+    loop = asyncio.get_running_loop()
+    reader = _FramesReader(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, **kwds)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 class _Conn:
@@ -190,7 +239,7 @@ class Peers:
                 super().connection_made(transport)
 
         def factory() -> asyncio.StreamReaderProtocol:
-            return Protocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
+            return Protocol(_FramesReader(loop=loop), self._accept, loop=loop)
 
         host, port = self.config.listen
         self._server = await loop.create_server(factory, host, port, reuse_address=True)
@@ -287,7 +336,7 @@ class Peers:
                 host, port = self._address_of(link.node)
                 try:
                     reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(
+                        _open_connection(
                             host,
                             port,
                             ssl=self.config.client_ssl,
@@ -483,14 +532,48 @@ class Peers:
     # -- frames ----------------------------------------------------------------------
 
     async def _read_frames(self, conn: _Conn, link: Link) -> None:
+        """Handle the connection's frames until it ends.
+
+        Past the handshake, bytes are handled as the transport reads them, in its
+        callback (`_FramesReader`), not by this task after a wake-up: one pass of the
+        event loop saved per read, at each gateway on every hop of a round trip. This
+        task waits for the end: the stream's (its last bytes are checked here) or what
+        handling raised (`read` raises it).
+        """
+        reader = conn.reader
+        assert isinstance(reader, _FramesReader)
+        try:
+            if not self._on_frames(conn, link):  # what came with the handshake's reads
+                return
+            early = reader.deliver_to(lambda data: self._on_bytes(conn, link, data))
+            if early:
+                self._on_bytes(conn, link, early)
+            while not conn.closed:
+                data = await reader.read(_READ_SIZE)  # only the end comes this way now
+                if data:
+                    self._on_bytes(conn, link, data)
+                    continue
+                conn.proto.receive_data(b"")
+                self._on_frames(conn, link)
+                return
+        except _Ended:
+            return
+
+    def _on_bytes(self, conn: _Conn, link: Link, data: bytes) -> None:
+        if conn.closed:
+            return
+        conn.last_rx = time.monotonic()
+        conn.proto.receive_data(data)
+        if not self._on_frames(conn, link):
+            raise _Ended
+
+    def _on_frames(self, conn: _Conn, link: Link) -> bool:
+        """Handle the frames parsed so far; False once the connection ended."""
         proto = conn.proto
         while not conn.closed:
             event = proto.next_event()
             if event is wire.NEED_DATA:
-                data = await conn.reader.read(_READ_SIZE)
-                conn.last_rx = time.monotonic()
-                proto.receive_data(data)
-                continue
+                return True
             if isinstance(event, wire.Data):
                 self.touch(link)
                 self.relay.on_runs(link.node, event.runs)
@@ -510,7 +593,8 @@ class Peers:
             elif isinstance(event, wire.Bye):
                 _log.info("link to %s: peer said goodbye (%s)", link.node, event.reason)
             elif isinstance(event, wire.ConnectionClosed):
-                return
+                return False
+        return False
 
     def _send_now(self, conn: _Conn, link: Link) -> None:
         """Write what may go now: runs within the windows, up to the socket's high water,

@@ -70,6 +70,11 @@ class Echo(mb.Actor):
                 )
             case ("raise", text):
                 raise Boom(text)
+            case ("busy", seconds):
+                end = time.perf_counter() + seconds  # on the CPU, as a compute step is
+                while time.perf_counter() < end:
+                    pass
+                self.reply(seconds)
             case ("ignore",):
                 pass  # never answered: the asker times out
             case ("hold", path, value):

@@ -355,6 +355,26 @@ def test_a_client_telling_an_address_again_follows_its_actor(actors: Actors) -> 
         me.tell("sink", b"closed")
 
 
+def test_a_client_times_its_asks_to_choose_how_long_to_spin(actors: Actors) -> None:
+    """Each answered ask's round trip goes into the client's estimate, from which it
+    chooses how long to spin for the next reply (asks.RoundTrips, tested without
+    processes): replies that take milliseconds get the plain spin, and fast replies
+    bring the estimate back down."""
+    me = actors.connect()
+    actors.spawn(lib.Echo, "worker")
+    for _ in range(10):
+        assert me.ask("worker", ("busy", 3e-3), timeout=WAIT) == 3e-3
+    slow = me._round_trips.usual
+    assert slow is not None and slow >= 1e-3
+    assert me._round_trips.spin(me.spin) == me.spin
+    for i in range(40):
+        assert me.ask("worker", i, timeout=WAIT) == i
+    assert me._round_trips.usual < slow / 4
+    with pytest.raises(mb.AskTimeout):
+        me.ask("worker", ("ignore",), timeout=0.05)
+    assert me._round_trips.usual < slow / 4  # a timed-out ask says nothing
+
+
 # -- 7. async receive ------------------------------------------------------------------
 
 
