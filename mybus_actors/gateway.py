@@ -84,6 +84,10 @@ class Gateway:
         self._outbox: Outbox | None = None
         self._deliveries: Deliveries | None = None
         self._local: list[tuple[str, int, bytes]] = []  # notices for local actors, waiting
+        # The pump's sleep under way, if any, and whether it looks again soon (_RETRY):
+        # deliveries that start waiting for room while it sleeps long must wake it.
+        self._sleeping: list[asyncio.Future[None]] = []
+        self._retrying = False
         # Out of descriptors: deliveries wait and accepts pause; one line per episode.
         self._short_deliver = OnceLog(_log, "delivering to local actors")
         self._short_counters = OnceLog(_log, "publishing the gateway's counters")
@@ -201,7 +205,7 @@ class Gateway:
         ep = self.endpoint
         assert ep is not None
         loop = asyncio.get_running_loop()
-        sleeping: list[asyncio.Future[None]] = []  # the sleep under way, if any
+        sleeping = self._sleeping
 
         def rang() -> None:
             # Watched for the pump's whole life (not added and removed around each sleep:
@@ -255,7 +259,8 @@ class Gateway:
                 sleeping.append(woke)
                 # Nobody rings us when a full ring drains: while deliveries wait, look
                 # again soon (a 1 MiB message through a busy actor's ring waits in ms).
-                busy = self.deliveries.waiting() or self._local
+                busy = self.deliveries.waiting() or bool(self._local)
+                self._retrying = busy
                 timer = loop.call_later(
                     ep.sleep_bound(_RETRY if busy else 0.5), _wake, woke
                 )
@@ -375,6 +380,11 @@ class Gateway:
         for run in runs:
             deliveries.take(node, run)
         deliveries.send_notices()
+        if not self._retrying and deliveries.waiting() and self._sleeping:
+            # A target ring filled while the pump sleeps its long sleep, and nobody rings
+            # when it drains: without this the records waited out that sleep (0.5 s;
+            # streams across nodes stalled in one run of four).
+            _wake(self._sleeping[0])
 
     def on_entries(self, node: str, entries: Sequence[StreamAck]) -> bool:
         """Take the other node's acknowledgements; True when records may now go."""
