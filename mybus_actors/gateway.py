@@ -382,8 +382,8 @@ class Gateway:
         deliveries.send_notices()
         if not self._retrying and deliveries.waiting() and self._sleeping:
             # A target ring filled while the pump sleeps its long sleep, and nobody rings
-            # when it drains: without this the records waited out that sleep (0.5 s;
-            # streams across nodes stalled in one run of four).
+            # when it drains: without this the records waited out that sleep (up to
+            # 0.5 s; about one cross-node stream in four stalled so).
             _wake(self._sleeping[0])
 
     def on_entries(self, node: str, entries: Sequence[StreamAck]) -> bool:
