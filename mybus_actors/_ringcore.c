@@ -2457,6 +2457,23 @@ typedef struct {
     PyObject *not_found; /* errors.ActorNotFound */
 } Teller;
 
+/* The end of a plain tell: ``record`` (encode's result, a new reference or NULL with an
+   exception set) sent from ``sender`` into the ring ``to`` by the endpoint's send. */
+static PyObject *teller_send(Teller *self, PyObject *record, PyObject *sender, PyObject *to) {
+    if (record == NULL)
+        return NULL;
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 2) {
+        Py_DECREF(record);
+        PyErr_SetString(PyExc_TypeError, "encode must return (meta, body)");
+        return NULL;
+    }
+    PyObject *send_args[4] = {sender, to, PyTuple_GET_ITEM(record, 1),
+                              PyTuple_GET_ITEM(record, 0)};
+    PyObject *out = PyObject_Vectorcall(self->send, send_args, 4, NULL);
+    Py_DECREF(record);
+    return out;
+}
+
 /* A tell to another node whose forward ring is known: encode naming the sender in full,
    then the endpoint's send into that ring (the gateway's outbox). A missing gateway
    (ActorNotFound, nothing sent) is the Python method's to handle: it waits for a
@@ -2474,20 +2491,7 @@ static PyObject *teller_remote(Teller *self, PyObject *const *args, size_t nargs
     PyObject *enc_args[2] = {args[2], origin};
     PyObject *record = PyObject_Vectorcall(self->encode, enc_args, 1, kwnames_sender);
     Py_DECREF(origin);
-    if (record == NULL) {
-        Py_DECREF(ring);
-        return NULL;
-    }
-    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 2) {
-        Py_DECREF(record);
-        Py_DECREF(ring);
-        PyErr_SetString(PyExc_TypeError, "encode must return (meta, body)");
-        return NULL;
-    }
-    PyObject *send_args[4] = {sender, ring, PyTuple_GET_ITEM(record, 1),
-                              PyTuple_GET_ITEM(record, 0)};
-    PyObject *out = PyObject_Vectorcall(self->send, send_args, 4, NULL);
-    Py_DECREF(record);
+    PyObject *out = teller_send(self, record, sender, ring);
     Py_DECREF(ring);
     if (out == NULL && PyErr_ExceptionMatches(self->not_found)) {
         PyErr_Clear();
@@ -2530,21 +2534,7 @@ static PyObject *teller_call(Teller *self, PyObject *const *args, size_t nargsf,
     if (local)
         return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
     Py_INCREF(route); /* the route's items outlive a cache cleared by what we call */
-    PyObject *record = PyObject_CallOneArg(self->encode, args[2]);
-    if (record == NULL) {
-        Py_DECREF(route);
-        return NULL;
-    }
-    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 2) {
-        Py_DECREF(record);
-        Py_DECREF(route);
-        PyErr_SetString(PyExc_TypeError, "encode must return (meta, body)");
-        return NULL;
-    }
-    PyObject *send_args[4] = {args[0], name, PyTuple_GET_ITEM(record, 1),
-                              PyTuple_GET_ITEM(record, 0)};
-    PyObject *out = PyObject_Vectorcall(self->send, send_args, 4, NULL);
-    Py_DECREF(record);
+    PyObject *out = teller_send(self, PyObject_CallOneArg(self->encode, args[2]), args[0], name);
     Py_DECREF(route);
     return out;
 }

@@ -548,14 +548,12 @@ class Peers:
             early = reader.deliver_to(lambda data: self._on_bytes(conn, link, data))
             if early:
                 self._on_bytes(conn, link, early)
-            while not conn.closed:
-                data = await reader.read(_READ_SIZE)  # only the end comes this way now
-                if data:
-                    self._on_bytes(conn, link, data)
-                    continue
+            # Nothing is buffered any more: `read` returns b"" at the stream's end, or
+            # raises what handling raised (the reader's exception comes first).
+            await reader.read(_READ_SIZE)
+            if not conn.closed:
                 conn.proto.receive_data(b"")
                 self._on_frames(conn, link)
-                return
         except _Ended:
             return
 

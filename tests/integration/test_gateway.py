@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 import mybus_actors as mb
+from mybus_actors import snapshot
 from mybus_actors.ref import close_clients
 from mybus_actors.registry import Registry
 from mybus_actors.testing import ClusterFactory
@@ -572,13 +573,20 @@ def test_a_busy_receiver_of_a_large_message_does_not_stall_other_traffic(
     assert beta.log.count(r"no word for") == 0, beta.log.text()
 
 
+def _sink_ring_full(cluster: Cluster) -> int:
+    """Times a sender (here only beta's gateway) found a ring into the sink's process full."""
+    snap = snapshot.take(Registry(cluster.dir("beta")), "beta")
+    sink = next(a for a in snap.actors if a.name == "sink")
+    return snap.processes[sink.mailbox].full_events
+
+
 def test_what_waits_for_a_full_ring_follows_as_soon_as_it_drains(cluster: Cluster) -> None:
     """Beta's gateway fills a held receiver's ring; the rest waits in the gateway. Once
     the receiver reads again the rest follows within milliseconds (the gateway looks
     again every millisecond while deliveries wait), not after its long idle sleep:
     nobody rings a gateway when a ring drains, so a gateway asleep when the ring filled
     must have woken to look again. (One that slept its idle sleep out, 0.5 s from the
-    tells, showed gaps of 0.36-0.39 s here; one that looks again, under 1 ms.)"""
+    tells, showed gaps of 0.45-0.49 s here; one that looks again, under 1 ms.)"""
     two_nodes(cluster)
     observer = cluster.connect("beta", "observer")
     cluster.spawn(lib.Sink, "sink", "beta", notify="observer")
@@ -590,9 +598,13 @@ def test_what_waits_for_a_full_ring_follows_as_soon_as_it_drains(cluster: Cluste
         release = cluster.private / f"release-{rnd}"
         observer.tell("sink", ("hold", str(release)))
         assert observer.receive(timeout=WAIT) == ("holding",)
+        full = _sink_ring_full(cluster)
         for _ in range(count):
             me.tell("beta/sink", chunk, timeout=WAIT)
-        time.sleep(0.1)  # for the records to reach beta, fill the ring and wait there
+        # Beta's gateway found the sink's ring full: what is left waits there.
+        waiting.wait_until(
+            lambda before=full: _sink_ring_full(cluster) > before, WAIT, "sink's ring full"
+        )
         release.touch()
         arrivals = [
             receive_until(observer, lambda m: m[0] == "arrived", timeout=WAIT)

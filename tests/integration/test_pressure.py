@@ -38,19 +38,12 @@ if str(HERE) not in sys.path:
 import actors_lib as lib  # noqa: E402
 import pressure_lib  # noqa: E402
 from harness import Actors, stopping_while_held  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
 WAIT = 10.0  # the bound on any single receive or ask that should succeed
 PEER = str(HERE / "peer.py")
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.005)
 
 
 def descriptors(pid: int) -> int:

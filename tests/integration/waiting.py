@@ -24,6 +24,14 @@ def wait_for_file(path: str, limit: float = HOLD_LIMIT) -> bool:
     return True
 
 
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.005)
+
+
 def receive_until(client: mb.Client, predicate: Any, timeout: float) -> Any:
     """The first message that satisfies ``predicate``; others are skipped (bounded)."""
     deadline = time.monotonic() + timeout
