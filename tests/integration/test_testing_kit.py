@@ -112,9 +112,11 @@ def test_actors_a_node_started_are_stopped_by_it(mybus_node: Node) -> None:
 def test_a_stream_through_a_blackhole_and_restore_loses_nothing(
     mybus_cluster: ClusterFactory,
 ) -> None:
-    # 10 MB: far more than a sender's ring to its gateway (2 MiB) and what the gateways
-    # keep in flight unacknowledged (1 MiB) hold, so most of it waits out the blackhole.
-    total, pad = 10_000, 1000
+    # 60 MB: far more than a sender's ring to its gateway (2 MiB) and what the gateways
+    # keep in flight unacknowledged (1 MiB) hold, and than the stream moves between its
+    # start being seen and the blackhole (10 MB, at 100-200 MB/s across nodes, could be
+    # all written by then), so most of it waits out the blackhole.
+    total, pad = 60_000, 1000
     cluster = mybus_cluster(2, heartbeat=0.2)
     a, b = cluster
     link = cluster.link(a, b)
